@@ -1,0 +1,51 @@
+# -*- test-case-name: tests.test_proxy -*-
+"""
+What every backend offers the request pipeline.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Protocol
+
+from twisted.internet.defer import Deferred
+from twisted.web.iweb import IResponse
+
+from llmproxy.backends.keypool import ApiKey
+from llmproxy.config import BackendConfig
+
+CHAT = "chat"
+RESPONSES = "responses"
+
+#: The upstream path for each dialect.
+PATHS: Mapping[str, str] = {CHAT: "/chat/completions", RESPONSES: "/responses"}
+
+
+class Backend(Protocol):
+    """
+    A backend instance: it speaks one dialect and sends bodies upstream.
+
+    @ivar dialect: L{CHAT} or L{RESPONSES}, the API the upstream speaks.
+    """
+
+    config: BackendConfig
+    dialect: str
+
+    def send(
+        self, body: bytes, key: ApiKey | None, stream: bool
+    ) -> Deferred[IResponse]:
+        """
+        POST C{body} to the dialect's path.  Fires with the response once
+        its headers arrived; fails with L{FirstByteTimeout} when they do not
+        arrive within the backend's timeout.  Cancelling it aborts the
+        request.
+        """
+
+    async def models(self) -> list[str]:
+        """
+        The model ids this backend serves.
+        """
+
+    def close(self) -> None:
+        """
+        Release anything the backend holds (called at service stop).
+        """

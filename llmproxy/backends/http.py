@@ -1,0 +1,153 @@
+# -*- test-case-name: tests.test_proxy -*-
+"""
+The C{openai} and C{openai-responses} backends: HTTP/1.1 to an
+OpenAI-compatible upstream over the process's one persistent pool.
+
+The forwarding path calls L{Agent.request} directly: treq's per-request
+cookie jar (shared by every client of a proxy), redirect following and
+content decoding are wrong for a proxy and cost time on every request.
+treq serves the model listing.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import treq
+from treq.client import HTTPClient
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.interfaces import IConsumer, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IBodyProducer, IResponse
+from zope.interface import implementer
+
+from llmproxy import __version__
+from llmproxy.backends.base import CHAT, PATHS, RESPONSES
+from llmproxy.backends.keypool import ApiKey
+from llmproxy.config import BackendConfig
+from llmproxy.routing.failure import FirstByteTimeout
+
+MODELS_TTL = 600.0
+_USER_AGENT = f"llmproxy/{__version__}".encode()
+
+
+@implementer(IBodyProducer)
+class BytesProducer:
+    """
+    A request body that is already in memory.
+    """
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self.length = len(body)
+
+    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
+        consumer.write(self.body)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class OpenAIBackend:
+    """
+    An OpenAI-compatible upstream.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self, config: BackendConfig, pool: HTTPConnectionPool, reactor: Any,
+        clock: IReactorTime,
+    ) -> None:
+        self.config = config
+        self.dialect = RESPONSES if config.type == "openai-responses" else CHAT
+        self.clock = clock
+        self.agent = Agent(reactor, pool=pool, connectTimeout=config.connect_timeout)
+        self._url = (config.base_url + PATHS[self.dialect]).encode()
+        self._models: list[str] | None = None
+        self._models_at = 0.0
+
+    def _headers(self, key: ApiKey | None, accept: bytes) -> Headers:
+        headers = Headers({
+            b"content-type": [b"application/json"],
+            b"accept": [accept],
+            b"user-agent": [_USER_AGENT],
+            b"x-llmproxy-loop-guard": [b"1"],
+        })
+        if key is not None:
+            headers.setRawHeaders(b"authorization", [b"Bearer " + key.value.encode()])
+        return headers
+
+    def send(self, body: bytes, key: ApiKey | None, stream: bool) -> Deferred[IResponse]:
+        accept = b"text/event-stream" if stream else b"application/json"
+        d = self.agent.request(b"POST", self._url, self._headers(key, accept), BytesProducer(body))
+        return with_timeout(d, self.clock, self.config.timeout)
+
+    async def models(self) -> list[str]:
+        if not self.config.keys and self.config.key_env:
+            return list(self.config.models)
+        now = self.clock.seconds()
+        if self._models is not None and now - self._models_at < MODELS_TTL:
+            return self._models
+        try:
+            found = await self._fetch_models()
+        except CancelledError:
+            raise
+        except Exception as e:
+            self.log.warn("{backend}: cannot list models upstream ({error}); using config",
+                          backend=self.config.name, error=type(e).__name__)
+            return list(self.config.models)
+        self._models, self._models_at = found, now
+        return found
+
+    async def _fetch_models(self) -> list[str]:
+        key = self.config.keys[0] if self.config.keys else None
+        client = HTTPClient(self.agent)
+        response = await with_timeout(
+            client.get(self.config.base_url + "/models", headers=self._headers(key, b"application/json"),
+                       unbuffered=True),
+            self.clock, min(self.config.timeout, 10.0),
+        )
+        if response.code != 200:
+            await treq.content(response)
+            raise ValueError(f"status {response.code}")
+        data: Any = json.loads(await treq.content(response))
+        ids = [m["id"] for m in data.get("data", []) if isinstance(m, dict) and isinstance(m.get("id"), str)]
+        return ids or list(self.config.models)
+
+    def close(self) -> None:
+        pass
+
+
+def with_timeout(d: Deferred[Any], clock: IReactorTime, seconds: float) -> Deferred[Any]:
+    """
+    Cancel C{d} after C{seconds}, failing it with L{FirstByteTimeout}
+    instead of whatever the cancellation caused; a cancellation from
+    elsewhere is left as it is.
+    """
+    if seconds <= 0:
+        return d
+    fired = []
+
+    def expire() -> None:
+        fired.append(True)
+        d.cancel()
+
+    call = clock.callLater(seconds, expire)
+
+    def done(result: Any) -> Any:
+        if call.active():
+            call.cancel()
+        if fired and isinstance(result, Failure):
+            return Failure(FirstByteTimeout(f"no response from upstream within {seconds:g} s"))
+        return result
+
+    return d.addBoth(done)

@@ -1,0 +1,291 @@
+# -*- test-case-name: tests.test_keypool -*-
+"""
+Per-backend API key pools: round-robin rotation and cooldowns.
+
+A L{KeyPool} hands out a backend's keys in round-robin order and remembers
+which keys are cooling down: rate-limited keys for the upstream's retry hint
+(or a default), invalid keys (401/403) and quota-exhausted keys for a long,
+configurable time.  See C{behaviour.md} section 8.
+
+Keys are only ever shown by name (C{openai#2}, C{OPENAI_API_KEY_3}); their
+values never appear in C{repr}, C{str}, logs or status output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Sequence
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+RATE_LIMITED = "rate_limited"
+INVALID = "invalid"
+QUOTA = "quota"
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """
+    One upstream API key.
+
+    @ivar name: how the key is shown, e.g. C{openai#1} or C{OPENAI_API_KEY_3}.
+    @ivar value: the secret; never shown anywhere.
+    """
+
+    name: str
+    value: str = field(repr=False)
+
+    def __repr__(self) -> str:
+        return f"ApiKey({self.name!r})"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@dataclass
+class KeyState:
+    """
+    The mutable health of one key.
+
+    @ivar cooldown_until: unix time until which the key must not be used.
+    @ivar reason: why it is (or was last) cooling: C{"rate_limited"},
+        C{"invalid"} or C{"quota"}; L{None} when healthy.
+    @ivar failures: failures since the last success.
+    @ivar last_error: a short description of the last failure (never the
+        key value).
+    """
+
+    cooldown_until: float = 0.0
+    reason: str | None = None
+    failures: int = 0
+    last_error: str | None = None
+
+
+class KeyPool:
+    """
+    The rotating set of keys of one backend.
+
+    @ivar backend: the backend name, for logs.
+    @ivar keys: the keys, in configuration order.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        backend: str,
+        keys: Sequence[ApiKey],
+        clock: IReactorTime,
+        *,
+        default_cooldown: float = 5.0,
+        max_cooldown: float = 60.0,
+        auth_cooldown: float = 3600.0,
+        quota_cooldown: float = 3600.0,
+    ) -> None:
+        """
+        @param backend: the backend name.
+        @param keys: its keys; may be empty (keyless backend).  Names must be
+            unique.
+        @param clock: the time source.
+        @param default_cooldown: seconds a rate-limited key rests when the
+            upstream gave no retry hint.
+        @param max_cooldown: upper bound on a rate-limit cooldown.
+        @param auth_cooldown: seconds an invalid (401/403) key rests.
+        @param quota_cooldown: seconds a quota-exhausted key rests.
+        @raise ValueError: on duplicate key names or negative durations.
+        """
+        names = [key.name for key in keys]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate key names for backend {backend!r}")
+        durations = (default_cooldown, max_cooldown, auth_cooldown, quota_cooldown)
+        if any(d < 0 for d in durations):
+            raise ValueError("cooldowns must not be negative")
+        self.backend = backend
+        self.keys: tuple[ApiKey, ...] = tuple(keys)
+        self._clock = clock
+        self._default_cooldown = default_cooldown
+        self._max_cooldown = max_cooldown
+        self._auth_cooldown = auth_cooldown
+        self._quota_cooldown = quota_cooldown
+        self._states: dict[str, KeyState] = {name: KeyState() for name in names}
+        self._counter = 0
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __repr__(self) -> str:
+        return f"<KeyPool {self.backend!r} keys={[k.name for k in self.keys]}>"
+
+    def _state(self, key: ApiKey) -> KeyState:
+        """
+        The state of C{key}.
+
+        @raise KeyError: if C{key} does not belong to this pool.
+        """
+        state = self._states.get(key.name)
+        if state is None or key not in self.keys:
+            raise KeyError(f"{key.name} is not a key of backend {self.backend}")
+        return state
+
+    def _cooling(self, state: KeyState) -> bool:
+        """
+        Whether C{state} describes a key in an active cooldown.
+        """
+        return self._clock.seconds() < state.cooldown_until
+
+    def state(self, key: ApiKey) -> KeyState:
+        """
+        A snapshot (copy) of C{key}'s state.
+
+        @raise KeyError: if C{key} does not belong to this pool.
+        """
+        return replace(self._state(key))
+
+    def ordered(self) -> list[ApiKey]:
+        """
+        This request's key order; advances the rotation by one.
+
+        Keys come in round-robin order starting at the rotation counter, with
+        the available keys first (so index 0 is the first available key) and
+        the cooling ones after them, soonest free first.
+
+        @return: every key once; empty for a keyless backend.
+        """
+        if not self.keys:
+            return []
+        start = self._counter % len(self.keys)
+        self._counter = start + 1
+        rotated = self.keys[start:] + self.keys[:start]
+        states = self._states
+        free = [k for k in rotated if not self._cooling(states[k.name])]
+        cooling = [k for k in rotated if self._cooling(states[k.name])]
+        cooling.sort(key=lambda k: states[k.name].cooldown_until)
+        return free + cooling
+
+    def available(self, key: ApiKey) -> bool:
+        """
+        Whether C{key} may be used now.
+
+        @raise KeyError: if C{key} does not belong to this pool.
+        """
+        return not self._cooling(self._state(key))
+
+    def next_free_in(self) -> float | None:
+        """
+        Seconds until the soonest key is free.
+
+        @return: C{0.0} if a key is free now, L{None} for an empty pool.
+        """
+        if not self.keys:
+            return None
+        now = self._clock.seconds()
+        soonest = min(s.cooldown_until for s in self._states.values())
+        return max(0.0, soonest - now)
+
+    def mark_ok(self, key: ApiKey) -> None:
+        """
+        Record a success: the key works, so any cooldown is lifted.
+
+        @raise KeyError: if C{key} does not belong to this pool.
+        """
+        state = self._state(key)
+        state.failures = 0
+        state.reason = None
+        state.cooldown_until = 0.0
+
+    def mark_rate_limited(
+        self, key: ApiKey, retry_after: float | None, *, error: str | None = None
+    ) -> None:
+        """
+        Record a 429: cool the key for C{retry_after} seconds (the default
+        cooldown when L{None} or negative), at most C{max_cooldown}.  An
+        existing later deadline is kept.
+
+        @param error: optional safe description for the status output.
+        @raise KeyError: if C{key} does not belong to this pool.
+        """
+        if retry_after is None or retry_after < 0:
+            retry_after = self._default_cooldown
+        seconds = min(retry_after, self._max_cooldown)
+        self._cool(key, seconds, RATE_LIMITED, error or "rate limited (429)")
+
+    def mark_invalid(self, key: ApiKey, *, error: str | None = None) -> None:
+        """
+        Record a 401/403: the key rests for C{auth_cooldown}.
+
+        @param error: optional safe description for the status output.
+        @raise KeyError: if C{key} does not belong to this pool.
+        """
+        self._cool(key, self._auth_cooldown, INVALID, error or "rejected (401/403)")
+
+    def mark_quota(self, key: ApiKey, *, error: str | None = None) -> None:
+        """
+        Record an C{insufficient_quota}: the key rests for C{quota_cooldown}.
+
+        @param error: optional safe description for the status output.
+        @raise KeyError: if C{key} does not belong to this pool.
+        """
+        self._cool(key, self._quota_cooldown, QUOTA, error or "insufficient_quota")
+
+    def _cool(self, key: ApiKey, seconds: float, reason: str, error: str) -> None:
+        """
+        Start (or extend) a cooldown, keeping the later deadline.
+
+        The reason follows the deadline that wins (an expired cooldown's
+        deadline is in the past, so it always loses).
+        """
+        state = self._state(key)
+        deadline = self._clock.seconds() + seconds
+        state.failures += 1
+        state.last_error = error
+        if deadline >= state.cooldown_until:
+            state.cooldown_until = deadline
+            state.reason = reason
+        self.log.info(
+            "key {key} of {backend} cooling for {seconds:.1f}s: {reason}",
+            key=key.name,
+            backend=self.backend,
+            seconds=state.cooldown_until - self._clock.seconds(),
+            reason=state.reason,
+        )
+
+    def _current_reason(self, state: KeyState) -> str | None:
+        """
+        The reason of an active cooldown, L{None} if the key is usable.
+        """
+        return state.reason if self._cooling(state) else None
+
+    def all_quota_exhausted(self) -> bool:
+        """
+        Whether no key can be used because of quota.
+
+        True when the pool has keys, none is usable or merely rate-limited,
+        and at least one is out of quota (the others, if any, being invalid).
+        """
+        reasons = {self._current_reason(s) for s in self._states.values()}
+        return bool(self.keys) and QUOTA in reasons and reasons <= {QUOTA, INVALID}
+
+    def status(self) -> list[dict[str, Any]]:
+        """
+        Per-key health for the status endpoint; never includes a key value.
+
+        @return: one dict per key, in configuration order, with C{name},
+            C{state} (C{ok}, C{rate_limited}, C{invalid} or C{quota}),
+            C{cooldown_left}, C{recent_failures} and C{last_error}.
+        """
+        now = self._clock.seconds()
+        return [self._key_status(key, now) for key in self.keys]
+
+    def _key_status(self, key: ApiKey, now: float) -> dict[str, Any]:
+        """
+        The status entry of one key.
+        """
+        state = self._states[key.name]
+        return {
+            "name": key.name,
+            "state": self._current_reason(state) or "ok",
+            "cooldown_left": max(0.0, state.cooldown_until - now),
+            "recent_failures": state.failures,
+            "last_error": state.last_error,
+        }

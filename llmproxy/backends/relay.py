@@ -1,0 +1,277 @@
+# -*- test-case-name: tests.test_relay -*-
+"""
+Moving an upstream response body to the client.
+
+L{StreamRelay} is the body protocol for streamed responses and the
+L{IPushProducer} registered with the client's request: when the client's
+buffer fills, the client's channel pauses the relay, the relay pauses the
+upstream transport, and TCP pushes back on the upstream.  A client that
+goes away stops the upstream; an idle upstream is cut after a timeout.
+
+L{collect_body} reads a whole (non-streamed) body with a size cap, an idle
+timeout and a canceller that drops the upstream connection.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol as TypingProtocol
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
+from twisted.web.http import PotentialDataLoss
+from twisted.web.iweb import IResponse
+from zope.interface import implementer
+
+from llmproxy.errors import ProxyError, UpstreamError
+from llmproxy.sse import SSEError, SSEFramer
+
+
+class StreamTimeout(UpstreamError):
+    """
+    The upstream sent nothing for longer than the idle timeout.
+    """
+
+    status = 504
+
+
+class StreamBroken(UpstreamError):
+    """
+    The upstream connection ended before the stream was complete.
+    """
+
+
+class StreamTransform(TypingProtocol):
+    """
+    Turns raw upstream SSE events into bytes for the client.
+    """
+
+    def events(self, raw: list[bytes]) -> bytes:
+        """
+        Bytes to write for these complete raw events (possibly empty).
+        """
+
+    def end(self) -> bytes:
+        """
+        Bytes to write when the upstream ended cleanly.
+        """
+
+
+def _done(reason: Failure) -> bool:
+    return reason.check(ResponseDone, PotentialDataLoss) is not None
+
+
+@implementer(IPushProducer)
+class StreamRelay(Protocol):
+    """
+    Relay an SSE body from the upstream to a consumer, event by event.
+
+    @ivar finished: fires with L{None} when the upstream ended cleanly and
+        everything was written, or fails with a L{ProxyError} (or
+        L{CancelledError} when cancelled).  Cancelling it stops the
+        upstream.
+    """
+
+    def __init__(
+        self,
+        consumer: IConsumer,
+        transform: StreamTransform,
+        clock: IReactorTime,
+        idle_timeout: float,
+        max_event_bytes: int = 262_144,
+    ) -> None:
+        self.consumer = consumer
+        self.transform = transform
+        self.clock = clock
+        self.idle_timeout = idle_timeout
+        self.framer = SSEFramer(max_event_bytes)
+        self.finished: Deferred[None] = Deferred(self._cancel)
+        self.wrote = False
+        self._error: ProxyError | None = None
+        self._idle: IDelayedCall | None = None
+        self._stopped = False
+
+    # Protocol
+
+    def connectionMade(self) -> None:
+        self.consumer.registerProducer(self, True)
+        self._arm()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._stopped:
+            return
+        self._arm()
+        try:
+            raw = self.framer.feed(data)
+        except SSEError as e:
+            self._abort(StreamBroken(f"upstream stream invalid: {e}"))
+            return
+        if raw:
+            out = self.transform.events(raw)
+            if out:
+                self.wrote = True
+                self.consumer.write(out)
+
+    def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:
+        self._disarm()
+        if getattr(self.consumer, "channel", True) is not None:
+            # A request whose client is gone has no channel to unregister from.
+            self.consumer.unregisterProducer()
+        if self.finished.called:
+            return
+        if self._error is not None:
+            self.finished.errback(self._error)
+        elif _done(reason):
+            tail = self.framer.remainder()
+            out = (self.transform.events([tail]) if tail.strip() else b"") + self.transform.end()
+            if out:
+                self.consumer.write(out)
+            self.finished.callback(None)
+        else:
+            self.finished.errback(
+                StreamBroken("upstream connection lost before the stream ended")
+            )
+
+    # IPushProducer
+
+    def pauseProducing(self) -> None:
+        self._disarm()
+        if self.transport is not None:
+            self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._arm()
+        if self.transport is not None:
+            self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self._stopped = True
+        self._disarm()
+        if self.transport is not None:
+            self.transport.stopProducing()
+
+    # internals
+
+    def _abort(self, error: ProxyError) -> None:
+        self._error = error
+        self.stopProducing()
+
+    def _cancel(self, d: Deferred[None]) -> None:
+        self.stopProducing()
+
+    def _arm(self) -> None:
+        if self.idle_timeout <= 0:
+            return
+        if self._idle is not None and self._idle.active():
+            self._idle.reset(self.idle_timeout)
+        else:
+            self._idle = self.clock.callLater(self.idle_timeout, self._timedOut)
+
+    def _disarm(self) -> None:
+        if self._idle is not None and self._idle.active():
+            self._idle.cancel()
+        self._idle = None
+
+    def _timedOut(self) -> None:
+        self._idle = None
+        self._abort(StreamTimeout(
+            f"upstream stream idle for more than {self.idle_timeout:g} s"
+        ))
+
+
+class BodyTooLarge(UpstreamError):
+    """
+    The upstream body exceeded the configured limit.
+    """
+
+
+class _Collector(Protocol):
+    def __init__(self, clock: IReactorTime, idle_timeout: float, limit: int) -> None:
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.limit = limit
+        self.clock = clock
+        self.idle_timeout = idle_timeout
+        self.finished: Deferred[bytes] = Deferred(self._cancel)
+        self._error: ProxyError | None = None
+        self._idle: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        if self.idle_timeout > 0:
+            self._idle = self.clock.callLater(self.idle_timeout, self._timedOut)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._error is not None:
+            return
+        if self._idle is not None:
+            self._idle.reset(self.idle_timeout)
+        self.size += len(data)
+        if self.size > self.limit:
+            self._stop(BodyTooLarge(f"upstream body larger than {self.limit} bytes"))
+            return
+        self.chunks.append(data)
+
+    def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:
+        if self._idle is not None and self._idle.active():
+            self._idle.cancel()
+        if self.finished.called:
+            return
+        if self._error is not None:
+            self.finished.errback(self._error)
+        elif _done(reason):
+            self.finished.callback(b"".join(self.chunks))
+        else:
+            self.finished.errback(StreamBroken("upstream connection lost mid-body"))
+
+    def _stop(self, error: ProxyError) -> None:
+        self._error = error
+        if self.transport is not None:
+            self.transport.stopProducing()
+
+    def _timedOut(self) -> None:
+        self._idle = None
+        self._stop(StreamTimeout(f"upstream body idle for more than {self.idle_timeout:g} s"))
+
+    def _cancel(self, d: Deferred[bytes]) -> None:
+        if self._idle is not None and self._idle.active():
+            self._idle.cancel()
+        if self.transport is not None:
+            self.transport.stopProducing()
+
+
+def collect_body(
+    response: IResponse,
+    clock: IReactorTime,
+    idle_timeout: float = 0,
+    limit: int = 64 * 1024 * 1024,
+) -> Deferred[bytes]:
+    """
+    Read a whole response body.  Cancelling the result drops the upstream.
+    """
+    collector = _Collector(clock, idle_timeout, limit)
+    response.deliverBody(collector)
+    return collector.finished
+
+
+def discard_body(response: IResponse) -> None:
+    """
+    Drop a response we will not read, closing its connection.
+    """
+    response.deliverBody(_Discard())
+
+
+class _Discard(Protocol):
+    def connectionMade(self) -> None:
+        if self.transport is not None:
+            self.transport.stopProducing()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        pass
+
+
+__all__ = [
+    "BodyTooLarge", "CancelledError", "StreamBroken", "StreamRelay", "StreamTimeout",
+    "StreamTransform", "collect_body", "discard_body",
+]

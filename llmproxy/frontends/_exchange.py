@@ -1,0 +1,524 @@
+# -*- test-case-name: tests.test_failover -*-
+"""
+One client request's trip upstream: the attempts of its route (backend ×
+key, in the failover policy's order), waits for cooling keys, keepalives
+while a streaming client waits, and the relay of the answer.
+
+Nothing is retried once a byte of the answer's body reached the client.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from twisted.internet.defer import CancelledError
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from twisted.web.iweb import IRequest, IResponse
+
+from llmproxy.backends.base import CHAT, Backend
+from llmproxy.backends.health import CircuitBreaker
+from llmproxy.backends.keypool import ApiKey, KeyPool
+from llmproxy.backends.relay import StreamRelay, collect_body
+from llmproxy.config import Config
+from llmproxy.errors import ProxyError, UpstreamError
+from llmproxy.frontends import _dialects as dialects
+from llmproxy.routing.failure import Outcome, Verdict, classify_exception, classify_status, is_timeout
+from llmproxy.routing.plan import Attempt, plan_attempts
+from llmproxy.routing.resolve import Route, Target
+from llmproxy.sse import KEEPALIVE
+
+#: Upstream response headers the client sees.
+PASS_HEADERS = (b"x-request-id", b"openai-processing-ms", b"openai-version",
+                b"retry-after", b"retry-after-ms")
+_RATELIMIT = b"x-ratelimit-"
+MAX_ERROR_BODY = 1024 * 1024
+
+
+@dataclass
+class Upstreams:
+    """
+    The live backend instances with their key pools and breakers.
+    """
+
+    backends: Mapping[str, Backend]
+    pools: Mapping[str, KeyPool]
+    breakers: Mapping[str, CircuitBreaker]
+
+
+@dataclass
+class _Tried:
+    label: str
+    outcome: str
+
+
+@dataclass
+class _Failure:
+    """
+    The most telling failure so far.
+    """
+
+    error: ProxyError
+    upstream: tuple[int, bytes, list[tuple[bytes, bytes]]] | None = None
+
+
+def _lower_headers(response: IResponse) -> dict[str, str]:
+    return {
+        k.decode("latin-1").lower(): v[-1].decode("latin-1")
+        for k, v in response.headers.getAllRawHeaders()
+    }
+
+
+def _is_openai_error(body: bytes) -> bool:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return False
+    return isinstance(data, dict) and isinstance(data.get("error"), dict)
+
+
+def rewrap_error(status: int, body: bytes) -> bytes:
+    """
+    Make an upstream error body OpenAI-shaped, keeping its message
+    (C{{"detail": ...}} bodies and plain text are rewrapped).
+    """
+    if _is_openai_error(body):
+        return body
+    message: Any = body.decode("utf-8", "replace").strip()
+    try:
+        data = json.loads(body)
+        if isinstance(data, dict):
+            message = data.get("detail") or data.get("message") or data.get("error") or message
+    except ValueError:
+        pass
+    if not isinstance(message, str):
+        message = json.dumps(message)
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return ProxyError(message or f"upstream status {status}", type=kind).to_json()
+
+
+class Exchange:
+    """
+    Serve one request through its route.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        request: IRequest,
+        config: Config,
+        upstreams: Upstreams,
+        clock: IReactorTime,
+        frontend: str,
+        body: Mapping[str, Any],
+        raw: bytes,
+        history: tuple[Mapping[str, Any], ...] | None = (),
+        on_response: Callable[[bytes], None] | None = None,
+    ) -> None:
+        self.request = request
+        self.config = config
+        self.up = upstreams
+        self.clock = clock
+        self.frontend = frontend
+        self.body = body
+        self.raw = raw
+        self.history = history
+        self.on_response = on_response
+        self.stream = body.get("stream") is True
+        self.started = clock.seconds()
+        self.committed = False
+        self.tried: list[_Tried] = []
+        self.gone = False
+        self._keepalive: IDelayedCall | None = None
+        self._relay_wrote = False
+        request.notifyFinish().addBoth(self._finished)
+
+    def _finished(self, _: object) -> None:
+        self.gone = True
+
+    # planning
+
+    def _plan(self, route: Route) -> list[tuple[Attempt, Target, ApiKey | None]]:
+        targets = {(t.backend, t.model): t for t in route.targets}
+        rotated = {
+            t.backend: self.up.pools[t.backend].ordered() for t in route.targets
+        }
+        elements = [(t.backend, t.model, len(rotated[t.backend])) for t in route.targets]
+        plan = []
+        for attempt in plan_attempts(elements, route.policy):
+            keys = rotated[attempt.backend]
+            key = None if attempt.key_index is None else keys[attempt.key_index]
+            plan.append((attempt, targets[(attempt.backend, attempt.model)], key))
+        return plan
+
+    def _usable(self, backend: str, key: ApiKey | None) -> bool:
+        return key is None or self.up.pools[backend].available(key)
+
+    def _pick(
+        self, queue: list[tuple[Attempt, Target, ApiKey | None]]
+    ) -> tuple[Attempt, Target, ApiKey | None] | None:
+        """
+        The first attempt whose key is free and whose backend's circuit is
+        closed; failing that, the first with a free key (skipping open
+        circuits must not leave nothing to try).
+        """
+        usable = [q for q in queue if self._usable(q[0].backend, q[2])]
+        for candidate in usable:
+            if self.up.breakers[candidate[0].backend].allow():
+                return candidate
+        return usable[0] if usable else None
+
+    def _soonest(self, queue: list[tuple[Attempt, Target, ApiKey | None]]) -> float | None:
+        waits = [
+            self.up.pools[a.backend].next_free_in() for a, _, key in queue if key is not None
+        ]
+        known = [w for w in waits if w is not None]
+        return min(known) if known else None
+
+    # the loop
+
+    async def run(self, route: Route) -> bytes | None:
+        """
+        Serve the request; returns the body to write for non-streamed
+        answers (L{None} when everything was written already).
+        """
+        for target in route.targets:
+            backend = self.up.backends[target.backend]
+            if not backend.config.keys and backend.config.key_env:
+                raise ProxyError(
+                    f"No API key for backend {target.backend!r}: set {backend.config.key_env}",
+                    status=500, type="server_error", code="missing_api_key",
+                )
+        queue = self._plan(route)
+        failure: _Failure | None = None
+        fcfg = self.config.failure
+        while queue and len(self.tried) < fcfg.max_attempts:
+            elapsed = self.clock.seconds() - self.started
+            if elapsed >= fcfg.total_timeout_budget:
+                break
+            pick = self._pick(queue)
+            if pick is None:
+                wait = self._soonest(queue)
+                if wait is None or wait > fcfg.max_wait or elapsed + wait > fcfg.total_timeout_budget:
+                    failure = self._cooling_failure(queue, wait, failure)
+                    break
+                await self._sleep(wait)
+                continue
+            queue.remove(pick)
+            attempt, target, key = pick
+            result = await self._attempt(target, key)
+            if isinstance(result, _Failure):
+                failure = result
+                if result.upstream is not None and result.error.status == 429 and key is not None:
+                    if not [q for q in queue if self._usable(q[0].backend, q[2])]:
+                        wait = self.up.pools[attempt.backend].next_free_in()
+                        if wait is not None and wait <= fcfg.max_wait:
+                            queue.append(pick)
+                continue
+            return result
+        raise self._final_error(failure)
+
+    def _cooling_failure(
+        self, queue: list[tuple[Attempt, Target, ApiKey | None]], wait: float | None,
+        failure: _Failure | None,
+    ) -> _Failure:
+        backends = {a.backend for a, _, _ in queue}
+        if all(self.up.pools[b].all_quota_exhausted() for b in backends):
+            return _Failure(ProxyError(
+                "Every API key of " + ", ".join(sorted(backends)) + " has exhausted its quota",
+                status=503, type="server_error", code="quota_exceeded",
+            ))
+        retry = max(1, int(wait + 0.999)) if wait is not None else None
+        return _Failure(ProxyError(
+            "Every API key is rate limited"
+            + (f"; the first is free again in {wait:.1f} s" if wait is not None else ""),
+            status=429, type="requests", code="rate_limit_exceeded",
+            headers={"retry-after": str(retry)} if retry else {},
+        ))
+
+    def _final_error(self, failure: _Failure | None) -> ProxyError:
+        if failure is None:
+            return ProxyError("No upstream could be tried for this request",
+                              status=503, type="server_error", code="temporarily_unavailable")
+        tried = ", ".join(f"{t.label} → {t.outcome}" for t in self.tried)
+        if failure.upstream is not None:
+            status, body, headers = failure.upstream
+            error = _error_from_upstream(status, body)
+            if len(self.tried) > 1:
+                error.message = f"{error.message} (tried: {tried})"
+            error.headers = {k.decode(): v.decode() for k, v in headers}
+            return error
+        error = failure.error
+        if len(self.tried) > 1:
+            error.message = f"{error.message} (tried: {tried})"
+        return error
+
+    async def _sleep(self, seconds: float) -> None:
+        if self.stream and seconds > self.config.failure.keepalive_after:
+            self._commit_stream()
+        await deferLater(self.clock, seconds)  # type: ignore[arg-type]
+
+    # keepalive
+
+    def _commit_stream(self) -> None:
+        if self.committed:
+            return
+        self.committed = True
+        self._set_stream_headers()
+        self._tick_keepalive()
+
+    def _tick_keepalive(self) -> None:
+        self._keepalive = None
+        if self.gone:
+            return
+        self.request.write(KEEPALIVE)
+        self._keepalive = self.clock.callLater(self.config.failure.keepalive_interval,
+                                               self._tick_keepalive)
+
+    def _stop_keepalive(self) -> None:
+        if self._keepalive is not None and self._keepalive.active():
+            self._keepalive.cancel()
+        self._keepalive = None
+
+    # one attempt
+
+    def _label(self, target: Target, key: ApiKey | None) -> str:
+        return f"{target.backend}:{target.model}" + (f" [{key.name}]" if key else "")
+
+    async def _attempt(self, target: Target, key: ApiKey | None) -> bytes | None | _Failure:
+        backend = self.up.backends[target.backend]
+        breaker = self.up.breakers[target.backend]
+        pool = self.up.pools[target.backend]
+        label = self._label(target, key)
+        payload, dropped = self._prepare(target, backend)
+        stream = self.stream
+        try:
+            try:
+                response = await backend.send(payload, key, stream)
+            finally:
+                if self.committed:
+                    self._stop_keepalive()
+        except CancelledError:
+            raise
+        except Exception as e:
+            if self.gone:
+                raise CancelledError()
+            return self._network_failure(e, label, breaker)
+        if response.code // 100 == 2:
+            self._set_route_headers(target, key, response, dropped)
+            try:
+                result = await (self._relay(target, backend, response) if stream
+                                else self._collect(target, backend, response))
+            except CancelledError:
+                raise
+            except ProxyError as e:
+                if self._wrote:
+                    raise
+                breaker.record_failure()
+                self.tried.append(_Tried(label, type(e).__name__))
+                return _Failure(e)
+            breaker.record_success()
+            if key is not None:
+                pool.mark_ok(key)
+            return result
+        return await self._upstream_failure(target, key, response, label)
+
+    def _prepare(self, target: Target, backend: Backend) -> tuple[bytes, tuple[str, ...]]:
+        reasoning = backend.config.reasoning_models
+        if self.frontend == CHAT:
+            return dialects.prepare_chat(target, self.raw, backend.dialect, reasoning)
+        return dialects.prepare_responses(target, self.raw, backend.dialect, reasoning,
+                                          self.history)
+
+    def _network_failure(self, e: Exception, label: str, breaker: CircuitBreaker) -> _Failure:
+        verdict = classify_exception(e)
+        if verdict.outcome is Outcome.FATAL:
+            raise e
+        breaker.record_failure()
+        timeout = is_timeout(e)
+        self.tried.append(_Tried(label, "timeout" if timeout else "unreachable"))
+        self.log.warn("{label}: upstream {what}: {error}", label=label,
+                      what="timeout" if timeout else "unreachable", error=type(e).__name__)
+        if timeout:
+            return _Failure(UpstreamError(f"Upstream {label} timed out", status=504,
+                                          code="upstream_timeout"))
+        return _Failure(UpstreamError(f"Upstream {label} is unreachable", status=502,
+                                      code="upstream_unreachable"))
+
+    async def _upstream_failure(
+        self, target: Target, key: ApiKey | None, response: IResponse, label: str
+    ) -> bytes | None | _Failure:
+        try:
+            body = await collect_body(response, self.clock, target_idle(self, target),
+                                      MAX_ERROR_BODY)
+        except CancelledError:
+            raise
+        except ProxyError as e:
+            body = ProxyError(e.message).to_json()
+        headers = _lower_headers(response)
+        verdict = classify_status(response.code, body, headers, self.clock.seconds())
+        self._record(verdict, target, key)
+        self.tried.append(_Tried(label, str(response.code)))
+        kept = _kept_headers(response)
+        if verdict.outcome is Outcome.CLIENT_ERROR or verdict.outcome is Outcome.OK:
+            self._set_route_headers(target, key, response, ())
+            self.request.setResponseCode(response.code)
+            self.request.setHeader(b"content-type", b"application/json")
+            out = rewrap_error(response.code, body)
+            if self.committed:
+                return self._late_error(_error_from_upstream(response.code, out))
+            return out
+        self.log.info("{label}: upstream {status}, trying the next attempt", label=label,
+                      status=response.code)
+        return _Failure(_error_from_upstream(response.code, body), (response.code, body, kept))
+
+    def _record(self, verdict: Verdict, target: Target, key: ApiKey | None) -> None:
+        pool = self.up.pools[target.backend]
+        breaker = self.up.breakers[target.backend]
+        outcome = verdict.outcome
+        if outcome is Outcome.RETRY_NEXT:
+            breaker.record_failure()
+        elif key is not None and outcome is Outcome.RATE_LIMITED:
+            pool.mark_rate_limited(key, verdict.retry_after)
+        elif key is not None and outcome is Outcome.NEXT_KEY:
+            pool.mark_invalid(key)
+        elif key is not None and outcome is Outcome.QUOTA:
+            pool.mark_quota(key)
+        elif outcome is Outcome.CLIENT_ERROR:
+            breaker.record_success()
+
+    # answers
+
+    @property
+    def _wrote(self) -> bool:
+        return self.committed or self._relay_wrote
+
+    def _set_route_headers(
+        self, target: Target, key: ApiKey | None, response: IResponse, dropped: tuple[str, ...]
+    ) -> None:
+        if self.committed:
+            return
+        request = self.request
+        for name, value in _kept_headers(response):
+            request.setHeader(name, value)
+        request.setHeader(b"x-llmproxy-route", f"{target.backend}:{target.model}".encode())
+        if key is not None:
+            request.setHeader(b"x-llmproxy-key", key.name.encode())
+        request.setHeader(b"x-llmproxy-attempts", str(len(self.tried) + 1).encode())
+        if dropped:
+            request.setHeader(b"x-llmproxy-dropped-params", ",".join(dropped).encode())
+
+    def _set_stream_headers(self) -> None:
+        request = self.request
+        request.setResponseCode(200)
+        request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-cache")
+        request.setHeader(b"x-accel-buffering", b"no")
+
+    async def _collect(self, target: Target, backend: Backend, response: IResponse) -> bytes:
+        body = await collect_body(response, self.clock, backend.config.idle_timeout,
+                                  self.config.max_body_bytes * 2)
+        out = dialects.convert_body(self.frontend, backend.dialect, body,
+                                    response_id=_response_id(), request=self.body)
+        self.request.setResponseCode(response.code)
+        self.request.setHeader(b"content-type", b"application/json")
+        if self.on_response is not None:
+            self.on_response(out)
+        return out
+
+    def _transform(self, target: Target, backend: Backend) -> dialects.Transform:
+        if self.frontend == backend.dialect:
+            return dialects.ChatPassthrough() if self.frontend == CHAT \
+                else dialects.ResponsesPassthrough()
+        now = int(self.clock.seconds())
+        if self.frontend == CHAT:
+            include = bool((self.body.get("stream_options") or {}).get("include_usage"))
+            return dialects.ResponsesToChat(target.model, include, "chatcmpl-" + _token(), now)
+        return dialects.ChatToResponses(_response_id(), now, self.body)
+
+    async def _relay(self, target: Target, backend: Backend, response: IResponse) -> None:
+        transform = self._transform(target, backend)
+        if not self.committed:
+            self._set_stream_headers()
+        relay = StreamRelay(self.request, transform, self.clock, backend.config.idle_timeout)
+        response.deliverBody(relay)
+        try:
+            await relay.finished
+        except CancelledError:
+            raise
+        except ProxyError as e:
+            self._relay_wrote = relay.wrote
+            if not relay.wrote and not self.committed:
+                raise
+            self.log.warn("{route}: stream failed after it started: {error}",
+                          route=f"{target.backend}:{target.model}", error=e.message)
+            if not self.gone:
+                self.request.write(transform.error(e))
+            return None
+        if self.on_response is not None and hasattr(transform, "state"):
+            state = getattr(transform, "state")
+            if hasattr(state, "response"):
+                self.on_response(json.dumps(state.response).encode())
+        return None
+
+    def _late_error(self, error: ProxyError) -> None:
+        if not self.gone:
+            self.request.write(self._transform_for_errors().error(error))
+        return None
+
+    def _transform_for_errors(self) -> dialects.Transform:
+        return dialects.ChatPassthrough() if self.frontend == CHAT \
+            else dialects.ResponsesPassthrough()
+
+    def write_late_error(self, error: ProxyError) -> bool:
+        """
+        If the stream was committed, write C{error} in-band and return
+        True; the caller then just finishes the request.
+        """
+        if not self.committed:
+            return False
+        self._stop_keepalive()
+        self._late_error(error)
+        return True
+
+
+def target_idle(exchange: Exchange, target: Target) -> float:
+    return exchange.up.backends[target.backend].config.idle_timeout
+
+
+def _kept_headers(response: IResponse) -> list[tuple[bytes, bytes]]:
+    kept = []
+    for name, values in response.headers.getAllRawHeaders():
+        lower = name.lower()
+        if lower in PASS_HEADERS or lower.startswith(_RATELIMIT):
+            kept.append((lower, values[-1]))
+    return kept
+
+
+def _error_from_upstream(status: int, body: bytes) -> ProxyError:
+    try:
+        data = json.loads(rewrap_error(status, body))["error"]
+    except (ValueError, KeyError, TypeError):
+        data = {}
+    return ProxyError(
+        str(data.get("message") or f"upstream status {status}"),
+        status=status, type=str(data.get("type") or "server_error"),
+        code=data.get("code") if isinstance(data.get("code"), str) else None,
+        param=data.get("param") if isinstance(data.get("param"), str) else None,
+    )
+
+
+def _token() -> str:
+    return secrets.token_hex(12)
+
+
+def _response_id() -> str:
+    return "resp_" + _token()
+
+
+__all__ = ["Exchange", "Upstreams", "rewrap_error"]

@@ -1,0 +1,151 @@
+# -*- test-case-name: tests.test_routing_resolve -*-
+"""
+From the client's C{model} string and body to an ordered list of targets.
+
+Order of application: force_model, else aliases on the client's model;
+then failover routes and the C{a|b} failover syntax; then each element's
+selector is parsed, its backend checked, and the body built with the
+precedence URI parameters > client body > model_defaults.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from llmproxy.config import Config
+from llmproxy.errors import InvalidRequest
+from llmproxy.routing.aliases import apply_aliases
+from llmproxy.routing.params import validate_params
+from llmproxy.routing.precedence import apply_precedence
+from llmproxy.routing.selector import Selector, parse_failover
+
+
+@dataclass(frozen=True)
+class Target:
+    """
+    One element of a route: a backend instance, the bare upstream model and
+    the body (in the frontend's dialect) to send it.
+
+    @ivar changed: whether C{body} differs from what the client sent, so the
+        client's bytes can be forwarded untouched when it does not.
+    @ivar warnings: lenient-mode notes about dropped URI parameters.
+    """
+
+    backend: str
+    model: str
+    body: Mapping[str, Any]
+    changed: bool
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Route:
+    """
+    Ordered targets and the failover policy joining them.
+    """
+
+    targets: tuple[Target, ...]
+    policy: str = "m"
+
+
+def _route_text(config: Config, model: str) -> tuple[str, str]:
+    """
+    Apply force_model or the aliases, then failover routes.  Returns the
+    selector text and the policy.
+    """
+    if config.force_model:
+        return config.force_model, "m"
+    text = apply_aliases(config.model_aliases, model) or model
+    if "|" in text or _explicit_backend(text):
+        return text, "m"
+    routes = config.failover_routes
+    lowered = {k.lower(): v for k, v in routes.items()}
+    route = lowered.get(text.lower()) or lowered.get("default") or lowered.get("*")
+    if route is None:
+        return text, "m"
+    return "|".join(route.elements), route.policy
+
+
+def _explicit_backend(text: str) -> bool:
+    head = text.split("?", 1)[0]
+    colon = head.find(":")
+    slash = head.find("/")
+    return colon > 0 and (slash < 0 or colon < slash)
+
+
+_RESPONSES_PARAM_PATHS: Mapping[str, tuple[str, ...]] = {
+    "max_tokens": ("max_output_tokens",),
+    "reasoning_effort": ("reasoning", "effort"),
+    "verbosity": ("text", "verbosity"),
+}
+
+
+def _dialect_params(values: Mapping[str, object], dialect: str) -> dict[str, Any]:
+    """
+    Place URI parameter values where the frontend's dialect keeps them.
+    For Responses bodies, nested fields are returned as partial mappings
+    to be merged.
+    """
+    if dialect == "chat":
+        return dict(values)
+    out: dict[str, Any] = {}
+    for name, value in values.items():
+        path = _RESPONSES_PARAM_PATHS.get(name, (name,))
+        if len(path) == 1:
+            out[path[0]] = value
+        else:
+            out.setdefault(path[0], {})[path[1]] = value
+    return out
+
+
+def _merge_nested(body: Mapping[str, Any], uri: Mapping[str, Any]) -> dict[str, Any]:
+    """
+    Let URI values win over the body, merging one level into mappings
+    (so C{reasoning.effort} keeps C{reasoning.summary}).
+    """
+    flat = {}
+    for key, value in uri.items():
+        if isinstance(value, dict) and isinstance(body.get(key), dict):
+            flat[key] = {**body[key], **value}
+        else:
+            flat[key] = value
+    return flat
+
+
+def _target(
+    config: Config, selector: Selector, body: Mapping[str, Any], dialect: str
+) -> Target:
+    backend = selector.backend or config.default_backend.split("|")[0].split(":")[0]
+    if backend not in config.backends:
+        raise InvalidRequest(
+            f"Unknown backend {backend!r} in model {str(selector)!r}; "
+            f"known backends: {', '.join(sorted(config.backends))}",
+            param="model",
+            code="unknown_backend",
+        )
+    result = validate_params(selector.params, lenient=config.uri_params == "lenient")
+    uri = _merge_nested(body, _dialect_params(result.values, dialect))
+    defaults = (config.model_defaults.get(f"{backend}:{selector.model}")
+                or config.model_defaults.get(selector.model) or {})
+    built = apply_precedence(body, uri, defaults)
+    built["model"] = selector.model
+    changed = built != body
+    return Target(backend, selector.model, built, changed, result.warnings)
+
+
+def resolve(config: Config, body: Mapping[str, Any], dialect: str = "chat") -> Route:
+    """
+    Route a request body; raises L{InvalidRequest} for a bad selector, an
+    unknown backend or a bad URI parameter.
+
+    @param dialect: C{"chat"} or C{"responses"}, the frontend's body shape.
+    """
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise InvalidRequest(
+            "you must provide a model parameter", param="model", code="missing_required_parameter"
+        )
+    text, policy = _route_text(config, model)
+    selectors = parse_failover(text)
+    return Route(tuple(_target(config, s, body, dialect) for s in selectors), policy)

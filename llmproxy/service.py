@@ -1,0 +1,127 @@
+# -*- test-case-name: tests.test_service -*-
+"""
+Assemble a running llmproxy: C{makeService(config, reactor)} returns a
+L{MultiService} holding the HTTP endpoint and the shared connection pool.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService, Service
+from twisted.internet import endpoints
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.web.client import HTTPConnectionPool
+
+from llmproxy.backends.base import Backend
+from llmproxy.backends.health import CircuitBreaker
+from llmproxy.backends.http import OpenAIBackend
+from llmproxy.backends.keypool import KeyPool
+from llmproxy.backends.mock import MockBackend
+from llmproxy.config import BackendConfig, Config
+from llmproxy.frontends import ProxyApp, Upstreams
+
+
+def build_backend(
+    config: BackendConfig, pool: HTTPConnectionPool, reactor: Any, clock: Any
+) -> Backend:
+    """
+    The backend instance for one configured backend.  C{reactor} carries
+    the network, C{clock} the timers (tests pass a L{Clock}).
+    """
+    if config.type == "mock":
+        return MockBackend(config, clock)
+    return OpenAIBackend(config, pool, reactor, clock)
+
+
+def build_upstreams(
+    config: Config, pool: HTTPConnectionPool, reactor: Any, clock: Any
+) -> Upstreams:
+    """
+    Backends, key pools and circuit breakers for a configuration.
+    """
+    f = config.failure
+    return Upstreams(
+        backends={n: build_backend(b, pool, reactor, clock) for n, b in config.backends.items()},
+        pools={
+            n: KeyPool(n, b.keys, clock, default_cooldown=f.default_cooldown,
+                       max_cooldown=f.max_cooldown, auth_cooldown=f.auth_cooldown,
+                       quota_cooldown=f.quota_cooldown)
+            for n, b in config.backends.items()
+        },
+        breakers={
+            n: CircuitBreaker(clock, threshold=f.circuit_threshold, cooldown=f.circuit_cooldown)
+            for n in config.backends
+        },
+    )
+
+
+def make_pool(config: Config, reactor: Any) -> HTTPConnectionPool:
+    """
+    The one persistent connection pool every backend shares.  Failover owns
+    retries, so the pool does not retry on its own.
+    """
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = max(
+        [16] + [b.max_connections for b in config.backends.values()]
+    )
+    pool.retryAutomatically = False
+    return pool
+
+
+class PoolService(Service):
+    """
+    Closes the pool's cached connections when the process stops.
+    """
+
+    def __init__(self, pool: HTTPConnectionPool) -> None:
+        self.pool = pool
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return self.pool.closeCachedConnections()
+
+
+class ProxyService(MultiService):
+    """
+    The whole proxy.  After start, C{app} is the web application and
+    C{endpoint_service} the listener.
+    """
+
+    log = Logger()
+
+    def __init__(self, config: Config, reactor: Any, clock: Any = None) -> None:
+        super().__init__()
+        self.config = config
+        clock = clock or reactor
+        self.pool = make_pool(config, reactor)
+        self.upstreams = build_upstreams(config, self.pool, reactor, clock)
+        self.app = ProxyApp(config, self.upstreams, clock)
+        PoolService(self.pool).setServiceParent(self)
+        endpoint = endpoints.serverFromString(reactor, config.listen)
+        self.endpoint_service = StreamServerEndpointService(endpoint, self.app.site())
+        self.endpoint_service.setServiceParent(self)
+
+    def startService(self) -> None:
+        super().startService()
+        c = self.config
+        self.log.info(
+            "llmproxy on {listen}: backends {backends}, default {default}, auth {auth}",
+            listen=c.listen, backends=", ".join(f"{n} ({b.type})" for n, b in c.backends.items()),
+            default=c.default_backend,
+            auth="on" if c.auth_enabled else "OFF (no proxy keys)" if not c.disable_auth
+            else "DISABLED by --disable-auth",
+        )
+
+
+def makeService(config: Config, reactor: Any = None) -> ProxyService:
+    """
+    Build the service tree for C{config}.
+    """
+    if reactor is None:
+        from twisted.internet import reactor as _reactor
+
+        reactor = _reactor
+    return ProxyService(config, reactor)

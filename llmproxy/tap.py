@@ -1,0 +1,94 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+The C{twistd llmproxy} command line: options, and C{makeService}.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.python import usage
+
+from llmproxy import service
+from llmproxy.config import Config, ConfigError, Overrides, load_config
+
+
+class Options(usage.Options):
+    """
+    C{twistd llmproxy} options.  Command-line values override the
+    environment, which overrides the YAML file.
+    """
+
+    synopsis = "[options]"
+    longdesc = ("An OpenAI-compatible LLM proxy. With no config file and no "
+                "OPENAI_API_KEY it serves the built-in mock (demo) backend.")
+
+    optParameters = [
+        ["config", "c", None, "YAML config file (env CONFIG_FILE)."],
+        ["listen", "l", None, "Twisted endpoint to listen on, e.g. tcp:8000:interface=127.0.0.1 "
+                              "(default; cannot be combined with --host/--port)."],
+        ["host", None, None, "Interface to listen on (shorthand; env APP_HOST)."],
+        ["port", "p", None, "TCP port to listen on (shorthand; env APP_PORT).", int],
+        ["default-backend", "b", None, "Backend for models without a backend: prefix "
+                                       "(env LLM_BACKEND)."],
+        ["force-model", None, None, "Send every request to this selector, e.g. gpt-4o or "
+                                    "openai:gpt-4o?temperature=0.2 (env STATIC_ROUTE)."],
+        ["log-level", None, None, "debug, info, warn or error."],
+        ["workers", None, None, "Worker processes sharing the listening socket.", int],
+    ]
+    optFlags = [
+        ["disable-auth", None, "Serve without proxy keys, even beyond loopback."],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["proxy-keys"] = []
+        self["model-aliases"] = []
+
+    def opt_proxy_key(self, key: str) -> None:
+        """
+        A key clients must send as 'Authorization: Bearer KEY' (repeatable).
+        """
+        self["proxy-keys"].append(key)
+
+    def opt_model_alias(self, rule: str) -> None:
+        """
+        PATTERN=REPLACEMENT model rewrite, ahead of the file's (repeatable).
+        """
+        self["model-aliases"].append(rule)
+
+    def opt_static_route(self, selector: str) -> None:
+        """
+        Synonym of --force-model.
+        """
+        self["force-model"] = selector
+
+    def overrides(self) -> Overrides:
+        return Overrides(
+            config_file=self["config"],
+            listen=self["listen"],
+            host=self["host"],
+            port=self["port"],
+            default_backend=self["default-backend"],
+            force_model=self["force-model"],
+            proxy_keys=tuple(self["proxy-keys"]),
+            disable_auth=bool(self["disable-auth"]),
+            log_level=self["log-level"],
+            model_aliases=tuple(self["model-aliases"]),
+            workers=self["workers"],
+        )
+
+    def postOptions(self) -> None:
+        if self["listen"] and (self["host"] or self["port"]):
+            raise usage.UsageError("--listen cannot be combined with --host/--port")
+        try:
+            self.config: Config = load_config(self.overrides())
+        except ConfigError as e:
+            raise usage.UsageError(str(e))
+
+
+def makeService(options: Options, reactor: Any = None) -> service.ProxyService:
+    """
+    The twistd entry point.
+    """
+    return service.makeService(options.config, reactor)

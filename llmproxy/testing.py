@@ -1,0 +1,333 @@
+# -*- test-case-name: tests.test_testing -*-
+"""
+Test doubles: an in-process fake OpenAI upstream that records what it
+receives and can answer, pace, fail, stall and drop on demand, and a
+helper that runs llmproxy itself on port 0 against it.
+
+Used by llmproxy's own tests and the benchmark; usable by anyone testing
+code that talks to llmproxy.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+from twisted.internet import endpoints
+from twisted.internet.interfaces import IListeningPort, IReactorTCP, IReactorTime
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request, Site
+
+from llmproxy.sse import DONE, encode_event
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """
+    One request the fake received.
+    """
+
+    method: str
+    path: str
+    headers: Mapping[str, str]
+    body: Any
+
+    @property
+    def model(self) -> Any:
+        return self.body.get("model") if isinstance(self.body, dict) else None
+
+
+@dataclass
+class Reply:
+    """
+    Answer with a status, a JSON (or raw bytes) body and headers.
+    """
+
+    status: int = 200
+    body: Any = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Stream:
+    """
+    Answer 200 with these SSE chunks, C{delay} seconds apart; then C{end}:
+    C{"close"} (finish cleanly), C{"drop"} (cut the connection) or
+    C{"stall"} (send nothing more, keep the connection open).
+    """
+
+    chunks: Sequence[bytes]
+    delay: float = 0.0
+    end: str = "close"
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Stall:
+    """
+    Never answer (until the client gives up).
+    """
+
+
+@dataclass
+class Drop:
+    """
+    Close the connection without answering.
+    """
+
+
+Behaviour = Reply | Stream | Stall | Drop
+
+
+def chat_completion(model: str, text: str, ident: str = "chatcmpl-fake") -> dict[str, Any]:
+    """
+    A minimal, valid chat.completion.
+    """
+    return {
+        "id": ident, "object": "chat.completion", "created": 1700000000, "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text,
+                                             "refusal": None},
+                     "logprobs": None, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": len(text.split()),
+                  "total_tokens": 3 + len(text.split())},
+    }
+
+
+def chat_chunks(model: str, pieces: Sequence[str], ident: str = "chatcmpl-fake",
+                usage: bool = False) -> list[bytes]:
+    """
+    The SSE events of a streamed chat completion of C{pieces}, C{[DONE]}
+    included.
+    """
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        return encode_event({"id": ident, "object": "chat.completion.chunk",
+                             "created": 1700000000, "model": model,
+                             "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                                          "finish_reason": finish}]})
+    out = [chunk({"role": "assistant", "content": ""})]
+    out += [chunk({"content": p}) for p in pieces]
+    out.append(chunk({}, "stop"))
+    if usage:
+        out.append(encode_event({"id": ident, "object": "chat.completion.chunk",
+                                 "created": 1700000000, "model": model, "choices": [],
+                                 "usage": {"prompt_tokens": 3, "completion_tokens": len(pieces),
+                                           "total_tokens": 3 + len(pieces)}}))
+    out.append(DONE)
+    return out
+
+
+def responses_object(model: str, text: str, ident: str = "resp_fake") -> dict[str, Any]:
+    """
+    A minimal, valid Responses API response object.
+    """
+    return {
+        "id": ident, "object": "response", "created_at": 1700000000, "model": model,
+        "status": "completed", "error": None, "incomplete_details": None,
+        "instructions": None, "metadata": {}, "parallel_tool_calls": True,
+        "temperature": None, "tool_choice": "auto", "tools": [], "top_p": None,
+        "output": [{"type": "message", "id": "msg_fake", "status": "completed",
+                    "role": "assistant",
+                    "content": [{"type": "output_text", "text": text, "annotations": []}]}],
+        "usage": {"input_tokens": 3, "input_tokens_details": {"cached_tokens": 0},
+                  "output_tokens": len(text.split()),
+                  "output_tokens_details": {"reasoning_tokens": 0},
+                  "total_tokens": 3 + len(text.split())},
+    }
+
+
+def responses_events(model: str, pieces: Sequence[str], ident: str = "resp_fake") -> list[bytes]:
+    """
+    The SSE events of a streamed Responses answer of C{pieces}.
+    """
+    text = "".join(pieces)
+    final = responses_object(model, text, ident)
+    started = {**final, "status": "in_progress", "output": [], "usage": None}
+    item = {"type": "message", "id": "msg_fake", "status": "in_progress", "role": "assistant",
+            "content": []}
+    part = {"type": "output_text", "text": "", "annotations": []}
+    events: list[dict[str, Any]] = [
+        {"type": "response.created", "response": started},
+        {"type": "response.in_progress", "response": started},
+        {"type": "response.output_item.added", "output_index": 0, "item": item},
+        {"type": "response.content_part.added", "item_id": "msg_fake", "output_index": 0,
+         "content_index": 0, "part": part},
+    ]
+    events += [{"type": "response.output_text.delta", "item_id": "msg_fake", "output_index": 0,
+                "content_index": 0, "delta": p, "logprobs": []} for p in pieces]
+    events += [
+        {"type": "response.output_text.done", "item_id": "msg_fake", "output_index": 0,
+         "content_index": 0, "text": text, "logprobs": []},
+        {"type": "response.content_part.done", "item_id": "msg_fake", "output_index": 0,
+         "content_index": 0, "part": {**part, "text": text}},
+        {"type": "response.output_item.done", "output_index": 0, "item": final["output"][0]},
+        {"type": "response.completed", "response": final},
+    ]
+    return [encode_event({**e, "sequence_number": i}, e["type"]) for i, e in enumerate(events)]
+
+
+class FakeOpenAI(Resource):
+    """
+    A fake OpenAI API (C{/v1/chat/completions}, C{/v1/responses},
+    C{/v1/models}).
+
+    Behaviours are taken from C{by_model[model]} (a list, consumed in order,
+    the last one repeating), else from the C{script} queue, else the
+    default: an echo of the last user message in the request's dialect.
+
+    @ivar requests: every request received, in order.
+    @ivar lost: how many requests the client abandoned before the fake
+        finished answering.
+    """
+
+    isLeaf = True
+
+    def __init__(self, clock: IReactorTime) -> None:
+        super().__init__()
+        self.clock = clock
+        self.requests: list[Recorded] = []
+        self.script: list[Behaviour] = []
+        self.by_model: dict[str, list[Behaviour]] = {}
+        self.models = ["gpt-4o", "gpt-4o-mini"]
+        self.lost = 0
+        self.completed = 0
+        self.open: list[Request] = []
+        self.on_request: Callable[[Recorded], None] | None = None
+
+    def render_GET(self, request: Request) -> bytes:
+        self._record(request, None)
+        if request.path.endswith(b"/models"):
+            return self._json(request, 200, {"object": "list", "data": [
+                {"id": m, "object": "model", "created": 1700000000, "owned_by": "fake"}
+                for m in self.models]})
+        return self._json(request, 404, {"error": {"message": "no such path",
+                                                   "type": "invalid_request_error",
+                                                   "param": None, "code": None}})
+
+    def render_POST(self, request: Request) -> bytes | int:
+        raw = request.content.read()
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = raw
+        recorded = self._record(request, body)
+        behaviour = self._behaviour(recorded)
+        return self._perform(request, behaviour, recorded)
+
+    def _record(self, request: Request, body: Any) -> Recorded:
+        recorded = Recorded(
+            request.method.decode(), request.path.decode(),
+            {k.decode().lower(): v[-1].decode() for k, v in request.requestHeaders.getAllRawHeaders()},
+            body,
+        )
+        self.requests.append(recorded)
+        if self.on_request is not None:
+            self.on_request(recorded)
+        return recorded
+
+    def _behaviour(self, recorded: Recorded) -> Behaviour | None:
+        queue = self.by_model.get(recorded.model) if recorded.model else None
+        if queue:
+            return queue.pop(0) if len(queue) > 1 else queue[0]
+        if self.script:
+            return self.script.pop(0)
+        return None
+
+    def _default(self, recorded: Recorded) -> Behaviour:
+        body = recorded.body if isinstance(recorded.body, dict) else {}
+        model = str(body.get("model", "gpt-4o"))
+        text = "fake: " + _last_text(body)
+        pieces = [w + " " for w in text.split(" ")]
+        if recorded.path.endswith("/responses"):
+            if body.get("stream"):
+                return Stream(responses_events(model, pieces))
+            return Reply(200, responses_object(model, text))
+        if body.get("stream"):
+            usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            return Stream(chat_chunks(model, pieces, usage=usage))
+        return Reply(200, chat_completion(model, text))
+
+    def _perform(self, request: Request, behaviour: Behaviour | None, recorded: Recorded) -> bytes | int:
+        if behaviour is None:
+            behaviour = self._default(recorded)
+        if isinstance(behaviour, Reply):
+            for k, v in behaviour.headers.items():
+                request.setHeader(k, v)
+            self.completed += 1
+            return self._json(request, behaviour.status, behaviour.body)
+        self.open.append(request)
+        request.notifyFinish().addBoth(self._gone, request)
+        if isinstance(behaviour, Drop):
+            request.channel.transport.abortConnection()
+        elif isinstance(behaviour, Stream):
+            request.setHeader(b"content-type", b"text/event-stream")
+            for k, v in behaviour.headers.items():
+                request.setHeader(k, v)
+            self._pace(request, list(behaviour.chunks), behaviour)
+        return NOT_DONE_YET
+
+    def _pace(self, request: Request, chunks: list[bytes], behaviour: Stream) -> None:
+        if request not in self.open:
+            return
+        if chunks:
+            request.write(chunks.pop(0))
+            if chunks or behaviour.end != "close":
+                self.clock.callLater(behaviour.delay, self._pace, request, chunks, behaviour)
+                return
+        if behaviour.end == "close":
+            request.finish()
+        elif behaviour.end == "drop":
+            request.channel.transport.abortConnection()
+
+    def _gone(self, result: Any, request: Request) -> None:
+        if request in self.open:
+            self.open.remove(request)
+        if isinstance(result, Exception) or hasattr(result, "check"):
+            self.lost += 1
+        else:
+            self.completed += 1
+
+    def _json(self, request: Request, status: int, body: Any) -> bytes:
+        request.setResponseCode(status)
+        request.setHeader(b"content-type", b"application/json")
+        return body if isinstance(body, bytes) else json.dumps(body).encode()
+
+    def wait_idle(self) -> None:
+        """
+        Abort every request still open (for test cleanup).
+        """
+        for request in list(self.open):
+            request.channel.transport.abortConnection()
+
+
+def _last_text(body: Mapping[str, Any]) -> str:
+    messages = body.get("messages")
+    if isinstance(messages, list) and messages:
+        content = messages[-1].get("content") if isinstance(messages[-1], dict) else ""
+    else:
+        content = body.get("input", "")
+        if isinstance(content, list) and content:
+            content = content[-1].get("content", "") if isinstance(content[-1], dict) else ""
+    if isinstance(content, list):
+        content = " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return str(content)
+
+
+async def listen_fake(reactor: IReactorTCP, clock: IReactorTime | None = None) -> tuple[FakeOpenAI, IListeningPort, str]:
+    """
+    Start a L{FakeOpenAI} on 127.0.0.1, port 0.  Returns it, its port and
+    its base URL (ending in C{/v1}).
+    """
+    fake = FakeOpenAI(clock or reactor)  # type: ignore[arg-type]
+    site = Site(fake)
+    site.noisy = False
+    port: IListeningPort = await endpoints.TCP4ServerEndpoint(
+        reactor, 0, interface="127.0.0.1"
+    ).listen(site)
+    return fake, port, f"http://127.0.0.1:{port.getHost().port}/v1"
+
+
+__all__ = [
+    "Drop", "FakeOpenAI", "Recorded", "Reply", "Stall", "Stream", "chat_chunks",
+    "chat_completion", "listen_fake", "responses_events", "responses_object",
+]

@@ -1,0 +1,327 @@
+"""
+The proxy core end to end: real HTTP from a client, through llmproxy, to
+the fake upstream.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import treq
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import Clock, deferLater
+from twisted.trial.unittest import TestCase
+from twisted.web.http_headers import Headers
+
+from llmproxy.sse import SSEParser
+from llmproxy.testing import Drop, Reply, Stall, Stream, chat_chunks
+from tests.harness import base_config, client, post, start
+
+CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hello there"}]}
+
+
+def _events(body: bytes) -> list[Any]:
+    parser = SSEParser()
+    return [e.data for e in parser.feed(body) + parser.close()]
+
+
+class ForwardingTests(TestCase):
+    async def test_body_kept_model_routed_keys_swapped(self) -> None:
+        """
+        Every field the client sent reaches the upstream as sent; the
+        client's Authorization is replaced by the backend's key.
+        """
+        proxy = await start(self)
+        body = {
+            "model": "openai:gpt-4o",
+            "messages": [{"role": "user", "content": [
+                {"type": "text", "text": "what is this?"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}],
+            "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}],
+            "tool_choice": "auto",
+            "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}},
+            "reasoning_effort": "low",
+            "x_custom_field": {"nested": [1, 2.5, None]},
+        }
+        status, headers, content = await post(
+            self, proxy.url + "/v1/chat/completions", body,
+            {"authorization": "Bearer client-secret"},
+        )
+        self.assertEqual(status, 200)
+        [seen] = proxy.fake.requests
+        self.assertEqual(seen.path, "/v1/chat/completions")
+        self.assertEqual(seen.body, {**body, "model": "gpt-4o"})
+        self.assertEqual(seen.headers["authorization"], "Bearer sk-test-1")
+        self.assertNotIn("client-secret", json.dumps(seen.headers))
+        self.assertEqual(headers["x-llmproxy-route"], "openai:gpt-4o")
+        self.assertEqual(headers["x-llmproxy-key"], "openai#1")
+        self.assertEqual(json.loads(content)["object"], "chat.completion")
+
+    async def test_untouched_body_forwarded_byte_for_byte(self) -> None:
+        """
+        A body routing does not change reaches the upstream as the same
+        bytes (key order, spacing and number formats kept).
+        """
+        received = []
+        proxy = await start(self)
+        proxy.fake.on_request = lambda r: received.append(r)
+        raw = b'{ "messages": [{"role":"user","content":"hi"}], "model":"gpt-4o", "temperature": 1.0e0 }'
+        status, _, _ = await post(self, proxy.url + "/v1/chat/completions", raw)
+        self.assertEqual(status, 200)
+        self.assertEqual(received[0].body["temperature"], 1.0)
+
+    async def test_upstream_status_body_and_headers_pass_through(self) -> None:
+        proxy = await start(self)
+        answer = {"id": "x", "object": "chat.completion", "choices": [], "extra": "kept"}
+        proxy.fake.script.append(Reply(200, answer, {"x-request-id": "req-123",
+                                                     "x-ratelimit-remaining-requests": "99",
+                                                     "set-cookie": "a=b"}))
+        status, headers, content = await post(self, proxy.url + "/v1/chat/completions", CHAT)
+        self.assertEqual((status, json.loads(content)), (200, answer))
+        self.assertEqual(headers["x-request-id"], "req-123")
+        self.assertEqual(headers["x-ratelimit-remaining-requests"], "99")
+        self.assertNotIn("set-cookie", headers)
+
+    async def test_upstream_client_error_returned_as_is(self) -> None:
+        proxy = await start(self)
+        error = {"error": {"message": "bad messages", "type": "invalid_request_error",
+                           "param": "messages", "code": None}}
+        proxy.fake.script.append(Reply(400, error))
+        status, _, content = await post(self, proxy.url + "/v1/chat/completions", CHAT)
+        self.assertEqual((status, json.loads(content)), (400, error))
+        self.assertEqual(len(proxy.fake.requests), 1)
+
+    async def test_detail_error_rewrapped(self) -> None:
+        proxy = await start(self)
+        proxy.fake.script.append(Reply(400, {"detail": "Store must be set to false"}))
+        status, _, content = await post(self, proxy.url + "/v1/chat/completions", CHAT)
+        self.assertEqual(status, 400)
+        self.assertEqual(json.loads(content)["error"]["message"], "Store must be set to false")
+
+
+class StreamingTests(TestCase):
+    async def test_events_byte_for_byte(self) -> None:
+        proxy = await start(self)
+        chunks = chat_chunks("gpt-4o", ["a", "b", "c"], usage=True)
+        proxy.fake.script.append(Stream(chunks))
+        status, headers, content = await post(self, proxy.url + "/v1/chat/completions",
+                                              {**CHAT, "stream": True})
+        self.assertEqual(status, 200)
+        self.assertTrue(headers["content-type"].startswith("text/event-stream"))
+        self.assertEqual(content, b"".join(chunks))
+        self.assertTrue(content.endswith(b"data: [DONE]\n\n"))
+
+    async def test_first_event_arrives_before_upstream_finishes(self) -> None:
+        """
+        With a paced upstream, the client holds the first event while the
+        upstream still has most of its stream to send.
+        """
+        proxy = await start(self)
+        chunks = chat_chunks("gpt-4o", [str(i) for i in range(8)])
+        proxy.fake.script.append(Stream(chunks, delay=0.1))
+        response = await client(self).post(
+            proxy.url + "/v1/chat/completions", data=json.dumps({**CHAT, "stream": True}).encode())
+        first: Deferred[bytes] = Deferred()
+        seen_at_first = []
+
+        class Reader(Protocol):
+            def dataReceived(self, data: bytes) -> None:
+                if not first.called:
+                    seen_at_first.append(proxy.fake.completed)
+                    first.callback(data)
+
+            def connectionLost(self, reason: Any = None) -> None:
+                done.callback(None)
+
+        done: Deferred[None] = Deferred()
+        response.deliverBody(Reader())
+        data = await first
+        self.assertIn(b"data: ", data)
+        self.assertEqual(seen_at_first, [0])
+        await done
+        self.assertEqual(proxy.fake.completed, 1)
+
+    async def test_failure_after_start_is_one_error_event(self) -> None:
+        proxy = await start(self)
+        chunks = chat_chunks("gpt-4o", ["a", "b"])[:2]
+        proxy.fake.script.append(Stream(chunks, end="drop"))
+        status, _, content = await post(self, proxy.url + "/v1/chat/completions",
+                                        {**CHAT, "stream": True})
+        self.assertEqual(status, 200)
+        events = _events(content)
+        self.assertEqual(events[-1], "[DONE]")
+        errors = [json.loads(e) for e in events if e.startswith('{"error"')]
+        self.assertEqual(len(errors), 1)
+        self.assertEqual(errors[0]["error"]["status_code"], 502)
+        self.assertTrue(content.startswith(chunks[0] + chunks[1]))
+
+    async def test_client_disconnect_cancels_streaming_upstream(self) -> None:
+        proxy = await start(self)
+        proxy.fake.script.append(Stream(chat_chunks("gpt-4o", ["x"] * 50), delay=0.05))
+        response = await client(self).post(
+            proxy.url + "/v1/chat/completions", data=json.dumps({**CHAT, "stream": True}).encode())
+        got: Deferred[None] = Deferred()
+
+        class Quitter(Protocol):
+            def dataReceived(self, data: bytes) -> None:
+                if not got.called:
+                    self.transport.stopProducing()
+                    got.callback(None)
+
+            def connectionLost(self, reason: Any = None) -> None:
+                pass
+
+        response.deliverBody(Quitter())
+        await got
+        for _ in range(20):
+            if proxy.fake.lost:
+                break
+            await deferLater(reactor, 0.05)
+        self.assertEqual(proxy.fake.lost, 1)
+
+    async def test_client_disconnect_cancels_non_streaming_upstream(self) -> None:
+        proxy = await start(self)
+        proxy.fake.script.append(Stall())
+        d = client(self).post(proxy.url + "/v1/chat/completions", data=json.dumps(CHAT).encode())
+        for _ in range(20):
+            if proxy.fake.open:
+                break
+            await deferLater(reactor, 0.02)
+        d.cancel()
+        self.failureResultOf(d)
+        for _ in range(20):
+            if proxy.fake.lost:
+                break
+            await deferLater(reactor, 0.05)
+        self.assertEqual(proxy.fake.lost, 1)
+
+
+class ErrorTests(TestCase):
+    async def _error(self, proxy: Any, body: Any, headers: Any = None,
+                     path: str = "/v1/chat/completions") -> tuple[int, dict[str, Any]]:
+        status, _, content = await post(self, proxy.url + path, body, headers)
+        data = json.loads(content)
+        self.assertEqual(set(data["error"]), {"message", "type", "param", "code"})
+        return status, data["error"]
+
+    async def test_invalid_json(self) -> None:
+        proxy = await start(self)
+        status, error = await self._error(proxy, b"{not json")
+        self.assertEqual((status, error["code"]), (400, "invalid_json"))
+
+    async def test_missing_model_and_messages(self) -> None:
+        proxy = await start(self)
+        status, error = await self._error(proxy, {"messages": CHAT["messages"]})
+        self.assertEqual((status, error["param"]), (400, "model"))
+        status, error = await self._error(proxy, {"model": "gpt-4o"})
+        self.assertEqual((status, error["param"]), (400, "messages"))
+        self.assertEqual(proxy.fake.requests, [])
+
+    async def test_proxy_key_required(self) -> None:
+        proxy = await start(self, lambda u: base_config(u, proxy_keys=["k1", "k2"]))
+        status, error = await self._error(proxy, CHAT)
+        self.assertEqual(status, 401)
+        status, error = await self._error(proxy, CHAT, {"authorization": "Bearer nope"})
+        self.assertEqual(status, 401)
+        self.assertNotIn("nope", error["message"])
+        status, _, _ = await post(self, proxy.url + "/v1/chat/completions", CHAT,
+                                  {"authorization": "Bearer k2"})
+        self.assertEqual(status, 200)
+        status, _, _ = await post(self, proxy.url + "/healthz", b"")
+        response = await client(self).get(proxy.url + "/healthz")
+        self.assertEqual(response.code, 200)
+        await treq.content(response)
+
+    async def test_body_too_large(self) -> None:
+        proxy = await start(self, lambda u: base_config(u, max_body_bytes=2048))
+        big = {**CHAT, "messages": [{"role": "user", "content": "x" * 5000}]}
+        status, error = await self._error(proxy, big)
+        self.assertEqual((status, error["code"]), (413, "request_too_large"))
+        self.assertEqual(proxy.fake.requests, [])
+
+    async def test_unknown_backend_lists_known(self) -> None:
+        proxy = await start(self)
+        status, error = await self._error(proxy, {**CHAT, "model": "nope:gpt-4o"})
+        self.assertEqual(status, 400)
+        self.assertIn("openai", error["message"])
+        self.assertIn("nope", error["message"])
+
+    async def test_upstream_unreachable_is_502(self) -> None:
+        proxy = await start(self, lambda u: base_config(
+            "http://127.0.0.1:1/v1", failure_handling={"max_attempts": 1}))
+        status, error = await self._error(proxy, CHAT)
+        self.assertEqual(status, 502)
+
+    async def test_upstream_drop_is_502(self) -> None:
+        proxy = await start(self, lambda u: base_config(u, failure_handling={"max_attempts": 1}))
+        proxy.fake.script.append(Drop())
+        status, _ = await self._error(proxy, CHAT)
+        self.assertEqual(status, 502)
+
+    async def test_upstream_timeout_is_504(self) -> None:
+        clock = Clock()
+
+        def config(u: str) -> dict[str, Any]:
+            data = base_config(u, failure_handling={"max_attempts": 1})
+            data["backends"]["openai"]["timeout"] = 30
+            return data
+
+        proxy = await start(self, config, clock=clock)
+        proxy.fake.script.append(Stall())
+        d = Deferred.fromCoroutine(self._error(proxy, CHAT))
+        for _ in range(40):
+            if proxy.fake.open:
+                break
+            await deferLater(reactor, 0.02)
+        clock.advance(31)
+        status, error = await d
+        self.assertEqual((status, error["code"]), (504, "upstream_timeout"))
+
+    async def test_missing_key_names_env_var(self) -> None:
+        proxy = await start(self, lambda u: {"backends": {"openai": {"type": "openai"}},
+                                             "default_backend": "openai"})
+        status, error = await self._error(proxy, CHAT)
+        self.assertEqual(status, 500)
+        self.assertIn("OPENAI_API_KEY", error["message"])
+
+    async def test_unknown_path_and_method(self) -> None:
+        proxy = await start(self)
+        status, error = await self._error(proxy, CHAT, path="/v1/nothing")
+        self.assertEqual(status, 404)
+        response = await client(self).get(proxy.url + "/v1/chat/completions")
+        self.assertEqual(response.code, 405)
+        self.assertIn("error", json.loads(await treq.content(response)))
+
+    async def test_loop_guard(self) -> None:
+        proxy = await start(self)
+        status, error = await self._error(proxy, CHAT, {"x-llmproxy-loop-guard": "1"})
+        self.assertEqual((status, error["code"]), (400, "proxy_loop_detected"))
+        self.assertEqual(proxy.fake.requests, [])
+        self.assertEqual(
+            (await post(self, proxy.url + "/v1/chat/completions", CHAT))[0], 200)
+        self.assertEqual(proxy.fake.requests[0].headers["x-llmproxy-loop-guard"], "1")
+
+
+class ModelsTests(TestCase):
+    async def test_models_from_upstream(self) -> None:
+        proxy = await start(self)
+        response = await client(self).get(proxy.url + "/v1/models")
+        data = json.loads(await treq.content(response))
+        ids = {m["id"] for m in data["data"]}
+        self.assertEqual(data["object"], "list")
+        self.assertTrue({"gpt-4o", "openai:gpt-4o", "openai:gpt-4o-mini"} <= ids)
+
+    async def test_models_fall_back_to_config(self) -> None:
+        def config(u: str) -> dict[str, Any]:
+            data = base_config("http://127.0.0.1:1/v1")
+            data["backends"]["openai"]["models"] = ["only-this"]
+            return data
+
+        proxy = await start(self, config)
+        response = await client(self).get(proxy.url + "/v1/models",
+                                          headers=Headers({}))
+        ids = {m["id"] for m in json.loads(await treq.content(response))["data"]}
+        self.assertEqual(ids, {"only-this", "openai:only-this"})
