@@ -10,6 +10,7 @@ L{ConfigError} naming the key and the file.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
@@ -148,10 +149,14 @@ class _Reader:
     Typed access to one YAML mapping, with errors naming key and file.
     """
 
-    def __init__(self, data: Mapping[str, Any], where: str, source: str) -> None:
+    def __init__(
+        self, data: Mapping[str, Any], where: str, source: str,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
         self.data = data
         self.where = where
         self.source = source
+        self.environ = environ
         self.seen: set[str] = set()
 
     def fail(self, key: str, problem: str) -> ConfigError:
@@ -169,7 +174,7 @@ class _Reader:
         if not isinstance(value, kind):
             raise self.fail(key, f"expected {_kind_name(kind)}, got {type(value).__name__}")
         if isinstance(value, str):
-            value = expand_env(value)
+            value = expand_env(value, self.environ)
         return value
 
     def number(self, key: str, default: float, minimum: float = 0.0) -> float:
@@ -188,14 +193,14 @@ class _Reader:
         value = self.get(key, list, [])
         if not all(isinstance(item, str) for item in value):
             raise self.fail(key, "expected a list of strings")
-        return tuple(expand_env(item) for item in value)
+        return tuple(expand_env(item, self.environ) for item in value)
 
     def mapping(self, key: str) -> Mapping[str, Any]:
         value = self.get(key, dict, {})
         return value
 
     def child(self, key: str, data: Mapping[str, Any]) -> _Reader:
-        return _Reader(data, f"{self.where}{key}.", self.source)
+        return _Reader(data, f"{self.where}{key}.", self.source, self.environ)
 
     def finish(self) -> None:
         unknown = sorted(set(self.data) - self.seen)
@@ -401,9 +406,12 @@ def build_config(
     return a frozen L{Config}.
     """
     env = os.environ if environ is None else environ
-    top = _Reader(data, "", source)
+    top = _Reader(data, "", source, env)
     backends_raw = dict(top.mapping("backends"))
     nested_default = backends_raw.pop("default_backend", None)
+    if nested_default is not None and not isinstance(nested_default, str):
+        raise top.fail("backends.default_backend",
+                       f"expected a string, got {type(nested_default).__name__}")
     top_default = top.get("default_backend", str)
     if nested_default is not None and top_default is not None and nested_default != top_default:
         raise top.fail("default_backend", f"conflicts with backends.default_backend {nested_default!r}")
@@ -419,7 +427,7 @@ def build_config(
         backends[str(name)] = _backend(str(name), top.child(f"backends.{name}", body), env)
     if not backends:
         # No backends configured: OpenAI when a key is set, else the demo.
-        backends["openai"] = _backend("openai", _Reader({}, "backends.openai.", source), env)
+        backends["openai"] = _backend("openai", _Reader({}, "backends.openai.", source, env), env)
         backends["mock"] = BackendConfig(name="mock", type="mock", base_url="")
         if default_backend is None and not backends["openai"].keys:
             default_backend = "mock"
@@ -432,10 +440,22 @@ def build_config(
             f"known: {', '.join(sorted(backends))}"
         )
 
-    host = overrides.host or env.get("APP_HOST") or top.get("host", str)
-    port = overrides.port or (int(env["APP_PORT"]) if env.get("APP_PORT") else None) \
-        or top.get("port", int)
-    listen = overrides.listen or top.get("listen", str)
+    # Read every YAML value first, so that a key overridden by the command
+    # line or the environment still counts as known.
+    yaml_host = top.get("host", str)
+    yaml_port = top.get("port", int)
+    yaml_listen = top.get("listen", str)
+    yaml_force_model = top.get("force_model", str)
+    yaml_log_level = top.get("log_level", str, "info")
+    yaml_disable_auth = bool(top.get("disable_auth", bool, False))
+    yaml_workers = top.integer("workers", 1, minimum=1)
+    env_port = env.get("APP_PORT")
+    if env_port and not env_port.isdigit():
+        raise ConfigError(f"APP_PORT: expected a port number, got {env_port!r}")
+
+    host = overrides.host or env.get("APP_HOST") or yaml_host
+    port = overrides.port or (int(env_port) if env_port else None) or yaml_port
+    listen = overrides.listen or yaml_listen
     if listen and (overrides.host or overrides.port) and overrides.listen:
         raise ConfigError("--listen cannot be combined with --host/--port")
     if overrides.host or overrides.port or not listen:
@@ -456,11 +476,12 @@ def build_config(
     if uri_params not in ("strict", "lenient"):
         raise top.fail("uri_params", "must be strict or lenient")
 
-    proxy_keys = list(top.strings("proxy_keys"))
+    # An entry whose variable is unset expands to "": never a valid key.
+    proxy_keys = [k for k in top.strings("proxy_keys") if k]
     proxy_keys += [k.strip() for k in env.get("LLMPROXY_KEYS", "").split(",") if k.strip()]
     proxy_keys += list(overrides.proxy_keys)
 
-    log_level = overrides.log_level or top.get("log_level", str, "info")
+    log_level = overrides.log_level or yaml_log_level
     if log_level not in ("debug", "info", "warn", "error"):
         raise top.fail("log_level", "must be one of debug, info, warn, error")
 
@@ -472,9 +493,9 @@ def build_config(
     config = Config(
         listen=listen,
         proxy_keys=tuple(dict.fromkeys(proxy_keys)),
-        disable_auth=overrides.disable_auth or bool(top.get("disable_auth", bool, False)),
+        disable_auth=overrides.disable_auth or yaml_disable_auth,
         default_backend=default_backend,
-        force_model=overrides.force_model or env.get("STATIC_ROUTE") or top.get("force_model", str),
+        force_model=overrides.force_model or env.get("STATIC_ROUTE") or yaml_force_model,
         backends=MappingProxyType(backends),
         model_aliases=tuple(aliases),
         model_defaults=MappingProxyType(model_defaults),
@@ -486,7 +507,7 @@ def build_config(
         access_log=bool(top.get("access_log", bool, False)),
         responses_store_size=store_size,
         responses_store_ttl=store_ttl,
-        workers=overrides.workers or top.integer("workers", 1, minimum=1),
+        workers=overrides.workers or yaml_workers,
     )
     top.finish()
     check_exposure(config)
@@ -505,7 +526,13 @@ def compile_or_fail(text: str) -> AliasRule:
         raise ConfigError(f"--model-alias: {e}")
 
 
-_LOOPBACK = ("127.", "::1", "localhost", "0:0:0:0:0:0:0:1")
+def _is_loopback_address(iface: str) -> bool:
+    if iface.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(iface.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def is_loopback_endpoint(description: str) -> bool:
@@ -517,11 +544,12 @@ def is_loopback_endpoint(description: str) -> bool:
         return True
     if kind not in ("tcp", "tcp6", "ssl"):
         return False
+    iface = None
     for part in rest.replace("\\:", "\x00").split(":"):
         if part.startswith("interface="):
+            # The last one wins, as in Twisted's own parser.
             iface = part[len("interface="):].replace("\x00", ":")
-            return iface.startswith(_LOOPBACK)
-    return False
+    return iface is not None and _is_loopback_address(iface)
 
 
 def check_exposure(config: Config) -> None:

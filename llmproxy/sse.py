@@ -71,7 +71,8 @@ class SSEFramer:
         """
         Add bytes; return the events they complete.
 
-        @raise SSEError: if an unfinished event grows beyond the limit.
+        @raise SSEError: if an event (finished or not) grows beyond the
+            limit, however the bytes were chunked.
         """
         buf = self._buffer + data if self._buffer else data
         events = []

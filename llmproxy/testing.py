@@ -171,9 +171,10 @@ class FakeOpenAI(Resource):
     A fake OpenAI API (C{/v1/chat/completions}, C{/v1/responses},
     C{/v1/models}).
 
-    Behaviours are taken from C{by_model[model]} (a list, consumed in order,
-    the last one repeating), else from the C{script} queue, else the
-    default: an echo of the last user message in the request's dialect.
+    Behaviours are taken from C{by_key[bearer token]} or C{by_model[model]}
+    (lists, consumed in order, the last one repeating), else from the
+    C{script} queue, else the default: an echo of the last user message in
+    the request's dialect.
 
     @ivar requests: every request received, in order.
     @ivar lost: how many requests the client abandoned before the fake
@@ -188,6 +189,7 @@ class FakeOpenAI(Resource):
         self.requests: list[Recorded] = []
         self.script: list[Behaviour] = []
         self.by_model: dict[str, list[Behaviour]] = {}
+        self.by_key: dict[str, list[Behaviour]] = {}
         self.models = ["gpt-4o", "gpt-4o-mini"]
         self.lost = 0
         self.completed = 0
@@ -226,7 +228,9 @@ class FakeOpenAI(Resource):
         return recorded
 
     def _behaviour(self, recorded: Recorded) -> Behaviour | None:
-        queue = self.by_model.get(recorded.model) if recorded.model else None
+        token = recorded.headers.get("authorization", "").partition(" ")[2]
+        queue = self.by_key.get(token) or (
+            self.by_model.get(recorded.model) if recorded.model else None)
         if queue:
             return queue.pop(0) if len(queue) > 1 else queue[0]
         if self.script:

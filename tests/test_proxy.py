@@ -147,7 +147,7 @@ class StreamingTests(TestCase):
     async def test_failure_after_start_is_one_error_event(self) -> None:
         proxy = await start(self)
         chunks = chat_chunks("gpt-4o", ["a", "b"])[:2]
-        proxy.fake.script.append(Stream(chunks, end="drop"))
+        proxy.fake.script.append(Stream(chunks, delay=0.05, end="drop"))
         status, _, content = await post(self, proxy.url + "/v1/chat/completions",
                                         {**CHAT, "stream": True})
         self.assertEqual(status, 200)

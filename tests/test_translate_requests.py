@@ -28,39 +28,55 @@ from llmproxy.translate.requests import (
 _texts = st.text(max_size=12)
 _names = st.text("abcdefgh_", min_size=1, max_size=6)
 _ids = st.text("abcdef0123", min_size=1, max_size=6).map(lambda suffix: f"call_{suffix}")
-_json_values = st.none() | st.booleans() | st.integers(-5, 5) | _texts | st.lists(st.integers(), max_size=2)
+_json_values = (
+    st.none() | st.booleans() | st.integers(-5, 5) | _texts | st.lists(st.integers(), max_size=2)
+)
 _arguments = st.dictionaries(_names, _json_values, max_size=3).map(json.dumps)
 _schemas = st.fixed_dictionaries(
-    {"type": st.just("object"), "properties": st.dictionaries(_names, st.just({"type": "string"}), max_size=3)}
+    {
+        "type": st.just("object"),
+        "properties": st.dictionaries(_names, st.just({"type": "string"}), max_size=3),
+    }
 )
+
+
+def _tool_call(id: str, name: str, arguments: str) -> dict[str, Any]:
+    """
+    A Chat tool call.
+    """
+    return {"id": id, "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+def _tool(
+    name: str, description: str | None, parameters: dict[str, Any], strict: bool | None
+) -> dict[str, Any]:
+    """
+    A nested Chat function tool; C{description} and C{strict} only when
+    given.
+    """
+    function: dict[str, Any] = {"name": name, "parameters": parameters}
+    if description is not None:
+        function["description"] = description
+    if strict is not None:
+        function["strict"] = strict
+    return {"type": "function", "function": function}
+
+
+def _tool_name(tool: dict[str, Any]) -> str:
+    """
+    The name of a nested Chat tool.
+    """
+    name: str = tool["function"]["name"]
+    return name
+
+
 _tool_call_lists = st.lists(
-    st.builds(
-        lambda id, name, args: {"id": id, "type": "function", "function": {"name": name, "arguments": args}},
-        _ids,
-        _names,
-        _arguments,
-    ),
-    max_size=3,
-    unique_by=lambda call: call["id"],
+    st.builds(_tool_call, _ids, _names, _arguments), max_size=3, unique_by=lambda call: call["id"]
 )
 _tool_lists = st.lists(
-    st.builds(
-        lambda name, desc, params, strict: {
-            "type": "function",
-            "function": {
-                "name": name,
-                **({"description": desc} if desc is not None else {}),
-                "parameters": params,
-                **({"strict": strict} if strict is not None else {}),
-            },
-        },
-        _names,
-        st.none() | _texts,
-        _schemas,
-        st.none() | st.booleans(),
-    ),
+    st.builds(_tool, _names, st.none() | _texts, _schemas, st.none() | st.booleans()),
     max_size=3,
-    unique_by=lambda tool: tool["function"]["name"],
+    unique_by=_tool_name,
 )
 _response_formats = (
     st.none()
@@ -153,7 +169,7 @@ def chat_requests(draw: st.DrawFn) -> dict[str, Any]:
         request["tools"] = tools
         forced = draw(st.booleans())
         if forced:
-            name = tools[draw(st.integers(0, len(tools) - 1))]["function"]["name"]
+            name = _tool_name(draw(st.sampled_from(tools)))
             request["tool_choice"] = {"type": "function", "function": {"name": name}}
         else:
             request["tool_choice"] = draw(_tool_choice_modes)
@@ -236,8 +252,16 @@ class ChatToResponsesRequestTests(SynchronousTestCase):
         self.assertEqual(
             result.body["input"],
             [
-                {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]},
-                {"type": "message", "role": "system", "content": [{"type": "input_text", "text": "C"}]},
+                {
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_text", "text": "hi"}],
+                },
+                {
+                    "type": "message",
+                    "role": "system",
+                    "content": [{"type": "input_text", "text": "C"}],
+                },
             ],
         )
         self.assertEqual(result.body["model"], "gpt-x")
@@ -260,7 +284,10 @@ class ChatToResponsesRequestTests(SynchronousTestCase):
                     "role": "user",
                     "content": [
                         {"type": "text", "text": "look"},
-                        {"type": "image_url", "image_url": {"url": "https://x/i.png", "detail": "high"}},
+                        {
+                            "type": "image_url",
+                            "image_url": {"url": "https://x/i.png", "detail": "high"},
+                        },
                         {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA"}},
                     ],
                 }
@@ -288,15 +315,35 @@ class ChatToResponsesRequestTests(SynchronousTestCase):
                     "role": "assistant",
                     "content": "Let me check.",
                     "tool_calls": [
-                        {"id": "c1", "type": "function", "function": {"name": "a", "arguments": "{}"}},
-                        {"id": "c2", "type": "function", "function": {"name": "b", "arguments": '{"x":1}'}},
+                        {
+                            "id": "c1",
+                            "type": "function",
+                            "function": {"name": "a", "arguments": "{}"},
+                        },
+                        {
+                            "id": "c2",
+                            "type": "function",
+                            "function": {"name": "b", "arguments": '{"x":1}'},
+                        },
                     ],
                 },
                 {"role": "tool", "tool_call_id": "c1", "content": "one"},
-                {"role": "tool", "tool_call_id": "c2", "content": [{"type": "text", "text": "two"}]},
-                {"role": "assistant", "content": None, "tool_calls": [
-                    {"id": "c3", "type": "function", "function": {"name": "a", "arguments": "{}"}},
-                ]},
+                {
+                    "role": "tool",
+                    "tool_call_id": "c2",
+                    "content": [{"type": "text", "text": "two"}],
+                },
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": "c3",
+                            "type": "function",
+                            "function": {"name": "a", "arguments": "{}"},
+                        },
+                    ],
+                },
             ]
         )
         self.assertEqual(
@@ -323,14 +370,26 @@ class ChatToResponsesRequestTests(SynchronousTestCase):
         params = {"type": "object", "properties": {}}
         result = _to_responses(
             tools=[
-                {"type": "function", "function": {"name": "a", "description": "d", "parameters": params}},
-                {"type": "function", "function": {"name": "b", "parameters": params, "strict": True}},
+                {
+                    "type": "function",
+                    "function": {"name": "a", "description": "d", "parameters": params},
+                },
+                {
+                    "type": "function",
+                    "function": {"name": "b", "parameters": params, "strict": True},
+                },
             ]
         )
         self.assertEqual(
             result.body["tools"],
             [
-                {"type": "function", "name": "a", "description": "d", "parameters": params, "strict": False},
+                {
+                    "type": "function",
+                    "name": "a",
+                    "description": "d",
+                    "parameters": params,
+                    "strict": False,
+                },
                 {"type": "function", "name": "b", "parameters": params, "strict": True},
             ],
         )
@@ -350,7 +409,9 @@ class ChatToResponsesRequestTests(SynchronousTestCase):
         """
         self.assertEqual(_to_responses(tool_choice="required").body["tool_choice"], "required")
         self.assertEqual(
-            _to_responses(tool_choice={"type": "function", "function": {"name": "f"}}).body["tool_choice"],
+            _to_responses(tool_choice={"type": "function", "function": {"name": "f"}}).body[
+                "tool_choice"
+            ],
             {"type": "function", "name": "f"},
         )
 
@@ -370,7 +431,13 @@ class ChatToResponsesRequestTests(SynchronousTestCase):
         self.assertEqual(
             result.body["text"],
             {
-                "format": {"type": "json_schema", "name": "n", "schema": schema, "strict": True, "description": "D"},
+                "format": {
+                    "type": "json_schema",
+                    "name": "n",
+                    "schema": schema,
+                    "strict": True,
+                    "description": "D",
+                },
                 "verbosity": "low",
             },
         )
@@ -482,6 +549,7 @@ class ChatToResponsesRequestTests(SynchronousTestCase):
         with self.assertRaises(InvalidRequest):
             _to_responses(messages=[{"role": "wizard", "content": "x"}])
 
+    @settings(max_examples=40, deadline=None)
     @given(chat_requests())
     def test_inputNotModifiedOrShared(self, chat: dict[str, Any]) -> None:
         """
@@ -498,7 +566,7 @@ class ChatToResponsesRequestTests(SynchronousTestCase):
             text["schema"]["mutated"] = True
         self.assertEqual(chat, before)
 
-    @settings(max_examples=150)
+    @settings(max_examples=100, deadline=None)
     @given(chat_requests())
     def test_roundTrip(self, chat: dict[str, Any]) -> None:
         """
@@ -514,7 +582,10 @@ class ChatToResponsesRequestTests(SynchronousTestCase):
         self.assertEqual(body["messages"], _normalised_messages(chat["messages"]))
         self.assertEqual(body["model"], chat["model"])
         expected_tools = [
-            {"type": "function", "function": {**tool["function"], "strict": tool["function"].get("strict", False)}}
+            {
+                "type": "function",
+                "function": {**tool["function"], "strict": tool["function"].get("strict", False)},
+            }
             for tool in chat.get("tools", [])
         ]
         self.assertEqual(body.get("tools", []), expected_tools)
@@ -522,7 +593,15 @@ class ChatToResponsesRequestTests(SynchronousTestCase):
         limit = chat.get("max_completion_tokens", chat.get("max_tokens"))
         self.assertEqual(body.get("max_completion_tokens"), limit)
         self.assertEqual(body.get("response_format"), chat.get("response_format"))
-        for key in ("temperature", "top_p", "reasoning_effort", "verbosity", "parallel_tool_calls", "user", "stream"):
+        for key in (
+            "temperature",
+            "top_p",
+            "reasoning_effort",
+            "verbosity",
+            "parallel_tool_calls",
+            "user",
+            "stream",
+        ):
             self.assertEqual(body.get(key), chat.get(key), key)
         self.assertEqual(
             body.get("stream_options"), {"include_usage": True} if chat.get("stream") else None
@@ -555,7 +634,9 @@ class ResponsesToChatRequestTests(SynchronousTestCase):
         A string input is one user message.
         """
         result = _to_chat(input="hello")
-        self.assertEqual(result.body, {"model": "gpt-x", "messages": [{"role": "user", "content": "hello"}]})
+        self.assertEqual(
+            result.body, {"model": "gpt-x", "messages": [{"role": "user", "content": "hello"}]}
+        )
         self.assertEqual(result.dropped, ())
 
     def test_instructionsThenHistoryThenInput(self) -> None:
@@ -584,7 +665,8 @@ class ResponsesToChatRequestTests(SynchronousTestCase):
         history = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
         before = copy.deepcopy(history)
         result = _to_chat(
-            history, input=[{"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"}]
+            history,
+            input=[{"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"}],
         )
         self.assertEqual(history, before)
         self.assertEqual(len(result.body["messages"]), 3)
@@ -619,7 +701,10 @@ class ResponsesToChatRequestTests(SynchronousTestCase):
                     "role": "user",
                     "content": [
                         {"type": "text", "text": "see"},
-                        {"type": "image_url", "image_url": {"url": "https://x/i.png", "detail": "low"}},
+                        {
+                            "type": "image_url",
+                            "image_url": {"url": "https://x/i.png", "detail": "low"},
+                        },
                     ],
                 },
                 {"role": "assistant", "content": "ok"},
@@ -663,7 +748,9 @@ class ResponsesToChatRequestTests(SynchronousTestCase):
             {
                 "role": "assistant",
                 "content": None,
-                "tool_calls": [{"id": "c3", "type": "function", "function": {"name": "a", "arguments": "{}"}}],
+                "tool_calls": [
+                    {"id": "c3", "type": "function", "function": {"name": "a", "arguments": "{}"}}
+                ],
             },
         )
         self.assertEqual(len(messages), 5)
@@ -692,7 +779,9 @@ class ResponsesToChatRequestTests(SynchronousTestCase):
             {
                 "role": "assistant",
                 "content": None,
-                "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}],
+                "tool_calls": [
+                    {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+                ],
             },
             {"role": "tool", "tool_call_id": "c", "content": "r"},
         ]
@@ -705,7 +794,11 @@ class ResponsesToChatRequestTests(SynchronousTestCase):
         A missing input, or one that is neither a string nor a list, is a
         400 naming C{input}.
         """
-        for bad in ({"model": "m"}, {"model": "m", "input": 3}, {"model": "m", "input": {"role": "user"}}):
+        for bad in (
+            {"model": "m"},
+            {"model": "m", "input": 3},
+            {"model": "m", "input": {"role": "user"}},
+        ):
             with self.assertRaises(InvalidRequest) as caught:
                 responses_to_chat_request(bad)
             self.assertEqual(caught.exception.param, "input")
@@ -723,14 +816,27 @@ class ResponsesToChatRequestTests(SynchronousTestCase):
         Flat function tools are nested.
         """
         result = _to_chat(
-            tools=[{"type": "function", "name": "f", "description": "d", "parameters": {"type": "object"}, "strict": True}]
+            tools=[
+                {
+                    "type": "function",
+                    "name": "f",
+                    "description": "d",
+                    "parameters": {"type": "object"},
+                    "strict": True,
+                }
+            ]
         )
         self.assertEqual(
             result.body["tools"],
             [
                 {
                     "type": "function",
-                    "function": {"name": "f", "description": "d", "parameters": {"type": "object"}, "strict": True},
+                    "function": {
+                        "name": "f",
+                        "description": "d",
+                        "parameters": {"type": "object"},
+                        "strict": True,
+                    },
                 }
             ],
         )
@@ -766,11 +872,22 @@ class ResponsesToChatRequestTests(SynchronousTestCase):
         and C{text.verbosity} becomes C{verbosity}.
         """
         result = _to_chat(
-            text={"format": {"type": "json_schema", "name": "n", "schema": {"type": "object"}, "strict": False}, "verbosity": "high"}
+            text={
+                "format": {
+                    "type": "json_schema",
+                    "name": "n",
+                    "schema": {"type": "object"},
+                    "strict": False,
+                },
+                "verbosity": "high",
+            }
         )
         self.assertEqual(
             result.body["response_format"],
-            {"type": "json_schema", "json_schema": {"name": "n", "schema": {"type": "object"}, "strict": False}},
+            {
+                "type": "json_schema",
+                "json_schema": {"name": "n", "schema": {"type": "object"}, "strict": False},
+            },
         )
         self.assertEqual(result.body["verbosity"], "high")
         self.assertNotIn("text", result.body)
@@ -783,14 +900,21 @@ class ResponsesToChatRequestTests(SynchronousTestCase):
         nested = {"type": "json_schema", "json_schema": {"name": "n", "schema": {}}}
         self.assertEqual(_to_chat(response_format=nested).body["response_format"], nested)
         self.assertEqual(
-            _to_chat(response_format={"type": "json_schema", "name": "n", "schema": {}}).body["response_format"],
+            _to_chat(response_format={"type": "json_schema", "name": "n", "schema": {}}).body[
+                "response_format"
+            ],
             nested,
         )
         for order in (True, False):
-            fields = {"response_format": nested, "text": {"format": {"type": "json_object"}}}
+            fields: dict[str, Any] = {
+                "response_format": nested,
+                "text": {"format": {"type": "json_object"}},
+            }
             if not order:
                 fields = dict(reversed(list(fields.items())))
-            self.assertEqual(_to_chat(**fields).body["response_format"], {"type": "json_object"})
+            self.assertEqual(
+                _to_chat(None, **fields).body["response_format"], {"type": "json_object"}
+            )
 
     def test_limitsAndReasoning(self) -> None:
         """
@@ -837,7 +961,7 @@ class ResponsesToChatRequestTests(SynchronousTestCase):
             "prompt_cache_key": "k",
             "safety_identifier": "s",
         }
-        result = _to_chat(**fields)
+        result = _to_chat(None, **fields)
         for key, value in fields.items():
             self.assertEqual(result.body[key], value, key)
         self.assertEqual(result.dropped, ())
@@ -881,8 +1005,16 @@ class ResponsesToChatRequestTests(SynchronousTestCase):
         Images given by file id cannot reach a Chat upstream.
         """
         with self.assertRaises(InvalidRequest):
-            _to_chat(input=[{"role": "user", "content": [{"type": "input_image", "file_id": "f", "detail": "auto"}]}])
+            _to_chat(
+                input=[
+                    {
+                        "role": "user",
+                        "content": [{"type": "input_image", "file_id": "f", "detail": "auto"}],
+                    }
+                ]
+            )
 
+    @settings(max_examples=40, deadline=None)
     @given(chat_requests())
     def test_inputNotModified(self, chat: dict[str, Any]) -> None:
         """

@@ -70,8 +70,10 @@ def reply_for(body: Mapping[str, Any]) -> tuple[str | None, dict[str, Any] | Non
     The mock's answer to a chat body: content text, or a tool call.
     """
     messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise InvalidRequest("messages must be a non-empty list", param="messages")
+    if not isinstance(messages, list) or not messages or not all(
+        isinstance(m, dict) for m in messages
+    ):
+        raise InvalidRequest("messages must be a non-empty list of objects", param="messages")
     last_user = next(
         (m for m in reversed(messages) if isinstance(m, dict) and m.get("role") == "user"), {}
     )

@@ -92,6 +92,7 @@ class StreamRelay(Protocol):
         self._error: ProxyError | None = None
         self._idle: IDelayedCall | None = None
         self._stopped = False
+        self._cancelled = False
 
     # Protocol
 
@@ -119,7 +120,9 @@ class StreamRelay(Protocol):
         if getattr(self.consumer, "channel", True) is not None:
             # A request whose client is gone has no channel to unregister from.
             self.consumer.unregisterProducer()
-        if self.finished.called:
+        if self.finished.called or self._cancelled:
+            # Cancelled: the Deferred fails with CancelledError, even when
+            # stopping the upstream lost the connection synchronously.
             return
         if self._error is not None:
             self.finished.errback(self._error)
@@ -159,6 +162,7 @@ class StreamRelay(Protocol):
         self.stopProducing()
 
     def _cancel(self, d: Deferred[None]) -> None:
+        self._cancelled = True
         self.stopProducing()
 
     def _arm(self) -> None:
@@ -197,6 +201,7 @@ class _Collector(Protocol):
         self.finished: Deferred[bytes] = Deferred(self._cancel)
         self._error: ProxyError | None = None
         self._idle: IDelayedCall | None = None
+        self._cancelled = False
 
     def connectionMade(self) -> None:
         if self.idle_timeout > 0:
@@ -216,7 +221,7 @@ class _Collector(Protocol):
     def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:
         if self._idle is not None and self._idle.active():
             self._idle.cancel()
-        if self.finished.called:
+        if self.finished.called or self._cancelled:
             return
         if self._error is not None:
             self.finished.errback(self._error)
@@ -235,6 +240,7 @@ class _Collector(Protocol):
         self._stop(StreamTimeout(f"upstream body idle for more than {self.idle_timeout:g} s"))
 
     def _cancel(self, d: Deferred[bytes]) -> None:
+        self._cancelled = True
         if self._idle is not None and self._idle.active():
             self._idle.cancel()
         if self.transport is not None:

@@ -254,7 +254,7 @@ class ProxyApp:
         route = resolve(self.config, body, dialect)
         for target in route.targets:
             for warning in target.warnings:
-                self.log.warn("{warning}", warning=warning)
+                self.log.warn("{note}", note=warning)
         exchange = Exchange(request, self.config, self.upstreams, self.clock, dialect,
                             body, raw, history, on_response)
         try:

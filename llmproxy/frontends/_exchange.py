@@ -37,6 +37,8 @@ PASS_HEADERS = (b"x-request-id", b"openai-processing-ms", b"openai-version",
                 b"retry-after", b"retry-after-ms")
 _RATELIMIT = b"x-ratelimit-"
 MAX_ERROR_BODY = 1024 * 1024
+#: Upstream statuses that condemn a key, not the backend.
+_KEY_STATUSES = frozenset({"401", "403", "429"})
 
 
 @dataclass
@@ -64,6 +66,7 @@ class _Failure:
 
     error: ProxyError
     upstream: tuple[int, bytes, list[tuple[bytes, bytes]]] | None = None
+    outcome: Outcome = Outcome.RETRY_NEXT
 
 
 def _lower_headers(response: IResponse) -> dict[str, str]:
@@ -136,6 +139,9 @@ class Exchange:
         self.gone = False
         self._keepalive: IDelayedCall | None = None
         self._relay_wrote = False
+        self._backends: set[str] = set()
+        self._rotated: dict[str, list[ApiKey]] = {}
+        self._keys_tried: set[tuple[str, str]] = set()
         request.notifyFinish().addBoth(self._finished)
 
     def _finished(self, _: object) -> None:
@@ -145,7 +151,7 @@ class Exchange:
 
     def _plan(self, route: Route) -> list[tuple[Attempt, Target, ApiKey | None]]:
         targets = {(t.backend, t.model): t for t in route.targets}
-        rotated = {
+        rotated = self._rotated = {
             t.backend: self.up.pools[t.backend].ordered() for t in route.targets
         }
         elements = [(t.backend, t.model, len(rotated[t.backend])) for t in route.targets]
@@ -163,22 +169,49 @@ class Exchange:
         self, queue: list[tuple[Attempt, Target, ApiKey | None]]
     ) -> tuple[Attempt, Target, ApiKey | None] | None:
         """
-        The first attempt whose key is free and whose backend's circuit is
-        closed; failing that, the first with a free key (skipping open
-        circuits must not leave nothing to try).
+        The first attempt whose key is free (a planned key that started
+        cooling meanwhile is swapped for a free one of the same backend)
+        and whose backend's circuit is closed; failing that, the first with
+        a free key, since skipping open circuits must not leave nothing.
         """
-        usable = [q for q in queue if self._usable(q[0].backend, q[2])]
+        usable = []
+        for index, (attempt, target, key) in enumerate(queue):
+            if key is not None and not self.up.pools[attempt.backend].available(key):
+                key = self._substitute(attempt, queue)
+                if key is None:
+                    continue
+                queue[index] = (attempt, target, key)
+            usable.append(queue[index])
         for candidate in usable:
             if self.up.breakers[candidate[0].backend].allow():
                 return candidate
         return usable[0] if usable else None
 
+    def _substitute(
+        self, attempt: Attempt, queue: list[tuple[Attempt, Target, ApiKey | None]]
+    ) -> ApiKey | None:
+        """
+        A free key of C{attempt}'s backend that this request has neither
+        tried nor queued for the same model.
+        """
+        taken = {key.name for a, _, key in queue
+                 if key is not None and (a.backend, a.model) == (attempt.backend, attempt.model)}
+        for key in self._rotated.get(attempt.backend, ()):
+            if key.name not in taken and (attempt.backend, key.name) not in self._keys_tried \
+                    and self.up.pools[attempt.backend].available(key):
+                return key
+        return None
+
     def _soonest(self, queue: list[tuple[Attempt, Target, ApiKey | None]]) -> float | None:
+        """
+        Seconds until the first queued attempt's key is free again.
+        """
+        now = self.clock.seconds()
         waits = [
-            self.up.pools[a.backend].next_free_in() for a, _, key in queue if key is not None
+            max(0.0, self.up.pools[a.backend].state(key).cooldown_until - now)
+            for a, _, key in queue if key is not None
         ]
-        known = [w for w in waits if w is not None]
-        return min(known) if known else None
+        return min(waits) if waits else None
 
     # the loop
 
@@ -187,13 +220,8 @@ class Exchange:
         Serve the request; returns the body to write for non-streamed
         answers (L{None} when everything was written already).
         """
-        for target in route.targets:
-            backend = self.up.backends[target.backend]
-            if not backend.config.keys and backend.config.key_env:
-                raise ProxyError(
-                    f"No API key for backend {target.backend!r}: set {backend.config.key_env}",
-                    status=500, type="server_error", code="missing_api_key",
-                )
+        self._check_keys(route)
+        self._backends = {t.backend for t in route.targets}
         queue = self._plan(route)
         failure: _Failure | None = None
         fcfg = self.config.failure
@@ -210,18 +238,49 @@ class Exchange:
                 await self._sleep(wait)
                 continue
             queue.remove(pick)
-            attempt, target, key = pick
-            result = await self._attempt(target, key)
-            if isinstance(result, _Failure):
-                failure = result
-                if result.upstream is not None and result.error.status == 429 and key is not None:
-                    if not [q for q in queue if self._usable(q[0].backend, q[2])]:
-                        wait = self.up.pools[attempt.backend].next_free_in()
-                        if wait is not None and wait <= fcfg.max_wait:
-                            queue.append(pick)
-                continue
-            return result
+            if pick[2] is not None:
+                self._keys_tried.add((pick[0].backend, pick[2].name))
+            result = await self._attempt(pick[1], pick[2])
+            if not isinstance(result, _Failure):
+                return result
+            failure = result
+            self._spare_key(pick, queue)
+            if result.outcome is Outcome.RATE_LIMITED and not any(
+                self._usable(a.backend, key) for a, _, key in queue
+            ):
+                # Nothing else is free: wait for this key (if it is soon enough).
+                queue.append(pick)
         raise self._final_error(failure)
+
+    def _spare_key(
+        self, failed: tuple[Attempt, Target, ApiKey | None],
+        queue: list[tuple[Attempt, Target, ApiKey | None]],
+    ) -> None:
+        """
+        After a key failed (429, 401/403, quota), make sure the same
+        element gets another key next, whatever the policy: one bad key
+        never fails a request while its backend has another.
+        """
+        attempt, target, key = failed
+        if key is None or self.tried[-1].outcome not in _KEY_STATUSES:
+            return
+        if any(q[0].backend == attempt.backend and q[0].model == attempt.model for q in queue):
+            return
+        keys = self._rotated[attempt.backend]
+        for index, spare in enumerate(keys):
+            if (attempt.backend, spare.name) not in self._keys_tried and \
+                    self._usable(attempt.backend, spare):
+                queue.insert(0, (Attempt(attempt.backend, attempt.model, index), target, spare))
+                return
+
+    def _check_keys(self, route: Route) -> None:
+        for target in route.targets:
+            config = self.up.backends[target.backend].config
+            if not config.keys and config.key_env:
+                raise ProxyError(
+                    f"No API key for backend {target.backend!r}: set {config.key_env}",
+                    status=500, type="server_error", code="missing_api_key",
+                )
 
     def _cooling_failure(
         self, queue: list[tuple[Attempt, Target, ApiKey | None]], wait: float | None,
@@ -246,6 +305,14 @@ class Exchange:
             return ProxyError("No upstream could be tried for this request",
                               status=503, type="server_error", code="temporarily_unavailable")
         tried = ", ".join(f"{t.label} → {t.outcome}" for t in self.tried)
+        if failure.outcome is Outcome.QUOTA and all(
+            self.up.pools[b].all_quota_exhausted() for b in self._backends
+        ):
+            return ProxyError(
+                "Every API key has exhausted its quota (tried: " + tried + ")",
+                status=503, type="server_error", code="quota_exceeded",
+                headers={"retry-after": str(int(self.config.failure.quota_cooldown))},
+            )
         if failure.upstream is not None:
             status, body, headers = failure.upstream
             error = _error_from_upstream(status, body)
@@ -375,7 +442,8 @@ class Exchange:
             return out
         self.log.info("{label}: upstream {status}, trying the next attempt", label=label,
                       status=response.code)
-        return _Failure(_error_from_upstream(response.code, body), (response.code, body, kept))
+        return _Failure(_error_from_upstream(response.code, body), (response.code, body, kept),
+                        verdict.outcome)
 
     def _record(self, verdict: Verdict, target: Target, key: ApiKey | None) -> None:
         pool = self.up.pools[target.backend]

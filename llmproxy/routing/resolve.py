@@ -21,6 +21,11 @@ from llmproxy.routing.precedence import apply_precedence
 from llmproxy.routing.selector import Selector, parse_failover
 
 
+#: The policy of routes that do not name one (plain models and C{a|b}):
+#: every key of each element in turn, so one bad key never fails a request.
+DEFAULT_POLICY = "km"
+
+
 @dataclass(frozen=True)
 class Target:
     """
@@ -46,7 +51,7 @@ class Route:
     """
 
     targets: tuple[Target, ...]
-    policy: str = "m"
+    policy: str = DEFAULT_POLICY
 
 
 def _route_text(config: Config, model: str) -> tuple[str, str]:
@@ -55,15 +60,15 @@ def _route_text(config: Config, model: str) -> tuple[str, str]:
     selector text and the policy.
     """
     if config.force_model:
-        return config.force_model, "m"
+        return config.force_model, DEFAULT_POLICY
     text = apply_aliases(config.model_aliases, model) or model
     if "|" in text or _explicit_backend(text):
-        return text, "m"
+        return text, DEFAULT_POLICY
     routes = config.failover_routes
     lowered = {k.lower(): v for k, v in routes.items()}
     route = lowered.get(text.lower()) or lowered.get("default") or lowered.get("*")
     if route is None:
-        return text, "m"
+        return text, DEFAULT_POLICY
     return "|".join(route.elements), route.policy
 
 

@@ -101,9 +101,7 @@ _RESPONSES_NO_EQUIVALENT = frozenset(
 _TEXT_PART_TYPES = frozenset({"text", "input_text", "output_text"})
 
 
-def _invalid(
-    message: str, param: str, code: str | None = "unsupported_value"
-) -> InvalidRequest:
+def _invalid(message: str, param: str, code: str | None = "unsupported_value") -> InvalidRequest:
     """
     Build an L{InvalidRequest} for C{param}.
 
@@ -206,18 +204,24 @@ def _chat_tool_choice_to_responses(choice: Any) -> Any:
     if isinstance(choice, str):
         return choice
     if not isinstance(choice, Mapping):
-        raise _invalid("'tool_choice' must be a string or an object.", "tool_choice", "invalid_type")
+        raise _invalid(
+            "'tool_choice' must be a string or an object.", "tool_choice", "invalid_type"
+        )
     kind = choice.get("type")
     if kind == "function":
         function = choice.get("function")
         name = function.get("name") if isinstance(function, Mapping) else choice.get("name")
         if not isinstance(name, str):
-            raise _invalid("'tool_choice.function.name' is required.", "tool_choice", "invalid_value")
+            raise _invalid(
+                "'tool_choice.function.name' is required.", "tool_choice", "invalid_value"
+            )
         return {"type": "function", "name": name}
     if kind == "allowed_tools":
         allowed = choice.get("allowed_tools")
         if not isinstance(allowed, Mapping):
-            raise _invalid("'tool_choice.allowed_tools' is required.", "tool_choice", "invalid_value")
+            raise _invalid(
+                "'tool_choice.allowed_tools' is required.", "tool_choice", "invalid_value"
+            )
         tools = []
         for tool in allowed.get("tools") or []:
             flat = _chat_tool_choice_to_responses(tool)
@@ -278,12 +282,12 @@ def _chat_part_to_responses(part: Any, assistant: bool) -> dict[str, Any]:
         return {"type": "refusal", "refusal": part.get("refusal", "")}
     if kind == "image_url":
         image = part.get("image_url")
-        if isinstance(image, str):
-            url, detail = image, None
-        elif isinstance(image, Mapping):
-            url, detail = image.get("url"), image.get("detail")
-        else:
-            raise _invalid("'image_url' parts need an 'image_url.url'.", "messages", "invalid_value")
+        url = image.get("url") if isinstance(image, Mapping) else image
+        detail = image.get("detail") if isinstance(image, Mapping) else None
+        if not isinstance(url, str):
+            raise _invalid(
+                "'image_url' parts need an 'image_url.url'.", "messages", "invalid_value"
+            )
         return {"type": "input_image", "image_url": url, "detail": detail or "auto"}
     if kind == "input_audio":
         return {"type": "input_audio", "input_audio": copy.deepcopy(part.get("input_audio"))}
@@ -314,7 +318,9 @@ def _chat_content_to_parts(content: Any, assistant: bool) -> list[dict[str, Any]
         return [{"type": "output_text" if assistant else "input_text", "text": content}]
     if isinstance(content, list):
         return [_chat_part_to_responses(part, assistant) for part in content]
-    raise _invalid("Message content must be a string or a list of parts.", "messages", "invalid_type")
+    raise _invalid(
+        "Message content must be a string or a list of parts.", "messages", "invalid_type"
+    )
 
 
 def _chat_message_to_items(message: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -409,7 +415,9 @@ def chat_to_responses_request(chat: Mapping[str, Any]) -> Translated:
     """
     n = chat.get("n")
     if n is not None and n != 1:
-        raise _invalid("'n' greater than 1 is not supported by this backend.", "n", "unsupported_parameter")
+        raise _invalid(
+            "'n' greater than 1 is not supported by this backend.", "n", "unsupported_parameter"
+        )
     messages = chat.get("messages")
     if messages is None:
         raise _invalid("'messages' is required.", "messages", "missing_required_parameter")
@@ -512,7 +520,9 @@ def _responses_tool_choice_to_chat(choice: Any) -> Any:
     if isinstance(choice, str):
         return choice
     if not isinstance(choice, Mapping):
-        raise _invalid("'tool_choice' must be a string or an object.", "tool_choice", "invalid_type")
+        raise _invalid(
+            "'tool_choice' must be a string or an object.", "tool_choice", "invalid_type"
+        )
     kind = choice.get("type")
     if kind == "function":
         if isinstance(choice.get("function"), Mapping):
@@ -588,7 +598,9 @@ def _responses_part_to_chat(part: Any) -> dict[str, Any]:
         if part.get("file_url") is not None:
             raise _invalid("Files by 'file_url' are not supported by this backend.", "input")
         file = {
-            key: part[key] for key in ("file_id", "file_data", "filename") if part.get(key) is not None
+            key: part[key]
+            for key in ("file_id", "file_data", "filename")
+            if part.get(key) is not None
         }
         return {"type": "file", "file": file}
     if kind in ("image_url", "input_audio", "file"):
@@ -607,7 +619,9 @@ def _responses_content_to_chat(content: Any) -> Any:
     if content is None or isinstance(content, str):
         return content if content is not None else ""
     if not isinstance(content, list):
-        raise _invalid("Message content must be a string or a list of parts.", "input", "invalid_type")
+        raise _invalid(
+            "Message content must be a string or a list of parts.", "input", "invalid_type"
+        )
     parts = [_responses_part_to_chat(part) for part in content]
     if not parts:
         return ""
@@ -635,7 +649,10 @@ def _responses_message_to_chat(item: Mapping[str, Any]) -> dict[str, Any]:
         }
     if role not in ("user", "assistant", "system", "developer"):
         raise _invalid(f"Message role {role!r} is not supported.", "input")
-    message: dict[str, Any] = {"role": role, "content": _responses_content_to_chat(item.get("content"))}
+    message: dict[str, Any] = {
+        "role": role,
+        "content": _responses_content_to_chat(item.get("content")),
+    }
     if role == "assistant" and isinstance(item.get("tool_calls"), list) and item["tool_calls"]:
         message["tool_calls"] = copy.deepcopy(item["tool_calls"])
         if message["content"] == "":
@@ -699,7 +716,9 @@ def _responses_input_to_messages(
                 messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
         elif kind == "function_call_output":
             if not isinstance(item.get("call_id"), str):
-                raise _invalid("'function_call_output' items need a 'call_id'.", "input", "invalid_value")
+                raise _invalid(
+                    "'function_call_output' items need a 'call_id'.", "input", "invalid_value"
+                )
             messages.append(
                 {
                     "role": "tool",
@@ -783,7 +802,9 @@ def responses_to_chat_request(
                 if subvalue is None:
                     continue
                 if sub == "format":
-                    body["response_format"] = _text_format_to_response_format(subvalue, "text.format")
+                    body["response_format"] = _text_format_to_response_format(
+                        subvalue, "text.format"
+                    )
                 elif sub == "verbosity":
                     body["verbosity"] = subvalue
                 else:

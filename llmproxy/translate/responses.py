@@ -35,7 +35,19 @@ __all__ = [
     "response_object",
     "chat_message_text",
     "chat_message_reasoning",
+    "as_mapping",
 ]
+
+
+def as_mapping(value: Any) -> Mapping[str, Any]:
+    """
+    C{value} if it is a mapping, else an empty one: for optional JSON
+    objects that may be missing or malformed.
+
+    @param value: any JSON value.
+    @return: a mapping.
+    """
+    return value if isinstance(value, Mapping) else {}
 
 
 def _int(value: Any) -> int:
@@ -69,7 +81,9 @@ def chat_usage_to_responses(usage: Mapping[str, Any] | None) -> dict[str, Any] |
     completion_details = usage.get("completion_tokens_details")
     cached = prompt_details.get("cached_tokens") if isinstance(prompt_details, Mapping) else None
     reasoning = (
-        completion_details.get("reasoning_tokens") if isinstance(completion_details, Mapping) else None
+        completion_details.get("reasoning_tokens")
+        if isinstance(completion_details, Mapping)
+        else None
     )
     return {
         "input_tokens": prompt,
@@ -144,7 +158,7 @@ def responses_to_chat_completion(resp: Mapping[str, Any]) -> dict[str, Any]:
     """
     status = resp.get("status")
     if status in ("failed", "cancelled"):
-        error = resp.get("error") if isinstance(resp.get("error"), Mapping) else {}
+        error = as_mapping(resp.get("error"))
         raise UpstreamError(
             str(error.get("message") or f"The upstream response {status}."),
             code=error.get("code") or "server_error",
@@ -170,7 +184,10 @@ def responses_to_chat_completion(resp: Mapping[str, Any]) -> dict[str, Any]:
                 {
                     "id": item.get("call_id", ""),
                     "type": "function",
-                    "function": {"name": item.get("name", ""), "arguments": item.get("arguments", "")},
+                    "function": {
+                        "name": item.get("name", ""),
+                        "arguments": item.get("arguments", ""),
+                    },
                 }
             )
         elif kind == "reasoning":
@@ -330,7 +347,9 @@ def _echo_text(request: Mapping[str, Any]) -> dict[str, Any]:
         text["format"] = chat_response_format_to_text_format(request["response_format"])
     given = request.get("text")
     if isinstance(given, Mapping):
-        text.update({key: copy.deepcopy(value) for key, value in given.items() if value is not None})
+        text.update(
+            {key: copy.deepcopy(value) for key, value in given.items() if value is not None}
+        )
     return text
 
 
@@ -386,7 +405,9 @@ def response_object(
         "parallel_tool_calls": bool(echo("parallel_tool_calls", True)),
         "previous_response_id": echo("previous_response_id"),
         "prompt_cache_key": echo("prompt_cache_key"),
-        "reasoning": reasoning if isinstance(reasoning, dict) else {"effort": None, "summary": None},
+        "reasoning": (
+            reasoning if isinstance(reasoning, dict) else {"effort": None, "summary": None}
+        ),
         "safety_identifier": echo("safety_identifier"),
         "service_tier": service_tier if service_tier is not None else echo("service_tier"),
         "store": bool(echo("store", True)),
@@ -455,8 +476,8 @@ def chat_completion_to_response(
     @return: the Responses object; it validates as the SDK's C{Response}.
     """
     choices = chat.get("choices") or []
-    choice = choices[0] if choices and isinstance(choices[0], Mapping) else {}
-    message = choice.get("message") if isinstance(choice.get("message"), Mapping) else {}
+    choice = as_mapping(choices[0] if choices else None)
+    message = as_mapping(choice.get("message"))
     output: list[dict[str, Any]] = []
 
     reasoning = chat_message_reasoning(message)
@@ -476,7 +497,7 @@ def chat_completion_to_response(
     for call in message.get("tool_calls") or []:
         if not isinstance(call, Mapping):
             continue
-        function = call.get("function") if isinstance(call.get("function"), Mapping) else {}
+        function = as_mapping(call.get("function"))
         arguments = function.get("arguments", "")
         if not isinstance(arguments, str):
             arguments = json.dumps(arguments)

@@ -17,12 +17,14 @@ or in the final response is still delivered.
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from llmproxy.errors import error_body
 from llmproxy.translate.responses import (
+    as_mapping,
     chat_finish_to_status,
     chat_message_reasoning,
     chat_usage_to_responses,
@@ -134,7 +136,9 @@ class ChatToResponsesStream:
         """
         self._response_id = response_id
         self._created_at = created_at
-        self._request: Mapping[str, Any] = dict(request) if request is not None else {}
+        self._request: Mapping[str, Any] = (
+            copy.deepcopy(dict(request)) if request is not None else {}
+        )
         self._model = str(self._request.get("model") or "")
         self._sequence = 0
         self._items: list[_Item] = []
@@ -209,7 +213,7 @@ class ChatToResponsesStream:
         for choice in chunk.get("choices") or []:
             if not isinstance(choice, Mapping) or choice.get("index", 0) != 0:
                 continue
-            delta = choice.get("delta") if isinstance(choice.get("delta"), Mapping) else {}
+            delta = as_mapping(choice.get("delta"))
             reasoning = chat_message_reasoning(delta)
             if reasoning:
                 events.extend(self._reasoning_delta(reasoning))
@@ -292,9 +296,13 @@ class ChatToResponsesStream:
         @return: the item and its C{output_item.added} event.
         """
         index = len(self._items)
-        item = _Item(kind=kind, id=item_id(prefix, self._response_id, index), output_index=index, **fields)
+        item = _Item(
+            kind=kind, id=item_id(prefix, self._response_id, index), output_index=index, **fields
+        )
         self._items.append(item)
-        added = self._event("response.output_item.added", output_index=index, item=item.as_dict(added=True))
+        added = self._event(
+            "response.output_item.added", output_index=index, item=item.as_dict(added=True)
+        )
         return item, added
 
     def _reasoning_delta(self, text: str) -> list[dict[str, Any]]:
@@ -351,7 +359,9 @@ class ChatToResponsesStream:
                 part={"type": "summary_text", "text": item.text},
                 **common,
             ),
-            self._event("response.output_item.done", output_index=item.output_index, item=item.as_dict()),
+            self._event(
+                "response.output_item.done", output_index=item.output_index, item=item.as_dict()
+            ),
         ]
 
     def _text_delta(self, kind: str, text: str) -> list[dict[str, Any]]:
@@ -432,7 +442,9 @@ class ChatToResponsesStream:
         events = self._close_part(item)
         item.closed = True
         events.append(
-            self._event("response.output_item.done", output_index=item.output_index, item=item.as_dict())
+            self._event(
+                "response.output_item.done", output_index=item.output_index, item=item.as_dict()
+            )
         )
         return events
 
@@ -466,7 +478,7 @@ class ChatToResponsesStream:
         events: list[dict[str, Any]] = []
         index = self._call_index(fragment)
         self._last_call = index
-        function = fragment.get("function") if isinstance(fragment.get("function"), Mapping) else {}
+        function = as_mapping(fragment.get("function"))
         name = function.get("name")
         item = self._calls.get(index)
         if item is None:
@@ -514,7 +526,9 @@ class ChatToResponsesStream:
                 name=item.name,
                 arguments=item.arguments,
             ),
-            self._event("response.output_item.done", output_index=item.output_index, item=item.as_dict()),
+            self._event(
+                "response.output_item.done", output_index=item.output_index, item=item.as_dict()
+            ),
         ]
 
 
@@ -583,21 +597,37 @@ class ResponsesToChatStream:
         if kind in ("response.created", "response.in_progress", "response.queued"):
             return self._role()
         if kind == "response.output_text.delta":
-            return self._text(("content", index, _as_int(event.get("content_index"))), event.get("delta"))
+            return self._text(
+                ("content", index, _as_int(event.get("content_index"))), event.get("delta")
+            )
         if kind == "response.output_text.done":
-            return self._settle(("content", index, _as_int(event.get("content_index"))), event.get("text"))
+            return self._settle(
+                ("content", index, _as_int(event.get("content_index"))), event.get("text")
+            )
         if kind == "response.refusal.delta":
-            return self._text(("refusal", index, _as_int(event.get("content_index"))), event.get("delta"))
+            return self._text(
+                ("refusal", index, _as_int(event.get("content_index"))), event.get("delta")
+            )
         if kind == "response.refusal.done":
-            return self._settle(("refusal", index, _as_int(event.get("content_index"))), event.get("refusal"))
+            return self._settle(
+                ("refusal", index, _as_int(event.get("content_index"))), event.get("refusal")
+            )
         if kind == "response.reasoning_summary_text.delta":
-            return self._text(("summary", index, _as_int(event.get("summary_index"))), event.get("delta"))
+            return self._text(
+                ("summary", index, _as_int(event.get("summary_index"))), event.get("delta")
+            )
         if kind == "response.reasoning_summary_text.done":
-            return self._settle(("summary", index, _as_int(event.get("summary_index"))), event.get("text"))
+            return self._settle(
+                ("summary", index, _as_int(event.get("summary_index"))), event.get("text")
+            )
         if kind == "response.reasoning_text.delta":
-            return self._text(("reasoning", index, _as_int(event.get("content_index"))), event.get("delta"))
+            return self._text(
+                ("reasoning", index, _as_int(event.get("content_index"))), event.get("delta")
+            )
         if kind == "response.reasoning_text.done":
-            return self._settle(("reasoning", index, _as_int(event.get("content_index"))), event.get("text"))
+            return self._settle(
+                ("reasoning", index, _as_int(event.get("content_index"))), event.get("text")
+            )
         if kind == "response.output_item.added":
             item = event.get("item")
             if isinstance(item, Mapping) and item.get("type") == "function_call":
@@ -630,12 +660,14 @@ class ResponsesToChatStream:
                 )
             ]
         if kind == "error":
-            error = event.get("error") if isinstance(event.get("error"), Mapping) else event
+            nested = event.get("error")
+            error = nested if isinstance(nested, Mapping) else event
+            kind = error.get("type") if isinstance(nested, Mapping) else None
             self._finished = True
             return [
                 error_body(
                     str(error.get("message") or "The upstream stream failed."),
-                    type=str(error.get("type") or "server_error"),
+                    type=str(kind or "server_error"),
                     code=error.get("code"),
                     param=error.get("param"),
                 )
@@ -658,7 +690,9 @@ class ResponsesToChatStream:
             "created": self._created,
             "model": self._model,
             "system_fingerprint": None,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+            "choices": [
+                {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+            ],
         }
         if self._include_usage:
             chunk["usage"] = None

@@ -1,0 +1,310 @@
+"""
+Failover, key rotation, retries and timeouts through real HTTP, with a
+L{Clock} for every wait.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import treq
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.task import Clock, deferLater
+from twisted.trial.unittest import TestCase
+
+from llmproxy.sse import SSEParser
+from llmproxy.testing import Reply, Stall, Stream, chat_chunks
+from tests.harness import client, post, start
+
+USER = [{"role": "user", "content": "hi"}]
+RATE_LIMITED = Reply(429, {"error": {"message": "Rate limit reached", "type": "requests",
+                                     "param": None, "code": "rate_limit_exceeded"}},
+                     {"retry-after": "30"})
+QUOTA = Reply(429, {"error": {"message": "You exceeded your current quota",
+                              "type": "insufficient_quota", "param": None,
+                              "code": "insufficient_quota"}})
+DOWN = Reply(500, {"error": {"message": "boom", "type": "server_error", "param": None,
+                             "code": None}})
+
+
+def keyed(upstream: str, keys: list[str], **extra: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "default_backend": "openai",
+        "backends": {"openai": {"type": "openai", "base_url": upstream, "api_keys": keys}},
+    }
+    data.update(extra)
+    return data
+
+
+async def until(predicate: Any, tries: int = 100) -> None:
+    """
+    Let the real reactor run (network only) until C{predicate()} holds.
+    """
+    for _ in range(tries):
+        if predicate():
+            return
+        await deferLater(reactor, 0.01)
+    raise AssertionError("condition never held")
+
+
+def _chat(proxy: Any, body: dict[str, Any] | None = None) -> Any:
+    return post_d(proxy, {"model": "gpt-4o", "messages": USER, **(body or {})})
+
+
+def post_d(proxy: Any, body: dict[str, Any]) -> Deferred[tuple[int, dict[str, str], bytes]]:
+    case = proxy.case
+    return Deferred.fromCoroutine(post(case, proxy.url + "/v1/chat/completions", body))
+
+
+async def started(case: TestCase, make: Any, clock: Any = None) -> Any:
+    proxy = await start(case, make, clock=clock)
+    proxy.case = case
+    return proxy
+
+
+class KeyRotationTests(TestCase):
+    async def test_rate_limited_key_skipped_every_request_succeeds(self) -> None:
+        proxy = await started(self, lambda u: keyed(u, ["sk-limited", "sk-good"]))
+        proxy.fake.by_key["sk-limited"] = [RATE_LIMITED]
+        results = [await _chat(proxy) for _ in range(6)]
+        self.assertEqual([r[0] for r in results], [200] * 6)
+        self.assertEqual({r[1]["x-llmproxy-key"] for r in results}, {"openai#2"})
+        limited = [r for r in proxy.fake.requests if r.headers["authorization"] == "Bearer sk-limited"]
+        self.assertEqual(len(limited), 1, "a cooling key is not tried again")
+        self.assertEqual(results[0][1]["x-llmproxy-attempts"], "2")
+
+    async def test_round_robin(self) -> None:
+        proxy = await started(self, lambda u: keyed(u, ["k1", "k2", "k3"]))
+        for _ in range(6):
+            await _chat(proxy)
+        used = [r.headers["authorization"][7:] for r in proxy.fake.requests]
+        self.assertEqual(sorted(used), ["k1", "k1", "k2", "k2", "k3", "k3"])
+        self.assertEqual(len(set(used[:3])), 3)
+
+    async def test_invalid_key_marked_and_skipped(self) -> None:
+        proxy = await started(self, lambda u: keyed(u, ["sk-bad", "sk-good"]))
+        proxy.fake.by_key["sk-bad"] = [Reply(401, {"error": {"message": "Incorrect API key",
+                                                             "type": "invalid_request_error",
+                                                             "param": None,
+                                                             "code": "invalid_api_key"}})]
+        for _ in range(3):
+            status, headers, _ = await _chat(proxy)
+            self.assertEqual((status, headers["x-llmproxy-key"]), (200, "openai#2"))
+        response = await client(self).get(proxy.url + "/v1/llmproxy/status")
+        raw = await treq.content(response)
+        keys = json.loads(raw)["backends"]["openai"]["keys"]
+        self.assertEqual([k["state"] for k in keys], ["invalid", "ok"])
+        self.assertNotIn(b"sk-bad", raw)
+        self.assertNotIn(b"sk-good", raw)
+
+    async def test_quota_on_every_key_is_503(self) -> None:
+        proxy = await started(self, lambda u: keyed(u, ["q1", "q2"]))
+        proxy.fake.by_key["q1"] = [QUOTA]
+        proxy.fake.by_key["q2"] = [QUOTA]
+        status, _, content = await _chat(proxy)
+        self.assertEqual(status, 503)
+        self.assertEqual(json.loads(content)["error"]["code"], "quota_exceeded")
+        status, _, content = await _chat(proxy)
+        self.assertEqual((status, json.loads(content)["error"]["code"]), (503, "quota_exceeded"))
+        self.assertEqual(len(proxy.fake.requests), 2, "exhausted keys are not retried")
+
+    async def test_all_cooling_waits_then_succeeds(self) -> None:
+        clock = Clock()
+        proxy = await started(self, lambda u: keyed(u, ["only"]), clock)
+        proxy.fake.by_key["only"] = [Reply(429, RATE_LIMITED.body, {"retry-after": "3"}),
+                                     Reply(200, {"ok": True})]
+        d = _chat(proxy)
+        await until(lambda: len(proxy.fake.requests) == 1)
+        await deferLater(reactor, 0.05)
+        self.assertFalse(d.called)
+        clock.advance(3.1)
+        status, headers, content = await d
+        self.assertEqual((status, json.loads(content)), (200, {"ok": True}))
+        self.assertEqual(headers["x-llmproxy-attempts"], "2")
+
+    async def test_all_cooling_beyond_max_wait_is_429_with_retry_after(self) -> None:
+        clock = Clock()
+        proxy = await started(self, lambda u: keyed(u, ["a", "b"]), clock)
+        proxy.fake.by_key["a"] = [RATE_LIMITED]
+        proxy.fake.by_key["b"] = [Reply(429, RATE_LIMITED.body, {"retry-after": "20"})]
+        status, headers, content = await _chat(proxy)
+        self.assertEqual(status, 429)
+        self.assertEqual(headers["retry-after"], "20")
+        self.assertEqual(len(proxy.fake.requests), 2)
+        clock.advance(5)
+        status, headers, _ = await _chat(proxy)
+        self.assertEqual((status, headers["retry-after"]), (429, "15"))
+        self.assertEqual(len(proxy.fake.requests), 2, "cooling keys are not hammered")
+
+
+class FailoverTests(TestCase):
+    async def test_inline_failover_serves_from_second(self) -> None:
+        proxy = await started(self, lambda u: keyed(u, ["k"]))
+        proxy.fake.by_model["gpt-4"] = [DOWN]
+        status, headers, content = await _chat(proxy, {"model": "openai:gpt-4|openai:gpt-3.5-turbo"})
+        self.assertEqual(status, 200)
+        self.assertEqual(headers["x-llmproxy-route"], "openai:gpt-3.5-turbo")
+        self.assertEqual(headers["x-llmproxy-attempts"], "2")
+        self.assertEqual([r.model for r in proxy.fake.requests], ["gpt-4", "gpt-3.5-turbo"])
+
+    async def test_client_errors_are_not_retried(self) -> None:
+        proxy = await started(self, lambda u: keyed(u, ["k1", "k2"]))
+        proxy.fake.script.append(Reply(400, {"error": {"message": "bad", "type": "x",
+                                                       "param": None, "code": None}}))
+        status, _, _ = await _chat(proxy, {"model": "openai:gpt-4|openai:gpt-3.5-turbo"})
+        self.assertEqual((status, len(proxy.fake.requests)), (400, 1))
+
+    async def test_everything_down_lists_attempts(self) -> None:
+        proxy = await started(self, lambda u: keyed(u, ["k"]))
+        proxy.fake.by_model["a"] = [DOWN]
+        proxy.fake.by_model["b"] = [Reply(503, {"error": {"message": "overloaded",
+                                                          "type": "server_error",
+                                                          "param": None, "code": None}})]
+        status, _, content = await _chat(proxy, {"model": "openai:a|openai:b"})
+        self.assertEqual(status, 503)
+        message = json.loads(content)["error"]["message"]
+        self.assertIn("overloaded", message)
+        self.assertIn("openai:a", message)
+        self.assertIn("openai:b", message)
+
+    async def _order(self, policy: str) -> list[tuple[str, str]]:
+        proxy = await started(self, lambda u: {
+            "default_backend": "one",
+            "backends": {"one": {"base_url": u, "api_keys": ["1a", "1b"]},
+                         "two": {"base_url": u, "api_keys": ["2a", "2b"]}},
+            "failover_routes": {"gpt-x": {"policy": policy,
+                                          "elements": ["one:m1", "two:m2"]}},
+            "failure_handling": {"max_attempts": 10},
+        })
+        proxy.fake.script.extend([DOWN] * 10)
+        status, _, _ = await _chat(proxy, {"model": "gpt-x"})
+        self.assertEqual(status, 500)
+        return [(r.model, r.headers["authorization"][7:]) for r in proxy.fake.requests]
+
+    async def test_policy_k(self) -> None:
+        order = await self._order("k")
+        self.assertEqual(sorted(order), [("m1", "1a"), ("m1", "1b")])
+
+    async def test_policy_m(self) -> None:
+        order = await self._order("m")
+        self.assertEqual([o[0] for o in order], ["m1", "m2"])
+
+    async def test_policy_km(self) -> None:
+        order = await self._order("km")
+        self.assertEqual([o[0] for o in order], ["m1", "m1", "m2", "m2"])
+        self.assertEqual(len(set(order)), 4)
+
+    async def test_policy_mk(self) -> None:
+        order = await self._order("mk")
+        self.assertEqual([o[0] for o in order], ["m1", "m2", "m1", "m2"])
+        self.assertEqual(len(set(order)), 4)
+
+    async def test_max_attempts_bounds_the_loop(self) -> None:
+        proxy = await started(self, lambda u: keyed(u, ["a", "b", "c", "d"],
+                                                    failure_handling={"max_attempts": 2}))
+        proxy.fake.script.extend([DOWN] * 4)
+        status, _, _ = await _chat(proxy)
+        self.assertEqual((status, len(proxy.fake.requests)), (500, 2))
+
+    async def test_circuit_breaker_skips_a_failing_backend(self) -> None:
+        proxy = await started(self, lambda u: {
+            "default_backend": "bad",
+            "backends": {"bad": {"base_url": u, "api_key": "kb"},
+                         "good": {"base_url": u, "api_key": "kg"}},
+            "failure_handling": {"circuit_threshold": 2, "circuit_cooldown": 600},
+        })
+        proxy.fake.by_key["kb"] = [DOWN]
+        for _ in range(4):
+            status, headers, _ = await _chat(proxy, {"model": "bad:m|good:m"})
+            self.assertEqual((status, headers["x-llmproxy-route"]), (200, "good:m"))
+        bad = [r for r in proxy.fake.requests if r.headers["authorization"] == "Bearer kb"]
+        self.assertEqual(len(bad), 2)
+
+
+class StreamingFailureTests(TestCase):
+    async def test_stream_cut_midway_is_an_error_event_not_a_retry(self) -> None:
+        proxy = await started(self, lambda u: keyed(u, ["k1", "k2"]))
+        proxy.fake.script.append(Stream(chat_chunks("gpt-4o", ["par", "tial"])[:2], delay=0.05,
+                                        end="drop"))
+        status, _, content = await _chat(proxy, {"stream": True, "model": "openai:a|openai:b"})
+        self.assertEqual(status, 200)
+        events = [e.data for e in SSEParser().feed(content)]
+        self.assertEqual(len(proxy.fake.requests), 1, "no retry after the first byte")
+        self.assertEqual(sum(1 for e in events if e and '"error"' in e), 1)
+        self.assertEqual(events[-1], "[DONE]")
+        self.assertEqual(sum(1 for e in events if e and "\"par\"" in e), 1)
+
+    async def test_stream_failing_before_any_event_fails_over(self) -> None:
+        proxy = await started(self, lambda u: keyed(u, ["k1"]))
+        proxy.fake.by_model["a"] = [Stream([], end="drop")]
+        status, headers, content = await _chat(proxy, {"stream": True, "model": "openai:a|openai:b"})
+        self.assertEqual((status, headers["x-llmproxy-route"]), (200, "openai:b"))
+        self.assertTrue(content.endswith(b"data: [DONE]\n\n"))
+        self.assertNotIn(b'"error"', content)
+
+    async def test_idle_stream_is_cut_and_reported(self) -> None:
+        clock = Clock()
+
+        def config(u: str) -> dict[str, Any]:
+            data = keyed(u, ["k"])
+            data["backends"]["openai"]["idle_timeout"] = 20
+            return data
+
+        proxy = await started(self, config, clock)
+        proxy.fake.script.append(Stream(chat_chunks("gpt-4o", ["x"])[:2], end="stall"))
+        d = _chat(proxy, {"stream": True})
+        await until(lambda: proxy.fake.open)
+        await deferLater(reactor, 0.05)
+        clock.advance(21)
+        status, _, content = await d
+        error = [json.loads(e.data) for e in SSEParser().feed(content) if e.data and "error" in e.data]
+        self.assertEqual(error[0]["error"]["status_code"], 504)
+        await until(lambda: proxy.fake.lost == 1)
+
+    async def test_keepalive_while_waiting_for_a_cooling_key(self) -> None:
+        clock = Clock()
+        proxy = await started(self, lambda u: keyed(u, ["only"], failure_handling={
+            "keepalive_after": 5, "keepalive_interval": 2, "max_wait": 30}), clock)
+        proxy.fake.by_key["only"] = [Reply(429, RATE_LIMITED.body, {"retry-after": "9"}),
+                                     Stream(chat_chunks("gpt-4o", ["late"]))]
+        response_d = client(self).post(
+            proxy.url + "/v1/chat/completions",
+            data=json.dumps({"model": "gpt-4o", "messages": USER, "stream": True}).encode())
+        await until(lambda: len(proxy.fake.requests) == 1)
+        await deferLater(reactor, 0.05)
+        response = await response_d
+        self.assertEqual(response.code, 200)
+        for _ in range(5):
+            clock.advance(2)
+        content_d = treq.content(response)
+        await deferLater(reactor, 0.05)
+        clock.advance(1)
+        await until(lambda: len(proxy.fake.requests) == 2)
+        for _ in range(3):
+            await deferLater(reactor, 0.02)
+            clock.advance(0.01)
+        content = await content_d
+        self.assertTrue(content.startswith(b": keepalive\n\n"))
+        self.assertGreaterEqual(content.count(b": keepalive"), 4)
+        self.assertIn(b"late", content)
+        self.assertTrue(content.endswith(b"data: [DONE]\n\n"))
+
+
+class LoadTests(TestCase):
+    async def test_200_concurrent_with_a_limited_key_and_a_dead_backend(self) -> None:
+        proxy = await started(self, lambda u: {
+            "default_backend": "openai",
+            "backends": {
+                "dead": {"base_url": "http://127.0.0.1:1/v1", "api_key": "kd"},
+                "openai": {"base_url": u, "api_keys": ["k1", "k2", "k3"]},
+            },
+            "failover_routes": {"gpt-4o": {"policy": "m",
+                                           "elements": ["dead:gpt-4o", "openai:gpt-4o"]}},
+        })
+        proxy.fake.by_key["k2"] = [RATE_LIMITED]
+        results = await gatherResults([_chat(proxy) for _ in range(200)])
+        self.assertEqual([r[0] for r in results], [200] * 200, [r[2] for r in results if r[0] != 200][:1])
+        served = [r for r in proxy.fake.requests if r.headers["authorization"] != "Bearer k2"]
+        self.assertEqual(len(served), 200)
