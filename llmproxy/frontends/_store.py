@@ -16,6 +16,7 @@ from typing import Any, Mapping
 
 from twisted.internet.interfaces import IReactorTime
 
+from llmproxy.errors import ProxyError
 from llmproxy.translate import responses_to_chat_completion, responses_to_chat_request
 
 Messages = tuple[Mapping[str, Any], ...]
@@ -58,8 +59,8 @@ class ResponseStore:
             asked = responses_to_chat_request(
                 {k: v for k, v in request.items() if k in ("input", "messages")}
             ).body["messages"]
-        except (ValueError, KeyError, IndexError, TypeError):
-            return
+        except (ProxyError, ValueError, KeyError, IndexError, TypeError):
+            return  # a failed or malformed response starts no conversation
         assistant = {k: v for k, v in answer.items() if k in ("role", "content", "tool_calls")}
         self._items[response_id] = (
             self.clock.seconds(), tuple(history) + tuple(asked) + (assistant,)
