@@ -110,20 +110,26 @@ class MockBackend:
         self._counter = 0
 
     def send(self, body: bytes, key: ApiKey | None, stream: bool) -> Deferred[IResponse]:
-        request = json.loads(body)
         try:
-            text, call = reply_for(request)
+            return succeed(self._respond(json.loads(body), stream))
         except InvalidRequest as e:
-            return succeed(MemoryResponse(400, {b"content-type": b"application/json"},
-                                          [e.to_json()], self.clock))
+            error = e
+        except (AttributeError, TypeError, ValueError) as e:
+            # Like a real upstream, the mock answers malformed fields with a 400.
+            error = InvalidRequest(f"The mock backend cannot read this request ({e})")
+        return succeed(MemoryResponse(400, {b"content-type": b"application/json"},
+                                      [error.to_json()], self.clock))
+
+    def _respond(self, request: Mapping[str, Any], stream: bool) -> MemoryResponse:
+        text, call = reply_for(request)
         self._counter += 1
         ident = f"chatcmpl-mock{self._counter}"
         created = int(self.clock.seconds())
         model = request.get("model", "mock-echo")
         if stream:
             chunks = self._chunks(ident, created, model, text, call, request)
-            return succeed(MemoryResponse(200, {b"content-type": b"text/event-stream"},
-                                          chunks, self.clock, STREAM_DELAY))
+            return MemoryResponse(200, {b"content-type": b"text/event-stream"},
+                                  chunks, self.clock, STREAM_DELAY)
         message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
         if call is not None:
             message["tool_calls"] = [call]
@@ -133,8 +139,8 @@ class MockBackend:
                          "finish_reason": "tool_calls" if call else "stop"}],
             "usage": _usage(request, text or ""),
         }
-        return succeed(MemoryResponse(200, {b"content-type": b"application/json"},
-                                      [json.dumps(completion).encode()], self.clock))
+        return MemoryResponse(200, {b"content-type": b"application/json"},
+                              [json.dumps(completion).encode()], self.clock)
 
     def _chunks(
         self, ident: str, created: int, model: str, text: str | None,
