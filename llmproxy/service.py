@@ -6,7 +6,7 @@ L{MultiService} holding the HTTP endpoint and the shared connection pool.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
@@ -14,6 +14,7 @@ from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web.client import HTTPConnectionPool
+from twisted.web.server import Site
 
 from llmproxy.backends.base import Backend
 from llmproxy.backends.health import CircuitBreaker
@@ -92,7 +93,10 @@ class ProxyService(MultiService):
 
     log = Logger()
 
-    def __init__(self, config: Config, reactor: Any, clock: Any = None) -> None:
+    def __init__(
+        self, config: Config, reactor: Any, clock: Any = None,
+        listener: Callable[[Site], Any] | None = None,
+    ) -> None:
         super().__init__()
         self.config = config
         clock = clock or reactor
@@ -100,8 +104,11 @@ class ProxyService(MultiService):
         self.upstreams = build_upstreams(config, self.pool, reactor, clock)
         self.app = ProxyApp(config, self.upstreams, clock)
         PoolService(self.pool).setServiceParent(self)
-        endpoint = endpoints.serverFromString(reactor, config.listen)
-        self.endpoint_service = StreamServerEndpointService(endpoint, self.app.site())
+        if listener is None:
+            endpoint = endpoints.serverFromString(reactor, config.listen)
+            self.endpoint_service = StreamServerEndpointService(endpoint, self.app.site())
+        else:
+            self.endpoint_service = listener(self.app.site())
         self.endpoint_service.setServiceParent(self)
 
     def startService(self) -> None:

@@ -5,12 +5,15 @@ The C{twistd llmproxy} command line: options, and C{makeService}.
 
 from __future__ import annotations
 
+import sys
+from dataclasses import replace
 from typing import Any
 
 from twisted.python import usage
 
 from llmproxy import service
 from llmproxy.config import Config, ConfigError, Overrides, load_config
+from llmproxy.workers import ParentWatch, ReusePortService, WorkerChildren, parse_tcp
 
 
 class Options(usage.Options):
@@ -34,7 +37,10 @@ class Options(usage.Options):
         ["force-model", None, None, "Send every request to this selector, e.g. gpt-4o or "
                                     "openai:gpt-4o?temperature=0.2 (env STATIC_ROUTE)."],
         ["log-level", None, None, "debug, info, warn or error."],
-        ["workers", None, None, "Worker processes sharing the listening socket.", int],
+        ["workers", None, None, "Processes serving the (tcp:) listening port together, "
+                                "via SO_REUSEPORT.", int],
+        ["worker-index", None, None, "Internal: set by --workers in the processes it spawns.", int],
+        ["worker-port", None, None, "Internal: the port a spawned worker shares.", int],
     ]
     optFlags = [
         ["disable-auth", None, "Serve without proxy keys, even beyond loopback."],
@@ -44,6 +50,12 @@ class Options(usage.Options):
         super().__init__()
         self["proxy-keys"] = []
         self["model-aliases"] = []
+        self.argv: list[str] = []
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        # Kept so --workers can start its siblings with the same options.
+        self.argv = list(sys.argv[1:] if options is None else options)
+        super().parseOptions(options)
 
     def opt_proxy_key(self, key: str) -> None:
         """
@@ -85,10 +97,35 @@ class Options(usage.Options):
             self.config: Config = load_config(self.overrides())
         except ConfigError as e:
             raise usage.UsageError(str(e))
+        if self.config.workers > 1 and parse_tcp(self.config.listen) is None:
+            raise usage.UsageError(
+                f"--workers needs a plain tcp: listen endpoint, not {self.config.listen!r}"
+            )
 
 
 def makeService(options: Options, reactor: Any = None) -> service.ProxyService:
     """
-    The twistd entry point.
+    The twistd entry point.  With C{--workers N}, this process and N-1
+    spawned siblings share the port.
     """
-    return service.makeService(options.config, reactor)
+    if reactor is None:
+        from twisted.internet import reactor as _reactor
+
+        reactor = _reactor
+    config = options.config
+    index = options["worker-index"]
+    if config.workers <= 1 and index is None:
+        return service.makeService(config, reactor)
+    address = parse_tcp(config.listen)
+    assert address is not None
+    if options["worker-port"] is not None:
+        address = replace(address, port=options["worker-port"])
+    proxy = service.ProxyService(
+        config, reactor, listener=lambda site: ReusePortService(reactor, address, site)
+    )
+    if index is None:
+        WorkerChildren(reactor, config.workers, options.argv,
+                       proxy.endpoint_service).setServiceParent(proxy)
+    else:
+        ParentWatch(reactor).setServiceParent(proxy)
+    return proxy

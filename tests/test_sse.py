@@ -115,7 +115,7 @@ class ChunkingPropertyTests(SynchronousTestCase):
     Framing and parsing do not depend on where chunk boundaries fall.
     """
 
-    @settings(max_examples=150)
+    @settings(max_examples=100)
     @given(_streams, st.data())
     def test_raw_events_independent_of_chunking(self, stream: list[Any], data: Any) -> None:
         """
@@ -129,7 +129,7 @@ class ChunkingPropertyTests(SynchronousTestCase):
         self.assertEqual(framed, raw)
         self.assertEqual(b"".join(framed), whole)
 
-    @settings(max_examples=150)
+    @settings(max_examples=100)
     @given(_streams, st.data())
     def test_events_independent_of_chunking(self, stream: list[Any], data: Any) -> None:
         """
@@ -142,7 +142,7 @@ class ChunkingPropertyTests(SynchronousTestCase):
         cuts = data.draw(st.lists(st.integers(0, len(whole)), max_size=12))
         self.assertEqual(_parse(_split(whole, cuts)), expected)
 
-    @settings(max_examples=50)
+    @settings(max_examples=30)
     @given(_streams)
     def test_byte_at_a_time(self, stream: list[Any]) -> None:
         """
