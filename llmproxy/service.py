@@ -13,7 +13,7 @@ from twisted.application.service import MultiService, Service
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
-from twisted.web.client import HTTPConnectionPool
+from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
 from twisted.web.server import Site
 
 from llmproxy.backends.base import Backend
@@ -59,12 +59,28 @@ def build_upstreams(
     )
 
 
+class _QuietClientFactory(_HTTP11ClientFactory):
+    """
+    No "Starting factory" / "Stopping factory" log lines per connection.
+    """
+
+    noisy = False
+
+
+class QuietPool(HTTPConnectionPool):
+    """
+    A connection pool that does not log every new upstream connection.
+    """
+
+    _factory = _QuietClientFactory
+
+
 def make_pool(config: Config, reactor: Any) -> HTTPConnectionPool:
     """
     The one persistent connection pool every backend shares.  Failover owns
     retries, so the pool does not retry on its own.
     """
-    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool = QuietPool(reactor, persistent=True)
     pool.maxPersistentPerHost = max(
         [16] + [b.max_connections for b in config.backends.values()]
     )

@@ -63,7 +63,7 @@ class ArbitraryBodiesTests(SynchronousTestCase):
                               environ={})
         pool = HTTPConnectionPool(self.clock, persistent=False)
         app = ProxyApp(config, build_upstreams(config, pool, self.clock, self.clock), self.clock)
-        self.stub = StubTreq(app.app.resource())
+        self.stub = StubTreq(app.site().resource)
 
     def _settle(self, d: Any, what: Any) -> Any:
         """

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import urlsplit
 
 import treq
 from treq.client import HTTPClient
@@ -20,7 +21,7 @@ from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IConsumer, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import URI, Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer, IResponse
 from zope.interface import implementer
@@ -56,6 +57,46 @@ class BytesProducer:
         pass
 
 
+class CachingAgent(Agent):
+    """
+    An L{Agent} that parses each URL and builds its endpoint once: a proxy
+    sends every request of a backend to the same URL, and Agent would
+    otherwise re-parse it and IDNA-encode its host per request.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._targets: dict[bytes, tuple[Any, Any, tuple[bytes, bytes, int]]] = {}
+
+    def request(  # type: ignore[override]
+        self, method: bytes, uri: bytes, headers: Headers | None = None,
+        bodyProducer: IBodyProducer | None = None,
+    ) -> Deferred[IResponse]:
+        target = self._targets.get(uri)
+        if target is None:
+            parsed = URI.fromBytes(uri.strip())
+            endpoint = self._getEndpoint(parsed)
+            target = self._targets[uri] = (parsed, endpoint,
+                                           (parsed.scheme, parsed.host, parsed.port))
+        parsed, endpoint, key = target
+        return self._requestWithEndpoint(key, endpoint, method, parsed, headers, bodyProducer,
+                                         parsed.originForm)
+
+
+def host_header(url: str) -> bytes:
+    """
+    The C{Host} header value for requests to C{url}.
+    """
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    default = {"http": 80, "https": 443}.get(parts.scheme)
+    if parts.port is None or parts.port == default:
+        return host.encode("idna")
+    return f"{host}:{parts.port}".encode("idna")
+
+
 class OpenAIBackend:
     """
     An OpenAI-compatible upstream.
@@ -70,13 +111,16 @@ class OpenAIBackend:
         self.config = config
         self.dialect = RESPONSES if config.type == "openai-responses" else CHAT
         self.clock = clock
-        self.agent = Agent(reactor, pool=pool, connectTimeout=config.connect_timeout)
+        self.agent = CachingAgent(reactor, pool=pool, connectTimeout=config.connect_timeout)
         self._url = (config.base_url + PATHS[self.dialect]).encode()
         self._models: list[str] | None = None
         self._models_at = 0.0
+        # Headers per (key, stream); Agent copies them, so sharing is safe.
+        self._header_cache: dict[tuple[str | None, bool], Headers] = {}
 
     def _headers(self, key: ApiKey | None, accept: bytes) -> Headers:
         headers = Headers({
+            b"host": [host_header(self.config.base_url)],
             b"content-type": [b"application/json"],
             b"accept": [accept],
             b"user-agent": [_USER_AGENT],
@@ -87,8 +131,12 @@ class OpenAIBackend:
         return headers
 
     def send(self, body: bytes, key: ApiKey | None, stream: bool) -> Deferred[IResponse]:
-        accept = b"text/event-stream" if stream else b"application/json"
-        d = self.agent.request(b"POST", self._url, self._headers(key, accept), BytesProducer(body))
+        slot = (key.name if key is not None else None, stream)
+        headers = self._header_cache.get(slot)
+        if headers is None:
+            accept = b"text/event-stream" if stream else b"application/json"
+            headers = self._header_cache[slot] = self._headers(key, accept)
+        d = self.agent.request(b"POST", self._url, headers, BytesProducer(body))
         return with_timeout(d, self.clock, self.config.timeout)
 
     async def models(self) -> list[str]:

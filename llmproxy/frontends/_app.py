@@ -12,12 +12,13 @@ import secrets
 from typing import Any, Mapping
 
 from klein import Klein
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
-from twisted.web.server import Request, Site
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request, Site
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from llmproxy.backends.base import CHAT, RESPONSES
@@ -26,7 +27,7 @@ from llmproxy.errors import AuthenticationFailed, InvalidRequest, ProxyError
 from llmproxy.frontends._exchange import Exchange, Upstreams
 from llmproxy.frontends._store import ResponseStore
 from llmproxy.routing.aliases import alias_targets
-from llmproxy.routing.resolve import resolve
+from llmproxy.routing.resolve import Router
 
 _JSON = b"application/json"
 
@@ -76,6 +77,56 @@ def _json(request: IRequest, status: int, body: Any) -> bytes:
     return data
 
 
+def _gone(request: Request) -> bool:
+    """
+    Whether nothing more can be written: finished, or the client left (a
+    request loses its channel when its connection is lost).
+    """
+    return bool(request.finished) or request.channel is None
+
+
+class _Root(Resource):
+    """
+    The site's root: the two hot POST routes are dispatched directly (Klein's
+    per-request routing costs more than it gives there); every other request,
+    and every other method on those paths, goes through Klein.
+    """
+
+    isLeaf = True
+
+    def __init__(self, app: ProxyApp) -> None:
+        super().__init__()
+        self.app = app
+        self.klein = app.app.resource()
+        self.hot = {
+            b"/v1/chat/completions": app.chat_completions,
+            b"/v1/responses": app.responses,
+        }
+
+    def render(self, request: Request) -> bytes | int:
+        handler = self.hot.get(request.path) if request.method == b"POST" else None
+        if handler is None:
+            return self.klein.render(request)  # type: ignore[no-any-return]
+        d = Deferred.fromCoroutine(handler(request))
+        request.notifyFinish().addErrback(lambda _: d.cancel())
+        d.addCallbacks(self._done, self._failed, callbackArgs=(request,), errbackArgs=(request,))
+        return NOT_DONE_YET
+
+    def _done(self, body: bytes | None, request: Request) -> None:
+        if _gone(request):
+            return
+        if body:
+            request.write(body)
+        request.finish()
+
+    def _failed(self, failure: Failure, request: Request) -> None:
+        if _gone(request):
+            if not failure.check(CancelledError):
+                self.app.log.failure("after the client left", failure)
+            return
+        self._done(self.app.render_failure(request, failure), request)
+
+
 def _check_fields(body: Mapping[str, Any], dialect: str) -> None:
     if "stream" in body and not isinstance(body["stream"], bool):
         raise InvalidRequest("'stream' must be a boolean", param="stream", code="invalid_type")
@@ -112,6 +163,7 @@ class ProxyApp:
         self.store = store or ResponseStore(clock, config.responses_store_size,
                                             config.responses_store_ttl)
         self._keys = [k.encode("utf-8") for k in config.proxy_keys]
+        self.router = Router(config)
 
     def site(self) -> Site:
         """
@@ -122,7 +174,10 @@ class ProxyApp:
         class _Request(LimitedRequest):
             max_body = limit
 
-        site = ProxySite(self.app.resource(), requestFactory=_Request)
+        # No form parsing: every body is JSON, and Twisted's Content-Type
+        # check for forms costs an email.message per request.
+        site = ProxySite(_Root(self), requestFactory=_Request,
+                         parsePOSTFormSubmission=False)
         site.access_log = self.config.access_log
         return site
 
@@ -251,7 +306,7 @@ class ProxyApp:
         self, request: Request, body: dict[str, Any], raw: bytes, dialect: str,
         history: tuple[Mapping[str, Any], ...] | None = (), on_response: Any = None,
     ) -> bytes | None:
-        route = resolve(self.config, body, dialect)
+        route = self.router.resolve(body, dialect)
         for target in route.targets:
             for warning in target.warnings:
                 self.log.warn("{note}", note=warning)
@@ -270,6 +325,15 @@ class ProxyApp:
         return out
 
     # errors
+
+    def render_failure(self, request: IRequest, failure: Failure) -> bytes | None:
+        """
+        The body for a failed handler, as the Klein error handlers below
+        would render it.
+        """
+        if failure.check(ProxyError):
+            return self.proxy_error(request, failure)
+        return self.internal_error(request, failure)
 
     @app.handle_errors(ProxyError)
     def proxy_error(self, request: IRequest, failure: Failure) -> bytes:

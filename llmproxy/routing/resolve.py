@@ -10,6 +10,7 @@ precedence URI parameters > client body > model_defaults.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -118,9 +119,20 @@ def _merge_nested(body: Mapping[str, Any], uri: Mapping[str, Any]) -> dict[str, 
     return flat
 
 
-def _target(
-    config: Config, selector: Selector, body: Mapping[str, Any], dialect: str
-) -> Target:
+@dataclass(frozen=True)
+class _Element:
+    """
+    What one selector of a model string means, independent of the body.
+    """
+
+    backend: str
+    model: str
+    params: Mapping[str, object]
+    defaults: Mapping[str, object]
+    warnings: tuple[str, ...]
+
+
+def _element(config: Config, selector: Selector) -> _Element:
     backend = selector.backend or config.default_backend.split("|")[0].split(":")[0]
     if backend not in config.backends:
         raise InvalidRequest(
@@ -130,13 +142,40 @@ def _target(
             code="unknown_backend",
         )
     result = validate_params(selector.params, lenient=config.uri_params == "lenient")
-    uri = _merge_nested(body, _dialect_params(result.values, dialect))
     defaults = (config.model_defaults.get(f"{backend}:{selector.model}")
                 or config.model_defaults.get(selector.model) or {})
-    built = apply_precedence(body, uri, defaults)
-    built["model"] = selector.model
-    changed = built != body
-    return Target(backend, selector.model, built, changed, result.warnings)
+    return _Element(backend, selector.model, result.values, defaults, result.warnings)
+
+
+def _target(element: _Element, body: Mapping[str, Any], dialect: str) -> Target:
+    if not element.params and not element.defaults:
+        if body.get("model") == element.model:
+            return Target(element.backend, element.model, body, False, element.warnings)
+        built = dict(body)
+        built["model"] = element.model
+        return Target(element.backend, element.model, built, True, element.warnings)
+    uri = _merge_nested(body, _dialect_params(element.params, dialect))
+    built = apply_precedence(body, uri, element.defaults)
+    built["model"] = element.model
+    return Target(element.backend, element.model, built, built != body, element.warnings)
+
+
+def _model_of(body: Mapping[str, Any]) -> str:
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise InvalidRequest(
+            "you must provide a model parameter", param="model", code="missing_required_parameter"
+        )
+    return model
+
+
+def plan_model(config: Config, model: str) -> tuple[tuple[_Element, ...], str]:
+    """
+    The body-independent part of routing a model string: its elements and
+    the failover policy.
+    """
+    text, policy = _route_text(config, model)
+    return tuple(_element(config, s) for s in parse_failover(text)), policy
 
 
 def resolve(config: Config, body: Mapping[str, Any], dialect: str = "chat") -> Route:
@@ -146,11 +185,28 @@ def resolve(config: Config, body: Mapping[str, Any], dialect: str = "chat") -> R
 
     @param dialect: C{"chat"} or C{"responses"}, the frontend's body shape.
     """
-    model = body.get("model")
-    if not isinstance(model, str) or not model.strip():
-        raise InvalidRequest(
-            "you must provide a model parameter", param="model", code="missing_required_parameter"
-        )
-    text, policy = _route_text(config, model)
-    selectors = parse_failover(text)
-    return Route(tuple(_target(config, s, body, dialect) for s in selectors), policy)
+    elements, policy = plan_model(config, _model_of(body))
+    return Route(tuple(_target(e, body, dialect) for e in elements), policy)
+
+
+class Router:
+    """
+    L{resolve} with the body-independent work remembered per model string
+    (the config is frozen, so the answer for a model never changes).
+    """
+
+    def __init__(self, config: Config, size: int = 1024) -> None:
+        self.config = config
+        self.size = size
+        self._plans: OrderedDict[str, tuple[tuple[_Element, ...], str]] = OrderedDict()
+
+    def resolve(self, body: Mapping[str, Any], dialect: str = "chat") -> Route:
+        model = _model_of(body)
+        plan = self._plans.get(model)
+        if plan is None:
+            plan = plan_model(self.config, model)
+            self._plans[model] = plan
+            if len(self._plans) > self.size:
+                self._plans.popitem(last=False)
+        elements, policy = plan
+        return Route(tuple(_target(e, body, dialect) for e in elements), policy)
