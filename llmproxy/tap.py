@@ -97,10 +97,26 @@ class Options(usage.Options):
             self.config: Config = load_config(self.overrides())
         except ConfigError as e:
             raise usage.UsageError(str(e))
+        self._apply_log_level()
         if self.config.workers > 1 and parse_tcp(self.config.listen) is None:
             raise usage.UsageError(
                 f"--workers needs a plain tcp: listen endpoint, not {self.config.listen!r}"
             )
+
+
+    def _apply_log_level(self) -> None:
+        """
+        Hand twistd a level-filtering observer (foreground, standard-output
+        logging only; twistd's own --logger, if given, wins).
+        """
+        parent = self.parent
+        level = self.config.log_level
+        if parent is None or parent.get("logger") or (level == "info" and not self["log-level"]):
+            return
+        if not parent.get("nodaemon") or parent.get("logfile") not in (None, "", "-"):
+            raise usage.UsageError("--log-level applies to foreground logging on standard "
+                                   "output (twistd -n, or python -m llmproxy)")
+        parent["logger"] = f"llmproxy.logs.{level}"
 
 
 def makeService(options: Options, reactor: Any = None) -> service.ProxyService:

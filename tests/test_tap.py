@@ -6,7 +6,8 @@ Tests for L{llmproxy.tap} and the C{twistd llmproxy} plugin.
 from __future__ import annotations
 
 import os
-from typing import Mapping
+import sys
+from typing import Any, Mapping
 
 from twisted.application.service import IServiceMaker, MultiService
 from twisted.internet.testing import MemoryReactor
@@ -204,3 +205,46 @@ class PluginTests(TapTestCase):
         service.startService()
         self.assertEqual([s[0] for s in reactor.unixServers], ["/tmp/llmproxy-test.sock"])
         self.successResultOf(service.stopService())
+
+
+class LogLevelTests(SynchronousTestCase):
+    """
+    --log-level reaches twistd as a level-filtering observer.
+    """
+
+    def _server_options(self, *args: str) -> Any:
+        from twisted.scripts.twistd import ServerOptions
+
+        self.patch(os, "environ", {})
+        config = ServerOptions()
+        config.parseOptions(list(args))
+        return config
+
+    def test_level_becomes_twistd_logger(self) -> None:
+        from llmproxy import logs
+
+        config = self._server_options("-n", "llmproxy", "--default-backend", "mock",
+                                      "--log-level", "warn")
+        self.assertIs(config["logger"], logs.warn)
+
+    def test_daemon_log_file_refused(self) -> None:
+        from twisted.python.usage import UsageError
+
+        with self.assertRaises(UsageError):
+            self._server_options("--logfile", "x.log", "llmproxy", "--default-backend", "mock",
+                                 "--log-level", "debug")
+
+    def test_observer_filters_below_level(self) -> None:
+        import io
+
+        from twisted.logger import Logger
+
+        from llmproxy import logs
+
+        out = io.StringIO()
+        self.patch(sys, "stdout", out)
+        log = Logger(namespace="t", observer=logs.warn())
+        log.info("quiet please")
+        log.warn("loud enough")
+        self.assertNotIn("quiet please", out.getvalue())
+        self.assertIn("loud enough", out.getvalue())
