@@ -264,6 +264,11 @@ class StreamingFailureTests(TestCase):
         await until(lambda: proxy.fake.lost == 1)
 
     async def test_keepalive_while_waiting_for_a_cooling_key(self) -> None:
+        """
+        A streaming client that waits longer than keepalive_after gets the
+        200 event stream at once, comments every keepalive_interval, then the
+        answer.
+        """
         clock = Clock()
         proxy = await started(self, lambda u: keyed(u, ["only"], failure_handling={
             "keepalive_after": 5, "keepalive_interval": 2, "max_wait": 30}), clock)
@@ -272,24 +277,47 @@ class StreamingFailureTests(TestCase):
         response_d = client(self).post(
             proxy.url + "/v1/chat/completions",
             data=json.dumps({"model": "gpt-4o", "messages": USER, "stream": True}).encode())
+        got: list[Any] = []
+        response_d.addBoth(lambda r: got.append(r) or r)
         await until(lambda: len(proxy.fake.requests) == 1)
         await deferLater(reactor, 0.05)
+        self.assertEqual(got, [], "nothing is sent before keepalive_after")
+        clock.advance(5)
         response = await response_d
         self.assertEqual(response.code, 200)
-        for _ in range(5):
-            clock.advance(2)
         content_d = treq.content(response)
-        await deferLater(reactor, 0.05)
-        clock.advance(1)
-        await until(lambda: len(proxy.fake.requests) == 2)
         for _ in range(3):
+            clock.advance(2)
+        await until(lambda: len(proxy.fake.requests) == 2)
+        for _ in range(5):
             await deferLater(reactor, 0.02)
             clock.advance(0.01)
         content = await content_d
         self.assertTrue(content.startswith(b": keepalive\n\n"))
-        self.assertGreaterEqual(content.count(b": keepalive"), 4)
+        self.assertGreaterEqual(content.count(b": keepalive"), 3)
+        self.assertLess(content.rfind(b": keepalive"), content.find(b"data:"),
+                        "keepalives stop at the first event")
         self.assertIn(b"late", content)
         self.assertTrue(content.endswith(b"data: [DONE]\n\n"))
+
+    async def test_error_after_keepalive_is_in_band(self) -> None:
+        clock = Clock()
+        proxy = await started(self, lambda u: keyed(u, ["only"], failure_handling={
+            "keepalive_after": 1, "keepalive_interval": 1, "max_wait": 30}), clock)
+        proxy.fake.by_key["only"] = [Reply(429, RATE_LIMITED.body, {"retry-after": "3"}),
+                                     DOWN]
+        d = _chat(proxy, {"stream": True})
+        await until(lambda: len(proxy.fake.requests) == 1)
+        await deferLater(reactor, 0.05)
+        for _ in range(4):
+            clock.advance(1)
+        await until(lambda: len(proxy.fake.requests) == 2)
+        status, _, content = await d
+        self.assertEqual(status, 200)
+        events = [e.data for e in SSEParser().feed(content)]
+        self.assertEqual(json.loads(events[0])["error"]["status_code"], 500)
+        self.assertEqual(events[-1], "[DONE]")
+        self.assertIn(b": keepalive", content)
 
 
 class LoadTests(TestCase):

@@ -31,12 +31,12 @@ class Backend(Protocol):
     dialect: str
 
     def send(
-        self, body: bytes, key: ApiKey | None, stream: bool
+        self, body: bytes, key: ApiKey | None, stream: bool, timeout: float | None = None
     ) -> Deferred[IResponse]:
         """
         POST C{body} to the dialect's path.  Fires with the response once
         its headers arrived; fails with L{FirstByteTimeout} when they do not
-        arrive within the backend's timeout.  Cancelling it aborts the
+        arrive within C{timeout} seconds (default: the backend's timeout).  Cancelling it aborts the
         request.
         """
 

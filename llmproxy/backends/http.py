@@ -130,14 +130,16 @@ class OpenAIBackend:
             headers.setRawHeaders(b"authorization", [b"Bearer " + key.value.encode()])
         return headers
 
-    def send(self, body: bytes, key: ApiKey | None, stream: bool) -> Deferred[IResponse]:
+    def send(
+        self, body: bytes, key: ApiKey | None, stream: bool, timeout: float | None = None
+    ) -> Deferred[IResponse]:
         slot = (key.name if key is not None else None, stream)
         headers = self._header_cache.get(slot)
         if headers is None:
             accept = b"text/event-stream" if stream else b"application/json"
             headers = self._header_cache[slot] = self._headers(key, accept)
         d = self.agent.request(b"POST", self._url, headers, BytesProducer(body))
-        return with_timeout(d, self.clock, self.config.timeout)
+        return with_timeout(d, self.clock, self.config.timeout if timeout is None else timeout)
 
     async def models(self) -> list[str]:
         if not self.config.keys and self.config.key_env:

@@ -109,7 +109,9 @@ class MockBackend:
         self.clock = clock
         self._counter = 0
 
-    def send(self, body: bytes, key: ApiKey | None, stream: bool) -> Deferred[IResponse]:
+    def send(
+        self, body: bytes, key: ApiKey | None, stream: bool, timeout: float | None = None
+    ) -> Deferred[IResponse]:
         try:
             return succeed(self._respond(json.loads(body), stream))
         except InvalidRequest as e:

@@ -14,7 +14,7 @@ timeout and a canceller that drops the upstream connection.
 
 from __future__ import annotations
 
-from typing import Any, Protocol as TypingProtocol
+from typing import Any, Callable, Protocol as TypingProtocol
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, IReactorTime
@@ -81,8 +81,10 @@ class StreamRelay(Protocol):
         clock: IReactorTime,
         idle_timeout: float,
         max_event_bytes: int = 262_144,
+        on_first_write: Callable[[], None] | None = None,
     ) -> None:
         self.consumer = consumer
+        self.on_first_write = on_first_write
         self.transform = transform
         self.clock = clock
         self.idle_timeout = idle_timeout
@@ -112,7 +114,10 @@ class StreamRelay(Protocol):
         if raw:
             out = self.transform.events(raw)
             if out:
-                self.wrote = True
+                if not self.wrote:
+                    self.wrote = True
+                    if self.on_first_write is not None:
+                        self.on_first_write()
                 self.consumer.write(out)
 
     def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:

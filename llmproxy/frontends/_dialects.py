@@ -50,6 +50,12 @@ class Transform(Protocol):
 
     def error(self, error: ProxyError) -> bytes: ...
 
+    def final(self) -> dict[str, Any] | None:
+        """
+        The whole answer in the frontend's shape, when the transform built
+        one (for the Responses conversation store).
+        """
+
 
 class ChatPassthrough:
     """
@@ -64,6 +70,9 @@ class ChatPassthrough:
 
     def error(self, error: ProxyError) -> bytes:
         return encode_event({"error": stream_error_payload(error)}) + DONE
+
+    def final(self) -> dict[str, Any] | None:
+        return None
 
 
 class ResponsesPassthrough:
@@ -88,6 +97,9 @@ class ResponsesPassthrough:
              "message": error.message, "param": error.param},
             "error",
         )
+
+    def final(self) -> dict[str, Any] | None:
+        return None
 
 
 def _parsed(raw: list[bytes]) -> list[Any]:
@@ -134,6 +146,9 @@ class ResponsesToChat:
     def error(self, error: ProxyError) -> bytes:
         return ChatPassthrough().error(error)
 
+    def final(self) -> dict[str, Any] | None:
+        return None
+
 
 class ChatToResponses:
     """
@@ -177,6 +192,9 @@ class ChatToResponses:
         head = [] if self.started else self._encode(self.state.start())
         body = {"code": error.code or error.type, "message": error.message}
         return b"".join(head + self._encode(self.state.fail(body)))
+
+    def final(self) -> dict[str, Any] | None:
+        return self.state.response if self.closed else None
 
 
 def prepare_chat(

@@ -222,6 +222,15 @@ class Exchange:
         """
         self._check_keys(route)
         self._backends = {t.backend for t in route.targets}
+        if self.stream and self.config.failure.keepalive_after > 0:
+            self._keepalive = self.clock.callLater(self.config.failure.keepalive_after,
+                                                   self._commit_stream)
+        try:
+            return await self._attempts(route)
+        finally:
+            self._stop_keepalive()
+
+    async def _attempts(self, route: Route) -> bytes | None:
         queue = self._plan(route)
         failure: _Failure | None = None
         fcfg = self.config.failure
@@ -235,7 +244,7 @@ class Exchange:
                 if wait is None or wait > fcfg.max_wait or elapsed + wait > fcfg.total_timeout_budget:
                     failure = self._cooling_failure(queue, wait, failure)
                     break
-                await self._sleep(wait)
+                await deferLater(self.clock, wait)  # type: ignore[arg-type]
                 continue
             queue.remove(pick)
             if pick[2] is not None:
@@ -325,23 +334,22 @@ class Exchange:
             error.message = f"{error.message} (tried: {tried})"
         return error
 
-    async def _sleep(self, seconds: float) -> None:
-        if self.stream and seconds > self.config.failure.keepalive_after:
-            self._commit_stream()
-        await deferLater(self.clock, seconds)  # type: ignore[arg-type]
-
     # keepalive
 
     def _commit_stream(self) -> None:
-        if self.committed:
-            return
+        """
+        A streaming client has waited C{keepalive_after} seconds with
+        nothing to show: start the 200 event stream and keep it alive with
+        comments until the answer's first event.  From now on, errors are
+        in-band.
+        """
         self.committed = True
         self._set_stream_headers()
         self._tick_keepalive()
 
     def _tick_keepalive(self) -> None:
         self._keepalive = None
-        if self.gone:
+        if self.gone or self._relay_wrote:
             return
         self.request.write(KEEPALIVE)
         self._keepalive = self.clock.callLater(self.config.failure.keepalive_interval,
@@ -365,11 +373,7 @@ class Exchange:
         payload, dropped = self._prepare(target, backend)
         stream = self.stream
         try:
-            try:
-                response = await backend.send(payload, key, stream)
-            finally:
-                if self.committed:
-                    self._stop_keepalive()
+            response = await backend.send(payload, key, stream, self._time_left(backend))
         except CancelledError:
             raise
         except Exception as e:
@@ -394,6 +398,14 @@ class Exchange:
                 pool.mark_ok(key)
             return result
         return await self._upstream_failure(target, key, response, label)
+
+    def _time_left(self, backend: Backend) -> float:
+        """
+        The first-byte timeout of this attempt: the backend's, within what
+        is left of the request's total budget.
+        """
+        left = self.config.failure.total_timeout_budget - (self.clock.seconds() - self.started)
+        return max(0.001, min(backend.config.timeout, left))
 
     def _prepare(self, target: Target, backend: Backend) -> tuple[bytes, tuple[str, ...]]:
         reasoning = backend.config.reasoning_models
@@ -421,7 +433,8 @@ class Exchange:
         self, target: Target, key: ApiKey | None, response: IResponse, label: str
     ) -> bytes | None | _Failure:
         try:
-            body = await collect_body(response, self.clock, target_idle(self, target),
+            body = await collect_body(response, self.clock,
+                                      self.up.backends[target.backend].config.idle_timeout,
                                       MAX_ERROR_BODY)
         except CancelledError:
             raise
@@ -433,12 +446,12 @@ class Exchange:
         self.tried.append(_Tried(label, str(response.code)))
         kept = _kept_headers(response)
         if verdict.outcome is Outcome.CLIENT_ERROR or verdict.outcome is Outcome.OK:
-            self._set_route_headers(target, key, response, ())
-            self.request.setResponseCode(response.code)
-            self.request.setHeader(b"content-type", b"application/json")
             out = rewrap_error(response.code, body)
             if self.committed:
                 return self._late_error(_error_from_upstream(response.code, out))
+            self._set_route_headers(target, key, response, ())
+            self.request.setResponseCode(response.code)
+            self.request.setHeader(b"content-type", b"application/json")
             return out
         self.log.info("{label}: upstream {status}, trying the next attempt", label=label,
                       status=response.code)
@@ -513,14 +526,14 @@ class Exchange:
         transform = self._transform(target, backend)
         if not self.committed:
             self._set_stream_headers()
-        relay = StreamRelay(self.request, transform, self.clock, backend.config.idle_timeout)
+        relay = StreamRelay(self.request, transform, self.clock, backend.config.idle_timeout,
+                            on_first_write=self._first_write)
         response.deliverBody(relay)
         try:
             await relay.finished
         except CancelledError:
             raise
         except ProxyError as e:
-            self._relay_wrote = relay.wrote
             if not relay.wrote and not self.committed:
                 raise
             self.log.warn("{route}: stream failed after it started: {error}",
@@ -528,11 +541,14 @@ class Exchange:
             if not self.gone:
                 self.request.write(transform.error(e))
             return None
-        if self.on_response is not None and hasattr(transform, "state"):
-            state = getattr(transform, "state")
-            if hasattr(state, "response"):
-                self.on_response(json.dumps(state.response).encode())
+        final = transform.final()
+        if self.on_response is not None and final is not None:
+            self.on_response(json.dumps(final).encode())
         return None
+
+    def _first_write(self) -> None:
+        self._relay_wrote = True
+        self._stop_keepalive()
 
     def _late_error(self, error: ProxyError) -> None:
         if not self.gone:
@@ -553,10 +569,6 @@ class Exchange:
         self._stop_keepalive()
         self._late_error(error)
         return True
-
-
-def target_idle(exchange: Exchange, target: Target) -> float:
-    return exchange.up.backends[target.backend].config.idle_timeout
 
 
 def _kept_headers(response: IResponse) -> list[tuple[bytes, bytes]]:
