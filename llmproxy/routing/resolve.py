@@ -200,7 +200,16 @@ class Router:
         self.size = size
         self._plans: OrderedDict[str, tuple[tuple[_Element, ...], str]] = OrderedDict()
 
+    def __len__(self) -> int:
+        """
+        How many model strings are remembered.
+        """
+        return len(self._plans)
+
     def resolve(self, body: Mapping[str, Any], dialect: str = "chat") -> Route:
+        """
+        Like L{resolve}, for this router's configuration.
+        """
         model = _model_of(body)
         plan = self._plans.get(model)
         if plan is None:
