@@ -179,6 +179,8 @@ class FakeOpenAI(Resource):
     @ivar requests: every request received, in order.
     @ivar lost: how many requests the client abandoned before the fake
         finished answering.
+    @ivar stream_transports: the server-side transport of every streamed
+        answer, to see how much the client has not read yet.
     """
 
     isLeaf = True
@@ -194,6 +196,7 @@ class FakeOpenAI(Resource):
         self.lost = 0
         self.completed = 0
         self.open: list[Request] = []
+        self.stream_transports: list[Any] = []
         self.on_request: Callable[[Recorded], None] | None = None
 
     def render_GET(self, request: Request) -> bytes:
@@ -264,6 +267,7 @@ class FakeOpenAI(Resource):
         if isinstance(behaviour, Drop):
             request.channel.transport.abortConnection()
         elif isinstance(behaviour, Stream):
+            self.stream_transports.append(request.channel.transport)
             request.setHeader(b"content-type", b"text/event-stream")
             for k, v in behaviour.headers.items():
                 request.setHeader(k, v)

@@ -325,3 +325,45 @@ class ModelsTests(TestCase):
                                           headers=Headers({}))
         ids = {m["id"] for m in json.loads(await treq.content(response))["data"]}
         self.assertEqual(ids, {"only-this", "openai:only-this"})
+
+
+class BackpressureTests(TestCase):
+    async def test_slow_client_pauses_the_upstream(self) -> None:
+        """
+        A client that stops reading makes llmproxy stop reading the
+        upstream: the upstream's unsent bytes pile up on its side (TCP
+        pushes back), not in llmproxy; when the client reads again,
+        everything arrives.
+        """
+        proxy = await start(self)
+        chunk = b"data: " + b"x" * 16_000 + b"\n\n"
+        count = 1500  # 24 MB
+        proxy.fake.script.append(Stream([chunk] * count + [b"data: [DONE]\n\n"]))
+        response = await client(self).post(
+            proxy.url + "/v1/chat/completions", data=json.dumps({**CHAT, "stream": True}).encode())
+        received = []
+        done: Deferred[None] = Deferred()
+
+        class Slow(Protocol):
+            def dataReceived(self, data: bytes) -> None:
+                if not received:
+                    self.transport.pauseProducing()
+                received.append(len(data))
+
+            def connectionLost(self, reason: Any = None) -> None:
+                done.callback(None)
+
+        reader = Slow()
+        response.deliverBody(reader)
+        for _ in range(100):
+            await deferLater(reactor, 0.02)
+            if received:
+                break
+        await deferLater(reactor, 0.5)
+
+        [transport] = proxy.fake.stream_transports
+        unsent = len(transport.dataBuffer) + transport._tempDataLen
+        self.assertGreater(unsent, 8_000_000, "the upstream is held back, not drained")
+        reader.transport.resumeProducing()
+        await done
+        self.assertEqual(sum(received), count * len(chunk) + len(b"data: [DONE]\n\n"))
