@@ -336,3 +336,30 @@ class LoadTests(TestCase):
         self.assertEqual([r[0] for r in results], [200] * 200, [r[2] for r in results if r[0] != 200][:1])
         served = [r for r in proxy.fake.requests if r.headers["authorization"] != "Bearer k2"]
         self.assertEqual(len(served), 200)
+
+
+class RedactionTests(TestCase):
+    async def test_keys_never_reach_the_client_in_errors(self) -> None:
+        proxy = await started(self, lambda u: keyed(u, ["sk-secret-value-1"]))
+        proxy.fake.script.append(Reply(401, {"error": {
+            "message": "Incorrect API key provided: sk-secr*****ue-1 (sk-secret-value-1).",
+            "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}}))
+        status, headers, content = await _chat(proxy)
+        self.assertEqual(status, 401)
+        self.assertIn(b"[REDACTED]", content)
+        self.assertNotIn(b"sk-secr", content)
+        self.assertNotIn("sk-secret", json.dumps(headers))
+        # The only key is now out: the next request is told so, by name.
+        status, _, content = await _chat(proxy)
+        self.assertEqual((status, json.loads(content)["error"]["code"]), (401, "invalid_api_key"))
+        self.assertIn(b"openai", content)
+        self.assertNotIn(b"sk-secret", content)
+
+    async def test_client_error_echoing_a_key_is_redacted(self) -> None:
+        proxy = await started(self, lambda u: keyed(u, ["sk-secret-value-1"]))
+        proxy.fake.script.append(Reply(400, {"error": {
+            "message": "bad request for key sk-secret-value-1", "type": "invalid_request_error",
+            "param": None, "code": None}}))
+        status, _, content = await _chat(proxy)
+        self.assertEqual(status, 400)
+        self.assertEqual(json.loads(content)["error"]["message"], "bad request for key [REDACTED]")

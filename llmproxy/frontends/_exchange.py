@@ -10,6 +10,7 @@ Nothing is retried once a byte of the answer's body reached the client.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
@@ -22,7 +23,7 @@ from twisted.web.iweb import IRequest, IResponse
 
 from llmproxy.backends.base import CHAT, Backend
 from llmproxy.backends.health import CircuitBreaker
-from llmproxy.backends.keypool import ApiKey, KeyPool
+from llmproxy.backends.keypool import INVALID, ApiKey, KeyPool
 from llmproxy.backends.relay import StreamRelay, collect_body
 from llmproxy.config import Config
 from llmproxy.errors import ProxyError, UpstreamError
@@ -37,6 +38,8 @@ PASS_HEADERS = (b"x-request-id", b"openai-processing-ms", b"openai-version",
                 b"retry-after", b"retry-after-ms")
 _RATELIMIT = b"x-ratelimit-"
 MAX_ERROR_BODY = 1024 * 1024
+#: Text that looks like an API key (OpenAI echoes masked keys in 401s).
+_KEY_SHAPED = re.compile(rb"\b(?:sk|rk|pk)-[A-Za-z0-9_\-*]{6,}")
 #: Upstream statuses that condemn a key, not the backend.
 _KEY_STATUSES = frozenset({"401", "403", "429"})
 
@@ -295,11 +298,23 @@ class Exchange:
         self, queue: list[tuple[Attempt, Target, ApiKey | None]], wait: float | None,
         failure: _Failure | None,
     ) -> _Failure:
-        backends = {a.backend for a, _, _ in queue}
+        """
+        Every queued key is out: say why, truthfully.
+        """
+        backends = sorted({a.backend for a, _, _ in queue})
+        reasons = {self.up.pools[a.backend].state(key).reason
+                   for a, _, key in queue if key is not None}
         if all(self.up.pools[b].all_quota_exhausted() for b in backends):
             return _Failure(ProxyError(
-                "Every API key of " + ", ".join(sorted(backends)) + " has exhausted its quota",
+                "Every API key of " + ", ".join(backends) + " has exhausted its quota",
                 status=503, type="server_error", code="quota_exceeded",
+            ))
+        if reasons == {INVALID}:
+            names = ", ".join(self.up.backends[b].config.key_env or b for b in backends)
+            return _Failure(ProxyError(
+                "Every API key of " + ", ".join(backends) + " was rejected by the upstream "
+                f"(401/403); fix the backend's keys ({names})",
+                status=401, type="invalid_request_error", code="invalid_api_key",
             ))
         retry = max(1, int(wait + 0.999)) if wait is not None else None
         return _Failure(ProxyError(
@@ -440,6 +455,7 @@ class Exchange:
             raise
         except ProxyError as e:
             body = ProxyError(e.message).to_json()
+        body = self._redact(response.code, body)
         headers = _lower_headers(response)
         verdict = classify_status(response.code, body, headers, self.clock.seconds())
         self._record(verdict, target, key)
@@ -457,6 +473,20 @@ class Exchange:
                       status=response.code)
         return _Failure(_error_from_upstream(response.code, body), (response.code, body, kept),
                         verdict.outcome)
+
+    def _redact(self, status: int, body: bytes) -> bytes:
+        """
+        Keep key values out of error bodies relayed to the client: any
+        configured key, and (on 401/403) anything shaped like an API key,
+        masked or not.
+        """
+        for pool in self.up.pools.values():
+            for key in pool.keys:
+                if key.value and key.value.encode() in body:
+                    body = body.replace(key.value.encode(), b"[REDACTED]")
+        if status in (401, 403):
+            body = _KEY_SHAPED.sub(b"[REDACTED]", body)
+        return body
 
     def _record(self, verdict: Verdict, target: Target, key: ApiKey | None) -> None:
         pool = self.up.pools[target.backend]
