@@ -208,6 +208,19 @@ class FailoverTests(TestCase):
         status, _, _ = await _chat(proxy)
         self.assertEqual((status, len(proxy.fake.requests)), (500, 2))
 
+    async def test_total_budget_bounds_slow_attempts(self) -> None:
+        clock = Clock()
+        proxy = await started(self, lambda u: keyed(u, ["a", "b"], failure_handling={
+            "total_timeout_budget": 10}), clock)
+        proxy.fake.script.extend([Stall(), Stall()])
+        d = _chat(proxy)
+        await until(lambda: len(proxy.fake.requests) == 1)
+        clock.advance(10.5)
+        status, _, content = await d
+        self.assertEqual(status, 504)
+        self.assertEqual(len(proxy.fake.requests), 1, "no attempt starts once the budget is spent")
+        await until(lambda: proxy.fake.lost == 1)
+
     async def test_circuit_breaker_skips_a_failing_backend(self) -> None:
         proxy = await started(self, lambda u: {
             "default_backend": "bad",
