@@ -109,3 +109,22 @@ class ArbitraryBodiesTests(SynchronousTestCase):
     @given(json_values)
     def test_any_json_document(self, body: Any) -> None:
         self._check(*self._post("/v1/chat/completions", body))
+
+    def test_deep_nesting_is_never_a_500(self) -> None:
+        """
+        Nesting deep enough to exhaust Python's recursion (in parsing or in
+        translation) is the client's error.
+        """
+        for depth in (200, 5000, 200000):
+            nested = "[" * depth + "1" + "]" * depth
+            for path, body in (
+                ("/v1/chat/completions",
+                 '{"model": "mock-echo", "messages": [{"role": "user", "content": "hi"}], '
+                 '"tools": %s}' % nested),
+                ("/v1/responses", '{"model": "mock-echo", "input": "hi", "metadata": %s}' % nested),
+            ):
+                d = self.stub.post("http://proxy" + path, data=body.encode(),
+                                   headers={"content-type": "application/json"})
+                response = self._settle(d, depth)
+                content = self._settle(self.stub.content(response), depth)
+                self._check(response.code, content)

@@ -127,6 +127,10 @@ class _Root(Resource):
         self._done(self.app.render_failure(request, failure), request)
 
 
+def _too_deep() -> InvalidRequest:
+    return InvalidRequest("The request body is nested too deeply", code="invalid_json")
+
+
 def _check_fields(body: Mapping[str, Any], dialect: str) -> None:
     if "stream" in body and not isinstance(body["stream"], bool):
         raise InvalidRequest("'stream' must be a boolean", param="stream", code="invalid_type")
@@ -218,6 +222,8 @@ class ProxyApp:
                 "We could not parse the JSON body of your request. The body must be valid JSON.",
                 code="invalid_json",
             )
+        except RecursionError:
+            raise _too_deep()
         if not isinstance(body, dict):
             raise InvalidRequest("The request body must be a JSON object", code="invalid_json")
         _check_fields(body, dialect)
@@ -316,6 +322,8 @@ class ProxyApp:
             out = await exchange.run(route)
         except CancelledError:
             raise
+        except RecursionError:
+            raise _too_deep()
         except ProxyError as e:
             if exchange.write_late_error(e):
                 return None
