@@ -239,6 +239,35 @@ def _env_refs(text: str) -> list[str]:
 def _backend(
     name: str, reader: _Reader, environ: Mapping[str, str]
 ) -> BackendConfig:
+    """
+    Build one backend from its C{backends.NAME} section.
+    """
+    btype = _backend_type(name, reader)
+    base_url = _base_url(name, btype, reader, environ)
+    keys, key_env = _keys(name, reader, environ, implicit=name == "openai" and btype != "mock")
+    reasoning_models = _reasoning_models(reader)
+    backend = BackendConfig(
+        name=name,
+        type=btype,
+        base_url=base_url,
+        keys=keys,
+        key_env=key_env,
+        timeout=reader.number("timeout", 600.0),
+        connect_timeout=reader.number("connect_timeout", 10.0),
+        idle_timeout=reader.number("idle_timeout", 300.0),
+        models=reader.strings("models"),
+        reasoning_models=reasoning_models,
+        max_connections=reader.integer("max_connections", 64, minimum=1),
+    )
+    reader.finish()
+    return backend
+
+
+def _backend_type(name: str, reader: _Reader) -> str:
+    """
+    The backend's connector: C{type}, or its synonym C{connector}, else the
+    backend's own name when that is a known type, else C{openai}.
+    """
     raw_type = reader.get("type", str)
     connector = reader.get("connector", str)
     if raw_type and connector and raw_type != connector:
@@ -246,40 +275,42 @@ def _backend(
     btype = raw_type or connector or (name if name in BACKEND_TYPES else "openai")
     if btype not in BACKEND_TYPES:
         raise reader.fail("type", f"unknown type {btype!r}; known: {', '.join(BACKEND_TYPES)}")
+    return btype
+
+
+def _base_url(
+    name: str, btype: str, reader: _Reader, environ: Mapping[str, str]
+) -> str:
+    """
+    The backend's base URL without a trailing slash: C{base_url}, or its
+    synonym C{api_url}.  Without one, a non-mock backend talks to OpenAI,
+    and the default C{openai} backend takes C{OPENAI_API_BASE_URL} (else
+    C{OPENAI_BASE_URL}) first.
+    """
     base_url = reader.get("base_url", str)
     api_url = reader.get("api_url", str)
     if base_url and api_url and base_url != api_url:
         raise reader.fail("api_url", "conflicts with base_url")
     url = base_url or api_url
-    is_default_openai = name == "openai"
     if not url and btype != "mock":
         url = DEFAULT_OPENAI_URL
-        if is_default_openai:
+        if name == "openai":
             url = (environ.get("OPENAI_API_BASE_URL") or environ.get("OPENAI_BASE_URL")
                    or DEFAULT_OPENAI_URL)
-    keys, key_env = _keys(name, reader, environ, implicit=is_default_openai and btype != "mock")
+    return (url or "").rstrip("/")
+
+
+def _reasoning_models(reader: _Reader) -> re.Pattern[str] | None:
+    """
+    The compiled C{reasoning_models} regex, if any.
+    """
     pattern_text = reader.get("reasoning_models", str)
-    pattern = None
-    if pattern_text is not None:
-        try:
-            pattern = re.compile(pattern_text)
-        except re.error as e:
-            raise reader.fail("reasoning_models", f"invalid regex {pattern_text!r}: {e}")
-    backend = BackendConfig(
-        name=name,
-        type=btype,
-        base_url=(url or "").rstrip("/"),
-        keys=keys,
-        key_env=key_env,
-        timeout=reader.number("timeout", 600.0),
-        connect_timeout=reader.number("connect_timeout", 10.0),
-        idle_timeout=reader.number("idle_timeout", 300.0),
-        models=reader.strings("models"),
-        reasoning_models=pattern,
-        max_connections=reader.integer("max_connections", 64, minimum=1),
-    )
-    reader.finish()
-    return backend
+    if pattern_text is None:
+        return None
+    try:
+        return re.compile(pattern_text)
+    except re.error as e:
+        raise reader.fail("reasoning_models", f"invalid regex {pattern_text!r}: {e}")
 
 
 def _keys(
@@ -289,38 +320,76 @@ def _keys(
     Collect a backend's keys: C{api_key}, C{api_keys}, and for the default
     C{openai} backend the C{OPENAI_API_KEY_1..N} variables (or, when none of
     those exist, C{OPENAI_API_KEY}).
+
+    @return: the keys, and the environment variable to name when there are
+        none.
+    """
+    texts, values = _key_entries(reader)
+    if implicit and not texts:
+        return _openai_env_keys(environ), "OPENAI_API_KEY"
+    return _named_keys(name, texts, values), _first_env_ref(texts)
+
+
+def _key_entries(reader: _Reader) -> tuple[list[str], list[str]]:
+    """
+    Read C{api_key} then C{api_keys}.
+
+    @return: each entry as written (with its C{${VAR}} references), and the
+        same entries expanded.
     """
     raw_one = reader.data.get("api_key")
     one = reader.get("api_key", str)
     many = reader.strings("api_keys")
     raw_many = reader.data.get("api_keys") or []
+    if one is None:
+        return list(raw_many), list(many)
+    return [raw_one, *raw_many], [one, *many]
+
+
+def _named_keys(name: str, texts: list[str], values: list[str]) -> tuple[ApiKey, ...]:
+    """
+    The non-empty keys, each named after its variable when it is the only
+    key and comes from exactly one variable, else C{NAME#i}; a key's name
+    never holds its value.
+    """
     keys: list[ApiKey] = []
-    texts = ([raw_one] if one is not None else []) + list(raw_many)
-    values = ([one] if one is not None else []) + list(many)
-    for i, (raw, value) in enumerate(zip(texts, values), start=1):
-        refs = _env_refs(str(raw))
+    for i, (text, value) in enumerate(zip(texts, values), start=1):
+        refs = _env_refs(text)
         key_name = refs[0] if len(refs) == 1 and len(values) == 1 else f"{name}#{i}"
         if value:
             keys.append(ApiKey(key_name, value))
-    key_env = None
-    if texts:
-        refs = [r for t in texts for r in _env_refs(str(t))]
-        key_env = refs[0] if refs else None
-    if implicit and not texts:
-        numbered = [
-            ApiKey(f"OPENAI_API_KEY_{i}", environ[f"OPENAI_API_KEY_{i}"])
-            for i in range(1, MAX_ENV_KEYS + 1)
-            if environ.get(f"OPENAI_API_KEY_{i}")
-        ]
-        if numbered:
-            keys = numbered
-        elif environ.get("OPENAI_API_KEY"):
-            keys = [ApiKey("OPENAI_API_KEY", environ["OPENAI_API_KEY"])]
-        key_env = "OPENAI_API_KEY"
-    return tuple(keys), key_env
+    return tuple(keys)
+
+
+def _first_env_ref(texts: list[str]) -> str | None:
+    """
+    The first variable any of the key entries refers to, if any.
+    """
+    refs = [r for t in texts for r in _env_refs(t)]
+    return refs[0] if refs else None
+
+
+def _openai_env_keys(environ: Mapping[str, str]) -> tuple[ApiKey, ...]:
+    """
+    The keys of the default C{openai} backend from the environment: the
+    numbered C{OPENAI_API_KEY_1..N} when any is set, else C{OPENAI_API_KEY}.
+    """
+    numbered = tuple(
+        ApiKey(f"OPENAI_API_KEY_{i}", environ[f"OPENAI_API_KEY_{i}"])
+        for i in range(1, MAX_ENV_KEYS + 1)
+        if environ.get(f"OPENAI_API_KEY_{i}")
+    )
+    if numbered:
+        return numbered
+    if environ.get("OPENAI_API_KEY"):
+        return (ApiKey("OPENAI_API_KEY", environ["OPENAI_API_KEY"]),)
+    return ()
 
 
 def _failure(reader: _Reader) -> FailureConfig:
+    """
+    C{failure_handling}: retry, cooldown and timeout budgets.
+    """
     d = FailureConfig()
     result = FailureConfig(
         max_attempts=reader.integer("max_attempts", d.max_attempts, minimum=1),
@@ -340,6 +409,9 @@ def _failure(reader: _Reader) -> FailureConfig:
 
 
 def _routes(reader: _Reader, data: Mapping[str, Any]) -> Mapping[str, FailoverRoute]:
+    """
+    C{failover_routes}: each a bare selector, or a policy and its elements.
+    """
     routes: dict[str, FailoverRoute] = {}
     for key, value in data.items():
         if isinstance(value, str):
@@ -360,6 +432,9 @@ def _routes(reader: _Reader, data: Mapping[str, Any]) -> Mapping[str, FailoverRo
 
 
 def _aliases(reader: _Reader, raw: list[Any]) -> list[AliasRule]:
+    """
+    The file's C{model_aliases} rules, in order.
+    """
     rules = []
     for i, item in enumerate(raw):
         if not isinstance(item, dict):
@@ -395,6 +470,218 @@ def load_yaml(path: str) -> Mapping[str, Any]:
     return data
 
 
+@dataclass(frozen=True)
+class _TopLevel:
+    """
+    The top-level YAML values that the environment or the command line may
+    override, as the file gives them.
+    """
+
+    host: str | None
+    port: int | None
+    listen: str | None
+    force_model: str | None
+    log_level: str
+    disable_auth: bool
+    workers: int
+
+
+def _top_level(top: _Reader) -> _TopLevel:
+    """
+    Read every overridable top-level YAML value up front, so that a key
+    overridden by the command line or the environment still counts as
+    known.
+    """
+    return _TopLevel(
+        host=top.get("host", str),
+        port=top.get("port", int),
+        listen=top.get("listen", str),
+        force_model=top.get("force_model", str),
+        log_level=top.get("log_level", str, "info"),
+        disable_auth=bool(top.get("disable_auth", bool, False)),
+        workers=top.integer("workers", 1, minimum=1),
+    )
+
+
+def _backends_and_default(
+    top: _Reader, overrides: Overrides, env: Mapping[str, str]
+) -> tuple[Mapping[str, BackendConfig], str]:
+    """
+    The backends, and the default backend selector, which must name one of
+    them.
+    """
+    sections, nested_default = _backend_sections(top)
+    requested = _requested_default(top, nested_default, overrides, env)
+    backends = _backends(top, sections, env)
+    default_backend = _default_backend(requested, backends, top.source, demo=not sections)
+    return MappingProxyType(backends), default_backend
+
+
+def _backend_sections(top: _Reader) -> tuple[dict[Any, Any], str | None]:
+    """
+    Split C{backends} into the backend sections and the
+    C{backends.default_backend} it may hold.
+    """
+    sections = dict(top.mapping("backends"))
+    nested_default = sections.pop("default_backend", None)
+    if nested_default is not None and not isinstance(nested_default, str):
+        raise top.fail("backends.default_backend",
+                       f"expected a string, got {type(nested_default).__name__}")
+    return sections, nested_default
+
+
+def _requested_default(
+    top: _Reader, nested_default: str | None, overrides: Overrides, env: Mapping[str, str]
+) -> str | None:
+    """
+    The default backend selector asked for, if any: the command line, else
+    C{LLM_BACKEND}, else the top-level or nested C{default_backend} (which
+    must agree).
+    """
+    top_default = top.get("default_backend", str)
+    if nested_default is not None and top_default is not None and nested_default != top_default:
+        raise top.fail("default_backend",
+                       f"conflicts with backends.default_backend {nested_default!r}")
+    return overrides.default_backend or env.get("LLM_BACKEND") or top_default or nested_default
+
+
+def _backends(
+    top: _Reader, sections: Mapping[Any, Any], env: Mapping[str, str]
+) -> dict[str, BackendConfig]:
+    """
+    The configured backends, in file order; an empty section is a backend
+    with every default.  With none configured, L{_demo_backends}.
+    """
+    if not sections:
+        return _demo_backends(top, env)
+    backends: dict[str, BackendConfig] = {}
+    for name, body in sections.items():
+        if body is None:
+            body = {}
+        if not isinstance(body, dict):
+            raise top.fail(f"backends.{name}", "expected a mapping")
+        backends[str(name)] = _backend(str(name), top.child(f"backends.{name}", body), env)
+    return backends
+
+
+def _demo_backends(top: _Reader, env: Mapping[str, str]) -> dict[str, BackendConfig]:
+    """
+    The backends when none are configured: the default C{openai} backend
+    (keyed from the environment, if at all) and C{mock}.
+    """
+    return {
+        "openai": _backend("openai", top.child("backends.openai", {}), env),
+        "mock": BackendConfig(name="mock", type="mock", base_url=""),
+    }
+
+
+def _default_backend(
+    requested: str | None, backends: Mapping[str, BackendConfig], source: str, demo: bool
+) -> str:
+    """
+    The default backend selector: the one requested, else C{mock} for the
+    demo backends when OpenAI has no key, else C{openai} when it exists,
+    else the first backend.  Its backend must exist.
+    """
+    if requested is None:
+        if demo and not backends["openai"].keys:
+            requested = "mock"
+        else:
+            requested = "openai" if "openai" in backends else next(iter(backends))
+    name = requested.split("|")[0].split(":")[0]
+    if name not in backends:
+        raise ConfigError(
+            f"{source}: default_backend: unknown backend {name!r}; "
+            f"known: {', '.join(sorted(backends))}"
+        )
+    return requested
+
+
+def _listen(yaml_values: _TopLevel, overrides: Overrides, env: Mapping[str, str]) -> str:
+    """
+    The endpoint to listen on: C{--listen}, else YAML C{listen}, unless host
+    or port come from the command line or there is no C{listen}; then
+    C{tcp:PORT:interface=HOST} from host and port (command line >
+    C{APP_HOST}/C{APP_PORT} > YAML > 127.0.0.1 and 8000).
+    """
+    env_port = env.get("APP_PORT")
+    if env_port and not (env_port.isascii() and env_port.isdigit()):
+        raise ConfigError(f"APP_PORT: expected a port number, got {env_port!r}")
+    host = overrides.host or env.get("APP_HOST") or yaml_values.host
+    port = overrides.port or (int(env_port) if env_port else None) or yaml_values.port
+    if overrides.listen and (overrides.host or overrides.port):
+        raise ConfigError("--listen cannot be combined with --host/--port")
+    listen = overrides.listen or yaml_values.listen
+    if listen and not (overrides.host or overrides.port):
+        return listen
+    return f"tcp:{port or 8000}:interface={host or '127.0.0.1'}"
+
+
+def _model_aliases(top: _Reader, overrides: Overrides) -> tuple[AliasRule, ...]:
+    """
+    The alias rules: those from C{--model-alias} first, then the file's.
+    """
+    rules = [compile_or_fail(text) for text in overrides.model_aliases]
+    rules += _aliases(top, top.get("model_aliases", list, []))
+    return tuple(rules)
+
+
+def _model_defaults(top: _Reader) -> Mapping[str, Mapping[str, Any]]:
+    """
+    C{model_defaults}: per model, read-only default request fields.
+    """
+    model_defaults: dict[str, Mapping[str, Any]] = {}
+    for model, values in top.mapping("model_defaults").items():
+        if not isinstance(values, dict):
+            raise top.fail(f"model_defaults.{model}", "expected a mapping of fields")
+        model_defaults[str(model)] = MappingProxyType(dict(values))
+    return MappingProxyType(model_defaults)
+
+
+def _uri_params(top: _Reader) -> str:
+    """
+    C{uri_params}: C{strict} (the default) or C{lenient}.
+    """
+    uri_params = top.get("uri_params", str, "strict")
+    if uri_params not in ("strict", "lenient"):
+        raise top.fail("uri_params", "must be strict or lenient")
+    return uri_params
+
+
+def _proxy_keys(top: _Reader, overrides: Overrides, env: Mapping[str, str]) -> tuple[str, ...]:
+    """
+    The proxy keys from YAML, C{LLMPROXY_KEYS} (comma-separated) and the
+    command line, all combined, in that order, without duplicates.
+    """
+    # An entry whose variable is unset expands to "": never a valid key.
+    proxy_keys = [k for k in top.strings("proxy_keys") if k]
+    proxy_keys += [k.strip() for k in env.get("LLMPROXY_KEYS", "").split(",") if k.strip()]
+    proxy_keys += list(overrides.proxy_keys)
+    return tuple(dict.fromkeys(proxy_keys))
+
+
+def _log_level(top: _Reader, overrides: Overrides, yaml_level: str) -> str:
+    """
+    The log level, from the command line or else YAML; either way it must
+    be a known level.
+    """
+    log_level = overrides.log_level or yaml_level
+    if log_level not in ("debug", "info", "warn", "error"):
+        raise top.fail("log_level", "must be one of debug, info, warn, error")
+    return log_level
+
+
+def _responses_store(top: _Reader) -> tuple[int, float]:
+    """
+    C{responses_store}: its C{max_items} and C{max_age}.
+    """
+    store = top.child("responses_store", top.mapping("responses_store"))
+    size = store.integer("max_items", 1000)
+    ttl = store.number("max_age", 3600.0)
+    store.finish()
+    return size, ttl
+
+
 def build_config(
     data: Mapping[str, Any],
     overrides: Overrides = Overrides(),
@@ -404,101 +691,30 @@ def build_config(
     """
     Validate YAML data, apply the environment and the command line, and
     return a frozen L{Config}.
+
+    The helpers run in a fixed order, so that of several errors the same
+    one is always reported first.
     """
     env = os.environ if environ is None else environ
     top = _Reader(data, "", source, env)
-    backends_raw = dict(top.mapping("backends"))
-    nested_default = backends_raw.pop("default_backend", None)
-    if nested_default is not None and not isinstance(nested_default, str):
-        raise top.fail("backends.default_backend",
-                       f"expected a string, got {type(nested_default).__name__}")
-    top_default = top.get("default_backend", str)
-    if nested_default is not None and top_default is not None and nested_default != top_default:
-        raise top.fail("default_backend", f"conflicts with backends.default_backend {nested_default!r}")
-    default_backend = (overrides.default_backend or env.get("LLM_BACKEND") or top_default
-                       or nested_default)
-
-    backends: dict[str, BackendConfig] = {}
-    for name, body in backends_raw.items():
-        if not isinstance(body, dict):
-            body = {} if body is None else body
-            if not isinstance(body, dict):
-                raise top.fail(f"backends.{name}", "expected a mapping")
-        backends[str(name)] = _backend(str(name), top.child(f"backends.{name}", body), env)
-    if not backends:
-        # No backends configured: OpenAI when a key is set, else the demo.
-        backends["openai"] = _backend("openai", _Reader({}, "backends.openai.", source, env), env)
-        backends["mock"] = BackendConfig(name="mock", type="mock", base_url="")
-        if default_backend is None and not backends["openai"].keys:
-            default_backend = "mock"
-    if default_backend is None:
-        default_backend = "openai" if "openai" in backends else next(iter(backends))
-    default_name = default_backend.split("|")[0].split(":")[0]
-    if default_name not in backends:
-        raise ConfigError(
-            f"{source}: default_backend: unknown backend {default_name!r}; "
-            f"known: {', '.join(sorted(backends))}"
-        )
-
-    # Read every YAML value first, so that a key overridden by the command
-    # line or the environment still counts as known.
-    yaml_host = top.get("host", str)
-    yaml_port = top.get("port", int)
-    yaml_listen = top.get("listen", str)
-    yaml_force_model = top.get("force_model", str)
-    yaml_log_level = top.get("log_level", str, "info")
-    yaml_disable_auth = bool(top.get("disable_auth", bool, False))
-    yaml_workers = top.integer("workers", 1, minimum=1)
-    env_port = env.get("APP_PORT")
-    if env_port and not env_port.isdigit():
-        raise ConfigError(f"APP_PORT: expected a port number, got {env_port!r}")
-
-    host = overrides.host or env.get("APP_HOST") or yaml_host
-    port = overrides.port or (int(env_port) if env_port else None) or yaml_port
-    listen = overrides.listen or yaml_listen
-    if listen and (overrides.host or overrides.port) and overrides.listen:
-        raise ConfigError("--listen cannot be combined with --host/--port")
-    if overrides.host or overrides.port or not listen:
-        if host or port or not listen:
-            listen = f"tcp:{port or 8000}:interface={host or '127.0.0.1'}"
-
-    aliases = [compile_or_fail(text) for text in overrides.model_aliases]
-    aliases += _aliases(top, top.get("model_aliases", list, []))
-
-    defaults_raw = top.mapping("model_defaults")
-    model_defaults: dict[str, Mapping[str, Any]] = {}
-    for model, values in defaults_raw.items():
-        if not isinstance(values, dict):
-            raise top.fail(f"model_defaults.{model}", "expected a mapping of fields")
-        model_defaults[str(model)] = MappingProxyType(dict(values))
-
-    uri_params = top.get("uri_params", str, "strict")
-    if uri_params not in ("strict", "lenient"):
-        raise top.fail("uri_params", "must be strict or lenient")
-
-    # An entry whose variable is unset expands to "": never a valid key.
-    proxy_keys = [k for k in top.strings("proxy_keys") if k]
-    proxy_keys += [k.strip() for k in env.get("LLMPROXY_KEYS", "").split(",") if k.strip()]
-    proxy_keys += list(overrides.proxy_keys)
-
-    log_level = overrides.log_level or yaml_log_level
-    if log_level not in ("debug", "info", "warn", "error"):
-        raise top.fail("log_level", "must be one of debug, info, warn, error")
-
-    store = top.child("responses_store", top.mapping("responses_store"))
-    store_size = store.integer("max_items", 1000)
-    store_ttl = store.number("max_age", 3600.0)
-    store.finish()
-
+    backends, default_backend = _backends_and_default(top, overrides, env)
+    yaml_values = _top_level(top)
+    listen = _listen(yaml_values, overrides, env)
+    model_aliases = _model_aliases(top, overrides)
+    model_defaults = _model_defaults(top)
+    uri_params = _uri_params(top)
+    proxy_keys = _proxy_keys(top, overrides, env)
+    log_level = _log_level(top, overrides, yaml_values.log_level)
+    store_size, store_ttl = _responses_store(top)
     config = Config(
         listen=listen,
-        proxy_keys=tuple(dict.fromkeys(proxy_keys)),
-        disable_auth=overrides.disable_auth or yaml_disable_auth,
+        proxy_keys=proxy_keys,
+        disable_auth=overrides.disable_auth or yaml_values.disable_auth,
         default_backend=default_backend,
-        force_model=overrides.force_model or env.get("STATIC_ROUTE") or yaml_force_model,
-        backends=MappingProxyType(backends),
-        model_aliases=tuple(aliases),
-        model_defaults=MappingProxyType(model_defaults),
+        force_model=overrides.force_model or env.get("STATIC_ROUTE") or yaml_values.force_model,
+        backends=backends,
+        model_aliases=model_aliases,
+        model_defaults=model_defaults,
         uri_params=uri_params,
         failover_routes=_routes(top, top.mapping("failover_routes")),
         failure=_failure(top.child("failure_handling", top.mapping("failure_handling"))),
@@ -507,7 +723,7 @@ def build_config(
         access_log=bool(top.get("access_log", bool, False)),
         responses_store_size=store_size,
         responses_store_ttl=store_ttl,
-        workers=overrides.workers or yaml_workers,
+        workers=overrides.workers or yaml_values.workers,
     )
     top.finish()
     check_exposure(config)

@@ -155,6 +155,31 @@ class TypeTests(ConfigTestCase):
                 message = self.assertConfigError(data, SOURCE, key, problem)
                 self.assertTrue(message.startswith(SOURCE + ": "), message)
 
+    def test_overridden_keys_still_checked(self) -> None:
+        """
+        A YAML key that the command line or the environment overrides is
+        still known, and still type-checked.
+        """
+        self.assertEqual(_build({"host": "127.0.0.2", "port": 1, "log_level": "debug",
+                                 "workers": 2, "force_model": "m", "default_backend": "mock",
+                                 "backends": {"mock": {}}},
+                                {"STATIC_ROUTE": "e"}, host="127.0.0.3", port=5,
+                                log_level="warn", workers=3, default_backend="mock").listen,
+                         "tcp:5:interface=127.0.0.3")
+        cases = [
+            ({"host": 3}, {}, {"host": "127.0.0.1"}, "host"),
+            ({"port": "1"}, {"APP_PORT": "2"}, {}, "port"),
+            ({"listen": 3}, {}, {"listen": "tcp:1:interface=127.0.0.1"}, "listen"),
+            ({"log_level": 3}, {}, {"log_level": "warn"}, "log_level"),
+            ({"workers": 0}, {}, {"workers": 2}, "workers"),
+            ({"force_model": 3}, {"STATIC_ROUTE": "m"}, {}, "force_model"),
+            ({"default_backend": 3}, {"LLM_BACKEND": "openai"}, {}, "default_backend"),
+            ({"disable_auth": "no"}, {}, {"disable_auth": True}, "disable_auth"),
+        ]
+        for data, environ, overrides, key in cases:
+            with self.subTest(data=data):
+                self.assertConfigError(data, SOURCE, key, environ=environ, **overrides)
+
     def test_env_port(self) -> None:
         """
         A non-numeric C{APP_PORT} is a L{ConfigError}, not a crash.
@@ -238,6 +263,16 @@ class OpenAIBackendTests(ConfigTestCase):
                         {"OPENAI_API_KEY": SECRET, "OPENAI_BASE_URL": "http://x/v1"})
         self.assertEqual(config.backends["up"].keys, ())
         self.assertEqual(config.backends["up"].base_url, DEFAULT_OPENAI_URL)
+
+    def test_explicit_key_has_no_env_fallback(self) -> None:
+        """
+        An C{api_key} that expands to nothing leaves the C{openai} backend
+        keyless, asking for its own variable, not C{OPENAI_API_KEY}.
+        """
+        data = {"backends": {"openai": {"api_key": "${UNSET_KEY}"}}}
+        backend = _build(data, {"OPENAI_API_KEY": SECRET}).backends["openai"]
+        self.assertEqual(backend.keys, ())
+        self.assertEqual(backend.key_env, "UNSET_KEY")
 
     def test_yaml_key_wins(self) -> None:
         data = {"backends": {"openai": {"api_key": "yaml-key"}}}
@@ -378,6 +413,18 @@ class OverrideTests(ConfigTestCase):
         self.assertEqual(_build({}).listen, DEFAULT_LISTEN)
         self.assertConfigError({}, "--listen", listen="tcp:1", port=2)
 
+    def test_yaml_listen_beats_host_port(self) -> None:
+        """
+        A YAML C{listen} beats YAML and environment host and port; only
+        C{--host}/C{--port} replace it.
+        """
+        data = {"listen": "unix:/tmp/s", "host": "127.0.0.2", "port": 1234}
+        self.assertEqual(_build(data).listen, "unix:/tmp/s")
+        self.assertEqual(_build(data, {"APP_HOST": "127.0.0.3", "APP_PORT": "99"}).listen,
+                         "unix:/tmp/s")
+        self.assertEqual(_build(data, {"APP_PORT": "99"}, host="127.0.0.4").listen,
+                         "tcp:99:interface=127.0.0.4")
+
     def test_cli_alias_first(self) -> None:
         """
         A C{--model-alias} rule is applied before the file's rules; a bad
@@ -444,6 +491,29 @@ class DefaultsTests(ConfigTestCase):
         self.assertIn("mock", config.backends)
         config = load_config(Overrides(), environ={"OPENAI_API_KEY_2": SECRET})
         self.assertEqual(config.default_backend, "openai")
+
+    def test_empty_sections(self) -> None:
+        """
+        An empty backend section is a backend with every default; a backend
+        named after a type has that type.
+        """
+        config = _build({"backends": {"up": None, "mock": {}}})
+        self.assertEqual(list(config.backends), ["up", "mock"])
+        self.assertEqual((config.backends["up"].type, config.backends["up"].base_url),
+                         ("openai", DEFAULT_OPENAI_URL))
+        self.assertEqual((config.backends["mock"].type, config.backends["mock"].base_url),
+                         ("mock", ""))
+        self.assertEqual(config.default_backend, "up")
+
+    def test_model_defaults(self) -> None:
+        """
+        C{model_defaults} are kept per model, read-only.
+        """
+        config = _build({"model_defaults": {"gpt-4o": {"temperature": 0.2}}})
+        self.assertEqual(dict(config.model_defaults["gpt-4o"]), {"temperature": 0.2})
+        with self.assertRaises(TypeError):
+            config.model_defaults["gpt-4o"]["temperature"] = 1  # type: ignore[index]
+        self.assertEqual(dict(_build({}).model_defaults), {})
 
     def test_frozen(self) -> None:
         config = _build({})
