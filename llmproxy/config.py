@@ -11,6 +11,7 @@ L{ConfigError} naming the key and the file.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -617,13 +618,33 @@ def _listen(yaml_values: _TopLevel, overrides: Overrides, env: Mapping[str, str]
     return f"tcp:{port or 8000}:interface={host or '127.0.0.1'}"
 
 
-def _model_aliases(top: _Reader, overrides: Overrides) -> tuple[AliasRule, ...]:
+def _model_aliases(
+    top: _Reader, overrides: Overrides, env: Mapping[str, str]
+) -> tuple[AliasRule, ...]:
     """
-    The alias rules: those from C{--model-alias} first, then the file's.
+    The alias rules: those from C{--model-alias} first, then those of the
+    C{MODEL_ALIASES} environment variable (a JSON list of
+    C{{"pattern", "replacement"}}), then the file's.
     """
     rules = [compile_or_fail(text) for text in overrides.model_aliases]
+    rules += _env_aliases(env.get("MODEL_ALIASES"))
     rules += _aliases(top, top.get("model_aliases", list, []))
     return tuple(rules)
+
+
+def _env_aliases(text: str | None) -> list[AliasRule]:
+    """
+    Rules from C{MODEL_ALIASES}; a malformed value stops startup.
+    """
+    if not text:
+        return []
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        raise ConfigError(f"MODEL_ALIASES: not JSON: {e}")
+    if not isinstance(data, list):
+        raise ConfigError("MODEL_ALIASES: expected a JSON list of {pattern, replacement}")
+    return _aliases(_Reader({"model_aliases": data}, "", "MODEL_ALIASES"), data)
 
 
 def _model_defaults(top: _Reader) -> Mapping[str, Mapping[str, Any]]:
@@ -700,7 +721,7 @@ def build_config(
     backends, default_backend = _backends_and_default(top, overrides, env)
     yaml_values = _top_level(top)
     listen = _listen(yaml_values, overrides, env)
-    model_aliases = _model_aliases(top, overrides)
+    model_aliases = _model_aliases(top, overrides, env)
     model_defaults = _model_defaults(top)
     uri_params = _uri_params(top)
     proxy_keys = _proxy_keys(top, overrides, env)

@@ -603,3 +603,20 @@ class ExposureTests(ConfigTestCase):
         self.assertEqual(_build({"listen": "unix:/tmp/s"}).listen, "unix:/tmp/s")
         check_exposure(Config())
         self.assertRaises(ConfigError, check_exposure, Config(listen="tcp:1"))
+
+
+class EnvironmentAliasTests(SynchronousTestCase):
+    def test_model_aliases_env_between_cli_and_file(self) -> None:
+        config = build_config(
+            {"model_aliases": [{"pattern": "^a$", "replacement": "file"}]},
+            Overrides(model_aliases=("^a$=cli",)),
+            environ={"MODEL_ALIASES": '[{"pattern": "^a$", "replacement": "env"}]'},
+        )
+        self.assertEqual([r.replacement for r in config.model_aliases], ["cli", "env", "file"])
+
+    def test_model_aliases_env_malformed(self) -> None:
+        for text in ("not json", '{"pattern": "a"}', '[{"pattern": "(", "replacement": "x"}]',
+                     '[{"pattern": "a", "replacement": "x", "extra": 1}]'):
+            with self.assertRaises(ConfigError) as caught:
+                build_config({}, environ={"MODEL_ALIASES": text})
+            self.assertIn("MODEL_ALIASES", str(caught.exception))
