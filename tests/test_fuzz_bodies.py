@@ -128,3 +128,12 @@ class ArbitraryBodiesTests(SynchronousTestCase):
                 response = self._settle(d, depth)
                 content = self._settle(self.stub.content(response), depth)
                 self._check(response.code, content)
+
+    def test_unexpected_shapes_in_translation_are_400(self) -> None:
+        for body in (
+            {"model": "mock-echo", "input": [{"role": "user", "content": [{"type": ["x"]}]}]},
+            {"model": "mock-echo", "input": [{"role": "user", "content": [{"type": {"a": 1}}]}]},
+        ):
+            status, content = self._post("/v1/responses", body)
+            self.assertEqual(status, 400, content)
+            self._check(status, content)

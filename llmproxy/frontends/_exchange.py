@@ -26,7 +26,7 @@ from llmproxy.backends.health import CircuitBreaker
 from llmproxy.backends.keypool import INVALID, ApiKey, KeyPool
 from llmproxy.backends.relay import StreamRelay, collect_body
 from llmproxy.config import Config
-from llmproxy.errors import ProxyError, UpstreamError
+from llmproxy.errors import InvalidRequest, ProxyError, UpstreamError
 from llmproxy.frontends import _dialects as dialects
 from llmproxy.routing.failure import Outcome, Verdict, classify_exception, classify_status, is_timeout
 from llmproxy.routing.plan import Attempt, plan_attempts
@@ -424,10 +424,19 @@ class Exchange:
 
     def _prepare(self, target: Target, backend: Backend) -> tuple[bytes, tuple[str, ...]]:
         reasoning = backend.config.reasoning_models
-        if self.frontend == CHAT:
-            return dialects.prepare_chat(target, self.raw, backend.dialect, reasoning)
-        return dialects.prepare_responses(target, self.raw, backend.dialect, reasoning,
-                                          self.history)
+        try:
+            if self.frontend == CHAT:
+                return dialects.prepare_chat(target, self.raw, backend.dialect, reasoning)
+            return dialects.prepare_responses(target, self.raw, backend.dialect, reasoning,
+                                              self.history)
+        except (TypeError, AttributeError, KeyError, ValueError) as e:
+            # Translation validates what it understands; a shape it does not
+            # expect is still the client's error, never a 500.
+            raise InvalidRequest(
+                f"The request cannot be translated for backend {target.backend!r}: a field "
+                f"has an unexpected shape ({type(e).__name__}: {e})",
+                code="invalid_request_shape",
+            )
 
     def _network_failure(self, e: Exception, label: str, breaker: CircuitBreaker) -> _Failure:
         verdict = classify_exception(e)

@@ -10,14 +10,22 @@ no equivalent and were dropped, so that callers can report them.
 
 Both functions are pure: they deep-copy what they keep and never modify
 their arguments.
+
+Each direction has a L{_FieldTable}: the top-level fields that keep their
+name, those that have no equivalent, and a converter for each of the others.
+The public functions translate the few fields that need the whole request
+(the messages or input, C{instructions}, C{n}) and let L{_translate_fields}
+go through the rest, in order.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import json
-from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Callable, Mapping, Sequence
 
 from llmproxy.errors import InvalidRequest
 
@@ -45,58 +53,6 @@ class Translated:
     body: dict[str, Any]
     dropped: tuple[str, ...] = ()
 
-
-# Chat fields that keep their name (and value) in the Responses API.
-_CHAT_SAME_NAME = frozenset(
-    {
-        "model",
-        "user",
-        "metadata",
-        "store",
-        "parallel_tool_calls",
-        "temperature",
-        "top_p",
-        "service_tier",
-        "prompt_cache_key",
-        "safety_identifier",
-        "top_logprobs",
-        "stream",
-    }
-)
-
-# Chat fields with no Responses equivalent: dropped and reported.
-_CHAT_NO_EQUIVALENT = frozenset(
-    {"stop", "seed", "presence_penalty", "frequency_penalty", "logit_bias", "logprobs"}
-)
-
-# Responses fields that keep their name (and value) in Chat Completions.
-_RESPONSES_SAME_NAME = frozenset(
-    {
-        "model",
-        "user",
-        "metadata",
-        "parallel_tool_calls",
-        "temperature",
-        "top_p",
-        "service_tier",
-        "prompt_cache_key",
-        "safety_identifier",
-    }
-)
-
-# Responses fields with no Chat equivalent: dropped and reported.
-_RESPONSES_NO_EQUIVALENT = frozenset(
-    {
-        "store",
-        "previous_response_id",
-        "include",
-        "truncation",
-        "background",
-        "conversation",
-        "prompt",
-        "max_tool_calls",
-    }
-)
 
 _TEXT_PART_TYPES = frozenset({"text", "input_text", "output_text"})
 
@@ -148,6 +104,195 @@ def _content_text(content: Any, param: str) -> str:
                 texts.append(part["text"])
         return "\n\n".join(texts)
     raise _invalid("Message content must be a string or a list of parts.", param, "invalid_type")
+
+
+# ---------------------------------------------------------------------------
+# Field tables
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Draft:
+    """
+    A translation in progress: the state that the field converters share.
+
+    @ivar request: the request being translated; never modified.
+    @ivar body: the translated body so far.
+    @ivar dropped: the names of the fields dropped so far, in the order they
+        were met.
+    @ivar text: the Responses C{text} object being gathered (Chat to
+        Responses only); it goes last in the body.
+    """
+
+    request: Mapping[str, Any]
+    body: dict[str, Any] = field(default_factory=dict)
+    dropped: list[str] = field(default_factory=list)
+    text: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def begin(cls, request: Mapping[str, Any]) -> _Draft:
+        """
+        Start translating C{request}.  In both directions the model comes
+        first in the body, unchanged.
+
+        @param request: the request to translate.
+        @return: the new draft.
+        """
+        draft = cls(request)
+        if request.get("model") is not None:
+            draft.body["model"] = request["model"]
+        return draft
+
+    def result(self) -> Translated:
+        """
+        Finish the translation.
+
+        @return: the body and the dropped field names.
+        """
+        return Translated(body=self.body, dropped=tuple(self.dropped))
+
+
+_Converter = Callable[[Any, _Draft], None]
+"""
+Translates the value of one field into a L{_Draft}.  A converter is called
+for every occurrence of its field, null or not, in the order of the request.
+"""
+
+
+@dataclass(frozen=True)
+class _FieldTable:
+    """
+    How the top-level fields of one request shape translate.  A field that is
+    in none of these is unknown: it is dropped and reported, even when null.
+
+    @ivar same_name: the fields kept under the same name and value (deep
+        copied); null ones are left out.
+    @ivar no_equivalent: the fields that have no equivalent: dropped, and
+        reported unless unset (see L{_is_unset}).
+    @ivar converters: the converter of every other field that has an
+        equivalent.
+    """
+
+    same_name: frozenset[str]
+    no_equivalent: frozenset[str]
+    converters: Mapping[str, _Converter]
+
+
+def _translate_fields(fields: _FieldTable, draft: _Draft, handled: frozenset[str]) -> None:
+    """
+    Translate the fields of C{draft.request}, in order, following C{fields}.
+
+    @param fields: the table for the shape of the request.
+    @param draft: the translation in progress.
+    @param handled: the fields to skip, because the caller translates them
+        itself or ignores them.
+    """
+    for key, value in draft.request.items():
+        if key in handled:
+            continue
+        if key in fields.same_name:
+            if value is not None:
+                draft.body[key] = copy.deepcopy(value)
+        elif key in fields.no_equivalent:
+            if not _is_unset(key, value):
+                draft.dropped.append(key)
+        elif key in fields.converters:
+            fields.converters[key](value, draft)
+        else:
+            draft.dropped.append(key)
+
+
+def _when_set(convert: _Converter) -> _Converter:
+    """
+    Make a converter ignore null values, which mean "not set".
+
+    @param convert: the converter.
+    @return: a converter that calls C{convert} for non-null values only.
+    """
+
+    @functools.wraps(convert)
+    def convert_when_set(value: Any, draft: _Draft) -> None:
+        if value is not None:
+            convert(value, draft)
+
+    return convert_when_set
+
+
+def _renamed(name: str) -> _Converter:
+    """
+    A converter for a field that only changes its name.
+
+    @param name: the name of the field in the translated body.
+    @return: a converter that sets C{name} to the value itself (not a copy),
+        unless it is null.
+    """
+
+    @_when_set
+    def rename(value: Any, draft: _Draft) -> None:
+        draft.body[name] = value
+
+    return rename
+
+
+def _converted(name: str, convert: Callable[[Any], Any]) -> _Converter:
+    """
+    A converter for a field whose value changes shape.
+
+    @param name: the name of the field in the translated body.
+    @param convert: translates a non-null value; it may raise
+        L{InvalidRequest}.
+    @return: a converter that sets C{name} to C{convert(value)}, unless the
+        value is null.
+    """
+
+    @_when_set
+    def set_converted(value: Any, draft: _Draft) -> None:
+        draft.body[name] = convert(value)
+
+    return set_converted
+
+
+def _nested(name: str, converters: Mapping[str, _Converter]) -> _Converter:
+    """
+    A converter for an object field whose sub-fields translate one by one
+    (C{text}, C{reasoning}).
+
+    @param name: the name of the object field.
+    @param converters: the converter of each sub-field that has an
+        equivalent; the others are dropped and reported as C{name.sub}.  Null
+        sub-fields are ignored.
+    @return: a converter that raises L{InvalidRequest} when the (non-null)
+        value is not an object.
+    """
+    table = MappingProxyType(dict(converters))
+
+    @_when_set
+    def convert_nested(value: Any, draft: _Draft) -> None:
+        if not isinstance(value, Mapping):
+            raise _invalid(f"'{name}' must be an object.", name, "invalid_type")
+        for sub, subvalue in value.items():
+            if subvalue is None:
+                continue
+            if sub in table:
+                table[sub](subvalue, draft)
+            else:
+                draft.dropped.append(f"{name}.{sub}")
+
+    return convert_nested
+
+
+def _tool_list(tools: Any, convert_tool: Callable[[Any], dict[str, Any]]) -> list[dict[str, Any]]:
+    """
+    Translate a C{tools} list, one tool at a time.
+
+    @param tools: the C{tools} value.
+    @param convert_tool: translates one tool.
+    @return: the translated tools.
+    @raise InvalidRequest: if C{tools} is not a list.
+    """
+    if not isinstance(tools, list):
+        raise _invalid("'tools' must be a list.", "tools", "invalid_type")
+    return [convert_tool(tool) for tool in tools]
 
 
 # ---------------------------------------------------------------------------
@@ -404,6 +549,124 @@ def _chat_messages_to_input(
     return instructions, items
 
 
+def _chat_tools_to_responses(tools: Any) -> list[dict[str, Any]]:
+    """
+    Flatten the Chat C{tools}.
+
+    @param tools: the C{tools} value.
+    @return: the Responses tools.
+    """
+    return _tool_list(tools, chat_tool_to_responses_tool)
+
+
+def _effort_to_reasoning(effort: Any) -> dict[str, Any]:
+    """
+    Nest a Chat C{reasoning_effort}.
+
+    @param effort: the C{reasoning_effort} value.
+    @return: the Responses C{reasoning} object.
+    """
+    return {"effort": effort}
+
+
+@_when_set
+def _chat_response_format(value: Any, draft: _Draft) -> None:
+    """
+    L{_Converter} for C{response_format}, which becomes C{text.format}.
+    """
+    draft.text["format"] = chat_response_format_to_text_format(value)
+
+
+@_when_set
+def _chat_verbosity(value: Any, draft: _Draft) -> None:
+    """
+    L{_Converter} for C{verbosity}, which becomes C{text.verbosity}.
+    """
+    draft.text["verbosity"] = value
+
+
+def _chat_max_tokens(ignored: Any, draft: _Draft) -> None:
+    """
+    L{_Converter} for both C{max_completion_tokens} and the older
+    C{max_tokens}: the first of them that is set becomes
+    C{max_output_tokens}, in the place of the first of the two fields, even
+    a null one.  So it reads both values from the request, and is not
+    wrapped in L{_when_set}.
+    """
+    limit = draft.request.get("max_completion_tokens")
+    if limit is None:
+        limit = draft.request.get("max_tokens")
+    if limit is not None:
+        draft.body["max_output_tokens"] = limit
+
+
+# How the Chat fields translate into the Responses API.
+_CHAT_FIELDS = _FieldTable(
+    same_name=frozenset(
+        {
+            "model",
+            "user",
+            "metadata",
+            "store",
+            "parallel_tool_calls",
+            "temperature",
+            "top_p",
+            "service_tier",
+            "prompt_cache_key",
+            "safety_identifier",
+            "top_logprobs",
+            "stream",
+        }
+    ),
+    no_equivalent=frozenset(
+        {"stop", "seed", "presence_penalty", "frequency_penalty", "logit_bias", "logprobs"}
+    ),
+    converters=MappingProxyType(
+        {
+            "tools": _converted("tools", _chat_tools_to_responses),
+            "tool_choice": _converted("tool_choice", _chat_tool_choice_to_responses),
+            "response_format": _chat_response_format,
+            "verbosity": _chat_verbosity,
+            "max_completion_tokens": _chat_max_tokens,
+            "max_tokens": _chat_max_tokens,
+            "reasoning_effort": _converted("reasoning", _effort_to_reasoning),
+        }
+    ),
+)
+
+# Chat fields that chat_to_responses_request translates itself (messages,
+# model, n), or ignores without reporting them (stream_options).
+_CHAT_HANDLED = frozenset({"messages", "model", "n", "stream_options"})
+
+
+def _check_single_choice(n: Any) -> None:
+    """
+    Refuse to ask for more than one choice: a response has only one.
+
+    @param n: the Chat C{n}.
+    @raise InvalidRequest: unless C{n} is null or 1.
+    """
+    if n is not None and n != 1:
+        raise _invalid(
+            "'n' greater than 1 is not supported by this backend.", "n", "unsupported_parameter"
+        )
+
+
+def _chat_messages(messages: Any) -> list[Any]:
+    """
+    Check the presence and type of the Chat C{messages}.
+
+    @param messages: the C{messages} value.
+    @return: C{messages}.
+    @raise InvalidRequest: if it is missing or not a list.
+    """
+    if messages is None:
+        raise _invalid("'messages' is required.", "messages", "missing_required_parameter")
+    if not isinstance(messages, list):
+        raise _invalid("'messages' must be a list.", "messages", "invalid_type")
+    return messages
+
+
 def chat_to_responses_request(chat: Mapping[str, Any]) -> Translated:
     """
     Translate a Chat Completions request into a Responses request.
@@ -413,64 +676,17 @@ def chat_to_responses_request(chat: Mapping[str, Any]) -> Translated:
     @raise InvalidRequest: for C{n > 1}, missing C{messages}, and shapes
         that cannot be translated.
     """
-    n = chat.get("n")
-    if n is not None and n != 1:
-        raise _invalid(
-            "'n' greater than 1 is not supported by this backend.", "n", "unsupported_parameter"
-        )
-    messages = chat.get("messages")
-    if messages is None:
-        raise _invalid("'messages' is required.", "messages", "missing_required_parameter")
-    if not isinstance(messages, list):
-        raise _invalid("'messages' must be a list.", "messages", "invalid_type")
-
-    body: dict[str, Any] = {}
-    dropped: list[str] = []
-    text: dict[str, Any] = {}
-    if chat.get("model") is not None:
-        body["model"] = chat["model"]
+    _check_single_choice(chat.get("n"))
+    messages = _chat_messages(chat.get("messages"))
+    draft = _Draft.begin(chat)
     instructions, items = _chat_messages_to_input(messages)
     if instructions is not None:
-        body["instructions"] = instructions
-    body["input"] = items
-
-    for key, value in chat.items():
-        if key in ("messages", "model", "n", "stream_options"):
-            continue
-        if key in _CHAT_SAME_NAME:
-            if value is not None:
-                body[key] = copy.deepcopy(value)
-        elif key in _CHAT_NO_EQUIVALENT:
-            if not _is_unset(key, value):
-                dropped.append(key)
-        elif key == "tools":
-            if value is not None:
-                if not isinstance(value, list):
-                    raise _invalid("'tools' must be a list.", "tools", "invalid_type")
-                body["tools"] = [chat_tool_to_responses_tool(tool) for tool in value]
-        elif key == "tool_choice":
-            if value is not None:
-                body["tool_choice"] = _chat_tool_choice_to_responses(value)
-        elif key == "response_format":
-            if value is not None:
-                text["format"] = chat_response_format_to_text_format(value)
-        elif key == "verbosity":
-            if value is not None:
-                text["verbosity"] = value
-        elif key in ("max_completion_tokens", "max_tokens"):
-            limit = chat.get("max_completion_tokens")
-            if limit is None:
-                limit = chat.get("max_tokens")
-            if limit is not None:
-                body["max_output_tokens"] = limit
-        elif key == "reasoning_effort":
-            if value is not None:
-                body["reasoning"] = {"effort": value}
-        else:
-            dropped.append(key)
-    if text:
-        body["text"] = text
-    return Translated(body=body, dropped=tuple(dropped))
+        draft.body["instructions"] = instructions
+    draft.body["input"] = items
+    _translate_fields(_CHAT_FIELDS, draft, _CHAT_HANDLED)
+    if draft.text:
+        draft.body["text"] = draft.text
+    return draft.result()
 
 
 # ---------------------------------------------------------------------------
@@ -734,6 +950,149 @@ def _responses_input_to_messages(
     return messages
 
 
+def _responses_tools_to_chat(tools: Any) -> list[dict[str, Any]]:
+    """
+    Nest the Responses C{tools}.
+
+    @param tools: the C{tools} value.
+    @return: the Chat tools.
+    """
+    return _tool_list(tools, _responses_tool_to_chat)
+
+
+def _responses_text_format(value: Any, draft: _Draft) -> None:
+    """
+    L{_Converter} for C{text.format}, which becomes C{response_format}.
+    """
+    draft.body["response_format"] = _text_format_to_response_format(value, "text.format")
+
+
+@_when_set
+def _responses_response_format(value: Any, draft: _Draft) -> None:
+    """
+    L{_Converter} for C{response_format}, the Chat-shaped alias of
+    C{text.format}: it is kept unless C{text.format} is given too, which
+    wins.  It is not even checked when C{text.format} came first.
+    """
+    if "response_format" in draft.body:
+        return
+    fmt = _text_format_to_response_format(value, "response_format")
+    text = draft.request.get("text")
+    if not (isinstance(text, Mapping) and text.get("format") is not None):
+        draft.body["response_format"] = fmt
+
+
+@_when_set
+def _responses_top_logprobs(value: Any, draft: _Draft) -> None:
+    """
+    L{_Converter} for C{top_logprobs}, which is kept and needs C{logprobs}
+    in Chat.
+    """
+    draft.body["top_logprobs"] = value
+    draft.body["logprobs"] = True
+
+
+@_when_set
+def _responses_stream(value: Any, draft: _Draft) -> None:
+    """
+    L{_Converter} for C{stream}, which is kept; a Chat stream must also be
+    asked for the usage, which a Responses stream always reports.
+    """
+    draft.body["stream"] = value
+    if value:
+        draft.body["stream_options"] = {"include_usage": True}
+
+
+# How the Responses fields translate into Chat Completions.
+_RESPONSES_FIELDS = _FieldTable(
+    same_name=frozenset(
+        {
+            "model",
+            "user",
+            "metadata",
+            "parallel_tool_calls",
+            "temperature",
+            "top_p",
+            "service_tier",
+            "prompt_cache_key",
+            "safety_identifier",
+        }
+    ),
+    no_equivalent=frozenset(
+        {
+            "store",
+            "previous_response_id",
+            "include",
+            "truncation",
+            "background",
+            "conversation",
+            "prompt",
+            "max_tool_calls",
+        }
+    ),
+    converters=MappingProxyType(
+        {
+            "tools": _converted("tools", _responses_tools_to_chat),
+            "tool_choice": _converted("tool_choice", _responses_tool_choice_to_chat),
+            "text": _nested(
+                "text", {"format": _responses_text_format, "verbosity": _renamed("verbosity")}
+            ),
+            "response_format": _responses_response_format,
+            "max_output_tokens": _renamed("max_completion_tokens"),
+            "reasoning": _nested("reasoning", {"effort": _renamed("reasoning_effort")}),
+            "top_logprobs": _responses_top_logprobs,
+            "stream": _responses_stream,
+        }
+    ),
+)
+
+# Responses fields that responses_to_chat_request translates itself
+# (instructions, model; it adds the field it took the input from), or ignores
+# because their Chat counterpart comes from another field (stream_options,
+# from stream).
+_RESPONSES_HANDLED = frozenset({"instructions", "model", "stream_options"})
+
+
+def _responses_input_items(raw_input: Any) -> list[Any]:
+    """
+    The input items of a Responses request.
+
+    @param raw_input: the C{input} (or C{messages}) value: a string, which
+        stands for one user message, or a list of items.
+    @return: the items, not yet checked.
+    @raise InvalidRequest: if the input is missing or neither a string nor a
+        list.
+    """
+    if isinstance(raw_input, str):
+        return [{"type": "message", "role": "user", "content": raw_input}]
+    if isinstance(raw_input, list):
+        return raw_input
+    if raw_input is None:
+        raise _invalid("'input' is required.", "input", "missing_required_parameter")
+    raise _invalid("'input' must be a string or a list of items.", "input", "invalid_type")
+
+
+def _leading_messages(
+    instructions: Any, history: Sequence[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """
+    The Chat messages that come before the input.
+
+    @param instructions: the Responses C{instructions}.
+    @param history: earlier Chat messages.
+    @return: a system message with the instructions, unless there are none,
+        then copies of the C{history} messages.
+    @raise InvalidRequest: if C{instructions} is not a string.
+    """
+    if instructions is not None and not isinstance(instructions, str):
+        raise _invalid("'instructions' must be a string.", "instructions", "invalid_type")
+    start: list[dict[str, Any]] = []
+    if instructions:
+        start.append({"role": "system", "content": instructions})
+    start.extend(copy.deepcopy(dict(message)) for message in history)
+    return start
+
+
 def responses_to_chat_request(
     resp: Mapping[str, Any], history: Sequence[Mapping[str, Any]] = ()
 ) -> Translated:
@@ -749,96 +1108,13 @@ def responses_to_chat_request(
     @raise InvalidRequest: for a missing or malformed C{input}, hosted
         tools, and items Chat cannot carry.
     """
+    # Given "input", a "messages" field is unknown: dropped and reported.
     source = "input" if "input" in resp else "messages"
-    raw_input = resp.get(source)
-    if isinstance(raw_input, str):
-        items: list[Any] = [{"type": "message", "role": "user", "content": raw_input}]
-    elif isinstance(raw_input, list):
-        items = raw_input
-    elif raw_input is None:
-        raise _invalid("'input' is required.", "input", "missing_required_parameter")
-    else:
-        raise _invalid("'input' must be a string or a list of items.", "input", "invalid_type")
-
-    instructions = resp.get("instructions")
-    if instructions is not None and not isinstance(instructions, str):
-        raise _invalid("'instructions' must be a string.", "instructions", "invalid_type")
-    start: list[dict[str, Any]] = []
-    if instructions:
-        start.append({"role": "system", "content": instructions})
-    start.extend(copy.deepcopy(dict(message)) for message in history)
-
-    dropped: list[str] = []
-    body: dict[str, Any] = {}
-    if resp.get("model") is not None:
-        body["model"] = resp["model"]
-    body["messages"] = _responses_input_to_messages(copy.deepcopy(items), start, dropped)
-
-    for key, value in resp.items():
-        if key in ("input", "messages", "instructions", "model", "stream_options"):
-            if key == "messages" and source == "input":
-                dropped.append(key)
-            continue
-        if key in _RESPONSES_SAME_NAME:
-            if value is not None:
-                body[key] = copy.deepcopy(value)
-        elif key in _RESPONSES_NO_EQUIVALENT:
-            if value is not None:
-                dropped.append(key)
-        elif key == "tools":
-            if value is not None:
-                if not isinstance(value, list):
-                    raise _invalid("'tools' must be a list.", "tools", "invalid_type")
-                body["tools"] = [_responses_tool_to_chat(tool) for tool in value]
-        elif key == "tool_choice":
-            if value is not None:
-                body["tool_choice"] = _responses_tool_choice_to_chat(value)
-        elif key == "text":
-            if value is None:
-                continue
-            if not isinstance(value, Mapping):
-                raise _invalid("'text' must be an object.", "text", "invalid_type")
-            for sub, subvalue in value.items():
-                if subvalue is None:
-                    continue
-                if sub == "format":
-                    body["response_format"] = _text_format_to_response_format(
-                        subvalue, "text.format"
-                    )
-                elif sub == "verbosity":
-                    body["verbosity"] = subvalue
-                else:
-                    dropped.append(f"text.{sub}")
-        elif key == "response_format":
-            if value is not None and "response_format" not in body:
-                fmt = _text_format_to_response_format(value, "response_format")
-                text = resp.get("text")
-                if not (isinstance(text, Mapping) and text.get("format") is not None):
-                    body["response_format"] = fmt
-        elif key == "max_output_tokens":
-            if value is not None:
-                body["max_completion_tokens"] = value
-        elif key == "reasoning":
-            if value is None:
-                continue
-            if not isinstance(value, Mapping):
-                raise _invalid("'reasoning' must be an object.", "reasoning", "invalid_type")
-            for sub, subvalue in value.items():
-                if subvalue is None:
-                    continue
-                if sub == "effort":
-                    body["reasoning_effort"] = subvalue
-                else:
-                    dropped.append(f"reasoning.{sub}")
-        elif key == "top_logprobs":
-            if value is not None:
-                body["top_logprobs"] = value
-                body["logprobs"] = True
-        elif key == "stream":
-            if value is not None:
-                body["stream"] = value
-                if value:
-                    body["stream_options"] = {"include_usage": True}
-        else:
-            dropped.append(key)
-    return Translated(body=body, dropped=tuple(dropped))
+    items = _responses_input_items(resp.get(source))
+    start = _leading_messages(resp.get("instructions"), history)
+    draft = _Draft.begin(resp)
+    draft.body["messages"] = _responses_input_to_messages(
+        copy.deepcopy(items), start, draft.dropped
+    )
+    _translate_fields(_RESPONSES_FIELDS, draft, _RESPONSES_HANDLED | {source})
+    return draft.result()
