@@ -122,7 +122,7 @@ class ProxyService(MultiService):
         PoolService(self.pool).setServiceParent(self)
         if listener is None:
             endpoint = endpoints.serverFromString(reactor, config.listen)
-            self.endpoint_service = StreamServerEndpointService(endpoint, self.app.site())
+            self.endpoint_service: Service = StreamServerEndpointService(endpoint, self.app.site())
         else:
             self.endpoint_service = listener(self.app.site())
         self.endpoint_service.setServiceParent(self)

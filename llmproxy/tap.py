@@ -139,9 +139,10 @@ def makeService(options: Options, reactor: Any = None) -> service.ProxyService:
     proxy = service.ProxyService(
         config, reactor, listener=lambda site: ReusePortService(reactor, address, site)
     )
+    listener = proxy.endpoint_service
+    assert isinstance(listener, ReusePortService)
     if index is None:
-        WorkerChildren(reactor, config.workers, options.argv,
-                       proxy.endpoint_service).setServiceParent(proxy)
+        WorkerChildren(reactor, config.workers, options.argv, listener).setServiceParent(proxy)
     else:
         ParentWatch(reactor).setServiceParent(proxy)
     return proxy

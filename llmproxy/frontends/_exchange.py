@@ -473,7 +473,8 @@ class Exchange:
         if verdict.outcome is Outcome.CLIENT_ERROR or verdict.outcome is Outcome.OK:
             out = rewrap_error(response.code, body)
             if self.committed:
-                return self._late_error(_error_from_upstream(response.code, out))
+                self._late_error(_error_from_upstream(response.code, out))
+                return None
             self._set_route_headers(target, key, response, ())
             self.request.setResponseCode(response.code)
             self.request.setHeader(b"content-type", b"application/json")
@@ -592,7 +593,6 @@ class Exchange:
     def _late_error(self, error: ProxyError) -> None:
         if not self.gone:
             self.request.write(self._transform_for_errors().error(error))
-        return None
 
     def _transform_for_errors(self) -> dialects.Transform:
         return dialects.ChatPassthrough() if self.frontend == CHAT \
