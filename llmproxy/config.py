@@ -14,7 +14,7 @@ import ipaddress
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Mapping
 
@@ -117,6 +117,7 @@ class Config:
     responses_store_size: int = 1000
     responses_store_ttl: float = 3600.0
     workers: int = 1
+    warnings: tuple[str, ...] = ()
 
     @property
     def auth_enabled(self) -> bool:
@@ -727,6 +728,7 @@ def build_config(
     proxy_keys = _proxy_keys(top, overrides, env)
     log_level = _log_level(top, overrides, yaml_values.log_level)
     store_size, store_ttl = _responses_store(top)
+    backends, warnings = _without_self_loop(backends, listen, data, env, source)
     config = Config(
         listen=listen,
         proxy_keys=proxy_keys,
@@ -745,10 +747,64 @@ def build_config(
         responses_store_size=store_size,
         responses_store_ttl=store_ttl,
         workers=overrides.workers or yaml_values.workers,
+        warnings=warnings,
     )
     top.finish()
     check_exposure(config)
     return config
+
+
+_LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "0.0.0.0", "::"})
+
+
+def _points_at(url: str, listen: str) -> bool:
+    """
+    Whether C{url} would reach this llmproxy's own C{tcp:} listener.
+    """
+    from urllib.parse import urlsplit
+
+    from llmproxy.workers import parse_tcp
+
+    address = parse_tcp(listen)
+    try:
+        parts = urlsplit(url)
+        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    except ValueError:
+        return False
+    if address is None or address.port == 0 or port != address.port:
+        return False
+    host = parts.hostname or ""
+    return host == address.host or (host in _LOCAL_HOSTS and address.host in _LOCAL_HOSTS)
+
+
+def _without_self_loop(
+    backends: Mapping[str, BackendConfig], listen: str, data: Mapping[str, Any],
+    env: Mapping[str, str], source: str,
+) -> tuple[Mapping[str, BackendConfig], tuple[str, ...]]:
+    """
+    No backend may forward to llmproxy itself.  The usual cause is the SDK's
+    own C{OPENAI_BASE_URL}, pointed at llmproxy, seen by llmproxy too: that
+    one is ignored with a warning; a configured URL is an error.
+    """
+    warnings = []
+    fixed = dict(backends)
+    for name, backend in backends.items():
+        if backend.type == "mock" or not _points_at(backend.base_url, listen):
+            continue
+        raw = (data.get("backends") or {}).get(name) or {}
+        configured = isinstance(raw, dict) and bool(raw.get("base_url") or raw.get("api_url"))
+        if name == "openai" and not configured:
+            fixed[name] = replace(backend, base_url=DEFAULT_OPENAI_URL)
+            warnings.append(
+                f"OPENAI_BASE_URL/OPENAI_API_BASE_URL ({backend.base_url}) is llmproxy's own "
+                f"address {listen}; backend 'openai' uses {DEFAULT_OPENAI_URL} instead"
+            )
+            continue
+        raise ConfigError(
+            f"{source}: backends.{name}.base_url: {backend.base_url} is llmproxy's own "
+            f"address ({listen}); requests would loop"
+        )
+    return MappingProxyType(fixed), tuple(warnings)
 
 
 def compile_or_fail(text: str) -> AliasRule:

@@ -130,6 +130,8 @@ class ProxyService(MultiService):
     def startService(self) -> None:
         super().startService()
         c = self.config
+        for warning in c.warnings:
+            self.log.warn("{note}", note=warning)
         self.log.info(
             "llmproxy on {listen}: backends {backends}, default {default}, auth {auth}",
             listen=c.listen, backends=", ".join(f"{n} ({b.type})" for n, b in c.backends.items()),

@@ -620,3 +620,27 @@ class EnvironmentAliasTests(SynchronousTestCase):
             with self.assertRaises(ConfigError) as caught:
                 build_config({}, environ={"MODEL_ALIASES": text})
             self.assertIn("MODEL_ALIASES", str(caught.exception))
+
+
+class SelfLoopTests(SynchronousTestCase):
+    def test_sdk_base_url_pointing_at_llmproxy_is_ignored(self) -> None:
+        config = build_config({}, Overrides(port=8123), environ={
+            "OPENAI_BASE_URL": "http://localhost:8123/v1", "OPENAI_API_KEY": "sk-x"})
+        self.assertEqual(config.backends["openai"].base_url, DEFAULT_OPENAI_URL)
+        self.assertEqual(len(config.warnings), 1)
+        self.assertIn("8123", config.warnings[0])
+
+    def test_other_ports_and_hosts_are_kept(self) -> None:
+        for url in ("http://localhost:9999/v1", "http://10.1.2.3:8123/v1"):
+            config = build_config({}, Overrides(port=8123),
+                                  environ={"OPENAI_BASE_URL": url, "OPENAI_API_KEY": "sk-x"})
+            self.assertEqual(config.backends["openai"].base_url, url.rstrip("/"))
+            self.assertEqual(config.warnings, ())
+
+    def test_configured_self_url_is_an_error(self) -> None:
+        with self.assertRaises(ConfigError) as caught:
+            build_config({"listen": "tcp:8124:interface=127.0.0.1",
+                          "backends": {"loop": {"base_url": "http://127.0.0.1:8124/v1"}}},
+                         environ={}, source="c.yaml")
+        self.assertIn("backends.loop.base_url", str(caught.exception))
+        self.assertIn("c.yaml", str(caught.exception))
