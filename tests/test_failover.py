@@ -83,6 +83,40 @@ class KeyRotationTests(TestCase):
         self.assertEqual(sorted(used), ["k1", "k1", "k2", "k2", "k3", "k3"])
         self.assertEqual(len(set(used[:3])), 3)
 
+    async def test_instance_pins_one_key(self) -> None:
+        proxy = await started(self, lambda u: keyed(u, ["k1", "k2", "k3"]))
+        for _ in range(3):
+            status, headers, _ = await _chat(proxy, {"model": "openai.2:gpt-4o"})
+            self.assertEqual((status, headers["x-llmproxy-key"]), (200, "openai#2"))
+            self.assertEqual(headers["x-llmproxy-route"], "openai:gpt-4o")
+        self.assertEqual({r.headers["authorization"] for r in proxy.fake.requests}, {"Bearer k2"})
+        status, _, content = await _chat(proxy, {"model": "openai.4:gpt-4o"})
+        self.assertEqual(status, 400)
+        self.assertIn("no key instance 4", json.loads(content)["error"]["message"])
+
+    async def test_environment_pool_instances_follow_the_numbers(self) -> None:
+        proxy = await start(self, lambda u: {"default_backend": "openai",
+                                             "backends": {"openai": {"base_url": u}}},
+                            environ={"OPENAI_API_KEY_1": "e1", "OPENAI_API_KEY_3": "e3",
+                                     "OPENAI_API_KEY": "bare"})
+        proxy.case = self
+        status, headers, _ = await _chat(proxy, {"model": "openai.3:gpt-4o"})
+        self.assertEqual((status, headers["x-llmproxy-key"]), (200, "OPENAI_API_KEY_3"))
+        self.assertEqual(proxy.fake.requests[0].headers["authorization"], "Bearer e3")
+        status, _, _ = await _chat(proxy, {"model": "openai.2:gpt-4o"})
+        self.assertEqual(status, 400)
+        for _ in range(4):
+            await _chat(proxy)
+        used = {r.headers["authorization"] for r in proxy.fake.requests}
+        self.assertEqual(used, {"Bearer e1", "Bearer e3"}, "the bare key stays out of the pool")
+
+    async def test_pinned_key_rate_limited_does_not_switch_keys(self) -> None:
+        proxy = await started(self, lambda u: keyed(u, ["k1", "k2"]))
+        proxy.fake.by_key["k2"] = [RATE_LIMITED]
+        status, _, _ = await _chat(proxy, {"model": "openai.2:gpt-4o"})
+        self.assertEqual(status, 429)
+        self.assertEqual({r.headers["authorization"] for r in proxy.fake.requests}, {"Bearer k2"})
+
     async def test_invalid_key_marked_and_skipped(self) -> None:
         proxy = await started(self, lambda u: keyed(u, ["sk-bad", "sk-good"]))
         proxy.fake.by_key["sk-bad"] = [Reply(401, {"error": {"message": "Incorrect API key",

@@ -143,7 +143,7 @@ class Exchange:
         self._keepalive: IDelayedCall | None = None
         self._relay_wrote = False
         self._backends: set[str] = set()
-        self._rotated: dict[str, list[ApiKey]] = {}
+        self._rotated: dict[tuple[str, str], list[ApiKey]] = {}
         self._keys_tried: set[tuple[str, str]] = set()
         request.notifyFinish().addBoth(self._finished)
 
@@ -155,15 +155,26 @@ class Exchange:
     def _plan(self, route: Route) -> list[tuple[Attempt, Target, ApiKey | None]]:
         targets = {(t.backend, t.model): t for t in route.targets}
         rotated = self._rotated = {
-            t.backend: self.up.pools[t.backend].ordered() for t in route.targets
+            (t.backend, t.model): self._keys_for(t) for t in route.targets
         }
-        elements = [(t.backend, t.model, len(rotated[t.backend])) for t in route.targets]
+        elements = [(t.backend, t.model, len(rotated[(t.backend, t.model)]))
+                    for t in route.targets]
         plan = []
         for attempt in plan_attempts(elements, route.policy):
-            keys = rotated[attempt.backend]
+            keys = rotated[(attempt.backend, attempt.model)]
             key = None if attempt.key_index is None else keys[attempt.key_index]
             plan.append((attempt, targets[(attempt.backend, attempt.model)], key))
         return plan
+
+    def _keys_for(self, target: Target) -> list[ApiKey]:
+        """
+        This request's keys for a target, in rotation order; only the
+        pinned one for C{backend.N:model}.
+        """
+        pool = self.up.pools[target.backend]
+        if target.key is not None:
+            return [k for k in pool.keys if k.name == target.key]
+        return pool.ordered()
 
     def _usable(self, backend: str, key: ApiKey | None) -> bool:
         return key is None or self.up.pools[backend].available(key)
@@ -199,7 +210,7 @@ class Exchange:
         """
         taken = {key.name for a, _, key in queue
                  if key is not None and (a.backend, a.model) == (attempt.backend, attempt.model)}
-        for key in self._rotated.get(attempt.backend, ()):
+        for key in self._rotated.get((attempt.backend, attempt.model), ()):
             if key.name not in taken and (attempt.backend, key.name) not in self._keys_tried \
                     and self.up.pools[attempt.backend].available(key):
                 return key
@@ -278,7 +289,7 @@ class Exchange:
             return
         if any(q[0].backend == attempt.backend and q[0].model == attempt.model for q in queue):
             return
-        keys = self._rotated[attempt.backend]
+        keys = self._rotated[(attempt.backend, attempt.model)]
         for index, spare in enumerate(keys):
             if (attempt.backend, spare.name) not in self._keys_tried and \
                     self._usable(attempt.backend, spare):

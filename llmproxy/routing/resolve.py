@@ -10,6 +10,7 @@ precedence URI parameters > client body > model_defaults.
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -36,6 +37,8 @@ class Target:
     @ivar changed: whether C{body} differs from what the client sent, so the
         client's bytes can be forwarded untouched when it does not.
     @ivar warnings: lenient-mode notes about dropped URI parameters.
+    @ivar key: the name of the one key to use (C{backend.N:model} pins key
+        instance N), or L{None} to rotate over the backend's keys.
     """
 
     backend: str
@@ -43,6 +46,7 @@ class Target:
     body: Mapping[str, Any]
     changed: bool
     warnings: tuple[str, ...] = ()
+    key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -130,34 +134,73 @@ class _Element:
     params: Mapping[str, object]
     defaults: Mapping[str, object]
     warnings: tuple[str, ...]
+    key: str | None = None
+
+
+_INSTANCE = re.compile(r"^(?P<backend>.+)\.(?P<n>[1-9][0-9]*)$")
+_ENV_NUMBER = re.compile(r"_(?P<n>[0-9]+)$")
+
+
+def instance_key(config: Config, backend: str, n: int) -> str | None:
+    """
+    The name of key instance C{n} of C{backend}: the key from
+    C{OPENAI_API_KEY_n} in an environment-numbered pool, else the n-th key
+    in configuration order.
+    """
+    keys = config.backends[backend].keys
+    numbered = {int(m.group("n")): k.name for k in keys
+                if (m := _ENV_NUMBER.search(k.name)) and k.name.startswith("OPENAI_API_KEY_")}
+    if numbered:
+        return numbered.get(n)
+    return keys[n - 1].name if 0 < n <= len(keys) else None
+
+
+def _backend_and_key(config: Config, selector: Selector) -> tuple[str, str | None]:
+    """
+    The backend a selector names, and the key it pins (C{openai.2:...}).
+    """
+    backend = selector.backend or config.default_backend.split("|")[0].split(":")[0]
+    if backend in config.backends:
+        return backend, None
+    match = _INSTANCE.match(backend)
+    if match and match.group("backend") in config.backends:
+        base, n = match.group("backend"), int(match.group("n"))
+        key = instance_key(config, base, n)
+        if key is None:
+            raise InvalidRequest(
+                f"Backend {base!r} has no key instance {n} (model {str(selector)!r}); "
+                f"it has {len(config.backends[base].keys)} key(s)",
+                param="model", code="unknown_backend",
+            )
+        return base, key
+    raise InvalidRequest(
+        f"Unknown backend {backend!r} in model {str(selector)!r}; "
+        f"known backends: {', '.join(sorted(config.backends))}",
+        param="model",
+        code="unknown_backend",
+    )
 
 
 def _element(config: Config, selector: Selector) -> _Element:
-    backend = selector.backend or config.default_backend.split("|")[0].split(":")[0]
-    if backend not in config.backends:
-        raise InvalidRequest(
-            f"Unknown backend {backend!r} in model {str(selector)!r}; "
-            f"known backends: {', '.join(sorted(config.backends))}",
-            param="model",
-            code="unknown_backend",
-        )
+    backend, key = _backend_and_key(config, selector)
     result = validate_params(selector.params, lenient=config.uri_params == "lenient")
     defaults = (config.model_defaults.get(f"{backend}:{selector.model}")
                 or config.model_defaults.get(selector.model) or {})
-    return _Element(backend, selector.model, result.values, defaults, result.warnings)
+    return _Element(backend, selector.model, result.values, defaults, result.warnings, key)
 
 
 def _target(element: _Element, body: Mapping[str, Any], dialect: str) -> Target:
-    if not element.params and not element.defaults:
-        if body.get("model") == element.model:
-            return Target(element.backend, element.model, body, False, element.warnings)
+    e = element
+    if not e.params and not e.defaults:
+        if body.get("model") == e.model:
+            return Target(e.backend, e.model, body, False, e.warnings, e.key)
         built = dict(body)
-        built["model"] = element.model
-        return Target(element.backend, element.model, built, True, element.warnings)
-    uri = _merge_nested(body, _dialect_params(element.params, dialect))
-    built = apply_precedence(body, uri, element.defaults)
-    built["model"] = element.model
-    return Target(element.backend, element.model, built, built != body, element.warnings)
+        built["model"] = e.model
+        return Target(e.backend, e.model, built, True, e.warnings, e.key)
+    uri = _merge_nested(body, _dialect_params(e.params, dialect))
+    built = apply_precedence(body, uri, e.defaults)
+    built["model"] = e.model
+    return Target(e.backend, e.model, built, built != body, e.warnings, e.key)
 
 
 def _model_of(body: Mapping[str, Any]) -> str:
