@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence, cast
 
 from twisted.internet import endpoints
-from twisted.internet.interfaces import IListeningPort, IReactorTCP, IReactorTime
+from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import IListeningPort, IReactorTCP, IReactorTime, ITCPTransport
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
@@ -210,6 +211,7 @@ class FakeOpenAI(Resource):
                                                    "param": None, "code": None}})
 
     def render_POST(self, request: Request) -> bytes | int:
+        assert request.content is not None  # gotLength() made it
         raw = request.content.read()
         try:
             body = json.loads(raw)
@@ -265,7 +267,7 @@ class FakeOpenAI(Resource):
         self.open.append(request)
         request.notifyFinish().addBoth(self._gone, request)
         if isinstance(behaviour, Drop):
-            request.channel.transport.abortConnection()
+            _abort(request)
         elif isinstance(behaviour, Stream):
             self.stream_transports.append(request.channel.transport)
             request.setHeader(b"content-type", b"text/event-stream")
@@ -285,7 +287,7 @@ class FakeOpenAI(Resource):
         if behaviour.end == "close":
             request.finish()
         elif behaviour.end == "drop":
-            request.channel.transport.abortConnection()
+            _abort(request)
 
     def _gone(self, result: Any, request: Request) -> None:
         if request in self.open:
@@ -305,7 +307,14 @@ class FakeOpenAI(Resource):
         Abort every request still open (for test cleanup).
         """
         for request in list(self.open):
-            request.channel.transport.abortConnection()
+            _abort(request)
+
+
+def _abort(request: Request) -> None:
+    """
+    Cut C{request}'s connection (its channel's transport is a TCP one).
+    """
+    cast(ITCPTransport, request.channel.transport).abortConnection()
 
 
 def _last_text(body: Mapping[str, Any]) -> str:
@@ -326,13 +335,14 @@ async def listen_fake(reactor: IReactorTCP, clock: IReactorTime | None = None) -
     Start a L{FakeOpenAI} on 127.0.0.1, port 0.  Returns it, its port and
     its base URL (ending in C{/v1}).
     """
-    fake = FakeOpenAI(clock or reactor)  # type: ignore[arg-type]
+    fake = FakeOpenAI(clock or cast(IReactorTime, reactor))  # the reactor is a clock too
     site = Site(fake)
     site.noisy = False
     port: IListeningPort = await endpoints.TCP4ServerEndpoint(
         reactor, 0, interface="127.0.0.1"
     ).listen(site)
-    return fake, port, f"http://127.0.0.1:{port.getHost().port}/v1"
+    address = cast(IPv4Address, port.getHost())  # a TCP4ServerEndpoint's port
+    return fake, port, f"http://127.0.0.1:{address.port}/v1"
 
 
 __all__ = [

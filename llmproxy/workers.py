@@ -16,9 +16,10 @@ import signal
 import socket
 import sys
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 from twisted.application.service import Service
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import ProcessProtocol
@@ -103,7 +104,8 @@ class ReusePortService(Service):
         if self.port is None:
             return succeed(None)
         port, self.port = self.port, None
-        return port.stopListening()  # type: ignore[return-value]
+        # IListeningPort allows None; a TCP port always returns a Deferred.
+        return cast("Deferred[None]", port.stopListening())
 
 
 class _Child(ProcessProtocol):
@@ -140,7 +142,10 @@ class WorkerChildren(Service):
 
     def startService(self) -> None:
         super().startService()
-        port = self.listener.port.getHost().port if self.listener.port else self.listener.address.port
+        listening = self.listener.port
+        # A TCP port's host is an IPv4Address or IPv6Address.
+        port = (cast("IPv4Address | IPv6Address", listening.getHost()).port if listening
+                else self.listener.address.port)
         for index in range(1, self.count):
             ended: Deferred[None] = Deferred()
             process = self.reactor.spawnProcess(

@@ -51,6 +51,9 @@ class BytesProducer:
     def pauseProducing(self) -> None:
         pass
 
+    def resumeProducing(self) -> None:
+        pass
+
     def stopProducing(self) -> None:
         pass
 
@@ -66,7 +69,7 @@ class CachingAgent(Agent):
         super().__init__(*args, **kwargs)
         self._targets: dict[bytes, tuple[Any, Any, tuple[bytes, bytes, int]]] = {}
 
-    def request(  # type: ignore[override]
+    def request(
         self, method: bytes, uri: bytes, headers: Headers | None = None,
         bodyProducer: IBodyProducer | None = None,
     ) -> Deferred[IResponse]:

@@ -39,7 +39,7 @@ class _ChunkTransport:
         self.call: IDelayedCall | None = None
 
     def start(self) -> None:
-        self.protocol.makeConnection(self)  # type: ignore[arg-type]
+        self.protocol.makeConnection(self)
         self._schedule(0)
 
     def _schedule(self, delay: float) -> None:

@@ -14,7 +14,7 @@ timeout and a canceller that drops the upstream connection.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol as TypingProtocol
+from typing import Any, Callable, Protocol as TypingProtocol, cast
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, IReactorTime
@@ -61,6 +61,14 @@ class StreamTransform(TypingProtocol):
 
 def _done(reason: Failure) -> bool:
     return reason.check(ResponseDone, PotentialDataLoss) is not None
+
+
+def _producer(protocol: Protocol) -> IPushProducer | None:
+    """
+    The upstream body behind a body protocol: L{IResponse.deliverBody}
+    connects the protocol to an L{IPushProducer}, not to an L{ITransport}.
+    """
+    return cast("IPushProducer | None", protocol.transport)
 
 
 @implementer(IPushProducer)
@@ -146,19 +154,22 @@ class StreamRelay(Protocol):
 
     def pauseProducing(self) -> None:
         self._disarm()
-        if self.transport is not None:
-            self.transport.pauseProducing()
+        producer = _producer(self)
+        if producer is not None:
+            producer.pauseProducing()
 
     def resumeProducing(self) -> None:
         self._arm()
-        if self.transport is not None:
-            self.transport.resumeProducing()
+        producer = _producer(self)
+        if producer is not None:
+            producer.resumeProducing()
 
     def stopProducing(self) -> None:
         self._stopped = True
         self._disarm()
-        if self.transport is not None:
-            self.transport.stopProducing()
+        producer = _producer(self)
+        if producer is not None:
+            producer.stopProducing()
 
     # internals
 
@@ -237,8 +248,9 @@ class _Collector(Protocol):
 
     def _stop(self, error: ProxyError) -> None:
         self._error = error
-        if self.transport is not None:
-            self.transport.stopProducing()
+        producer = _producer(self)
+        if producer is not None:
+            producer.stopProducing()
 
     def _timedOut(self) -> None:
         self._idle = None
@@ -248,8 +260,9 @@ class _Collector(Protocol):
         self._cancelled = True
         if self._idle is not None and self._idle.active():
             self._idle.cancel()
-        if self.transport is not None:
-            self.transport.stopProducing()
+        producer = _producer(self)
+        if producer is not None:
+            producer.stopProducing()
 
 
 def collect_body(
@@ -275,8 +288,9 @@ def discard_body(response: IResponse) -> None:
 
 class _Discard(Protocol):
     def connectionMade(self) -> None:
-        if self.transport is not None:
-            self.transport.stopProducing()
+        producer = _producer(self)
+        if producer is not None:
+            producer.stopProducing()
 
     def connectionLost(self, reason: Any = None) -> None:
         pass

@@ -19,7 +19,8 @@ from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
-from twisted.web.iweb import IRequest, IResponse
+from twisted.web.iweb import IResponse
+from twisted.web.server import Request
 
 from llmproxy.backends.base import CHAT, Backend
 from llmproxy.backends.health import CircuitBreaker
@@ -116,7 +117,7 @@ class Exchange:
 
     def __init__(
         self,
-        request: IRequest,
+        request: Request,
         config: Config,
         upstreams: Upstreams,
         clock: IReactorTime,
@@ -258,7 +259,7 @@ class Exchange:
                 if wait is None or wait > fcfg.max_wait or elapsed + wait > fcfg.total_timeout_budget:
                     failure = self._cooling_failure(queue, wait, failure)
                     break
-                await deferLater(self.clock, wait)  # type: ignore[arg-type]
+                await deferLater(self.clock, wait)
                 continue
             queue.remove(pick)
             if pick[2] is not None:

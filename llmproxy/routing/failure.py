@@ -27,7 +27,7 @@ import socket
 import ssl
 from dataclasses import dataclass
 from datetime import timezone
-from typing import Any, Collection, Mapping
+from typing import Any, Collection, Mapping, cast
 
 from twisted.internet import defer
 from twisted.internet import error as ierror
@@ -38,10 +38,13 @@ from twisted.web.client import (
     ResponseFailed,
 )
 
+_OpenSSLError: type[Exception]
 try:
-    from OpenSSL.SSL import Error as _OpenSSLError
+    from OpenSSL.SSL import Error as _PyOpenSSLError
 except ImportError:  # pragma: no cover - pyOpenSSL is optional
     _OpenSSLError = ssl.SSLError
+else:
+    _OpenSSLError = _PyOpenSSLError
 
 
 class FirstByteTimeout(Exception):
@@ -300,7 +303,8 @@ def _unwrap(failure_or_exc: Failure | BaseException) -> BaseException:
     @param failure_or_exc: a L{Failure} or an exception.
     """
     if isinstance(failure_or_exc, Failure):
-        return failure_or_exc.value
+        # A constructed Failure always has a value; Twisted types it Optional.
+        return cast(BaseException, failure_or_exc.value)
     return failure_or_exc
 
 
