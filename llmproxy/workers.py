@@ -56,7 +56,8 @@ def parse_tcp(description: str) -> TCPAddress | None:
     options = dict(
         part.split("=", 1) for part in match.group("rest").split(":") if part
     )
-    host = options.get("interface", "0.0.0.0").replace("\x00", ":")
+    default = "::" if description.startswith("tcp6:") else "0.0.0.0"
+    host = options.get("interface", default).replace("\x00", ":")
     backlog = int(options.get("backlog", "1024"))
     return TCPAddress(host, int(match.group("port")), backlog)
 

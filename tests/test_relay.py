@@ -34,9 +34,12 @@ class RecordingTransform:
     def __init__(self) -> None:
         self.calls: list[list[bytes]] = []
         self.ended = 0
+        self.finished = False
 
     def events(self, raw: list[bytes]) -> bytes:
         self.calls.append(list(raw))
+        if raw and raw[-1].startswith(b"data: [DONE]"):
+            self.finished = True
         return b"".join(raw)
 
     def end(self) -> bytes:
@@ -287,24 +290,76 @@ class RelayTests(SynchronousTestCase):
         self.assertEqual(transform.ended, 0)
         self.assertIsNone(consumer.producer)
 
-    def test_clean_end_flushes_tail(self) -> None:
+    def test_clean_end_completes_a_whole_last_event(self) -> None:
         """
-        On a clean end (L{ResponseDone} or L{PotentialDataLoss}) a final
-        event without its blank line is still transformed and written,
-        then the end marker; a whitespace-only tail is not an event.
+        On a clean end a last event that lacks only its blank line is
+        relayed with it, then the end marker; a whitespace-only tail is not
+        an event.
         """
-        for reason in (ResponseDone(), PotentialDataLoss()):
-            relay, _, consumer, transform, _ = _connected()
-            relay.dataReceived(b"data: last")
-            relay.connectionLost(Failure(reason))
-            self.assertEqual(consumer.value(), b"data: last<end>")
-            self.successResultOf(relay.finished)
+        relay, _, consumer, transform, _ = _connected()
+        relay.dataReceived(b'data: {"last": true}')
+        relay.connectionLost(Failure(ResponseDone()))
+        self.assertEqual(consumer.value(), b'data: {"last": true}\n\n<end>')
+        self.successResultOf(relay.finished)
 
         relay, _, consumer, transform, _ = _connected()
         relay.dataReceived(EVENTS[0] + b"\n")
         relay.connectionLost(Failure(ResponseDone()))
         self.assertEqual(transform.calls, [[EVENTS[0]]])
         self.assertEqual(consumer.value(), EVENTS[0] + b"<end>")
+
+    def test_cut_last_event_is_a_broken_stream(self) -> None:
+        """
+        A body that ends inside an event never relays the half event: the
+        stream fails, so the client gets an error, not a truncated answer.
+        """
+        relay, _, consumer, transform, _ = _connected()
+        relay.dataReceived(EVENTS[0] + b'data: {"id": "x", "choi')
+        relay.connectionLost(Failure(ResponseDone()))
+        failure = self.failureResultOf(relay.finished, StreamBroken)
+        self.assertIn("middle of an event", failure.value.message)
+        self.assertEqual(consumer.value(), EVENTS[0])
+        self.assertEqual(transform.ended, 0)
+
+    def test_close_delimited_body_must_reach_its_last_event(self) -> None:
+        """
+        When only the connection closing ends the body (L{PotentialDataLoss}),
+        the stream is whole only if its final event arrived.
+        """
+        relay, _, consumer, _, _ = _connected()
+        relay.dataReceived(EVENTS[0])
+        relay.connectionLost(Failure(PotentialDataLoss()))
+        self.failureResultOf(relay.finished, StreamBroken)
+
+        relay, _, consumer, _, _ = _connected()
+        relay.dataReceived(EVENTS[0] + b"data: [DONE]\n\n")
+        relay.connectionLost(Failure(PotentialDataLoss()))
+        self.successResultOf(relay.finished)
+        self.assertEqual(consumer.value(), EVENTS[0] + b"data: [DONE]\n\n<end>")
+
+    def test_untranslatable_event_breaks_the_stream(self) -> None:
+        """
+        A transform that cannot handle an event fails the stream (the
+        client gets an error) instead of leaving it hanging.
+        """
+        def explode(raw: list[bytes]) -> bytes:
+            raise TypeError("unexpected shape")
+
+        relay, consumer, transform, clock = _relay([EVENTS[0], EVENTS[1]])
+        transform.events = explode  # type: ignore[method-assign]
+        clock.advance(0)
+        failure = self.failureResultOf(relay.finished, StreamBroken)
+        self.assertTrue(relay.transport.stopped, "the upstream is dropped")
+        self.assertEqual(consumer.value(), b"")
+        self.assertIn("cannot translate", failure.value.message)
+        self.assertEqual(len(self.flushLoggedErrors(TypeError)), 1)
+
+        relay, _, _, transform, _ = _connected()
+        transform.events = explode  # type: ignore[method-assign]
+        relay.dataReceived(b'data: {"tail": 1}')
+        relay.connectionLost(Failure(ResponseDone()))
+        self.failureResultOf(relay.finished, StreamBroken)
+        self.assertEqual(len(self.flushLoggedErrors(TypeError)), 1)
 
     def test_nothing_written_flag(self) -> None:
         """

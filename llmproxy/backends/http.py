@@ -3,10 +3,9 @@
 The C{openai} and C{openai-responses} backends: HTTP/1.1 to an
 OpenAI-compatible upstream over the process's one persistent pool.
 
-The forwarding path calls L{Agent.request} directly: treq's per-request
-cookie jar (shared by every client of a proxy), redirect following and
-content decoding are wrong for a proxy and cost time on every request.
-treq serves the model listing.
+Requests go through L{Agent} directly, not treq: treq's cookie jar (shared
+by every client of a proxy), redirect following and content decoding are
+wrong for a proxy and cost time on every request.
 """
 
 from __future__ import annotations
@@ -27,10 +26,13 @@ from zope.interface import implementer
 from llmproxy import __version__
 from llmproxy.backends.base import CHAT, PATHS, RESPONSES
 from llmproxy.backends.keypool import ApiKey
+from llmproxy.backends.relay import collect_body
 from llmproxy.config import BackendConfig
 from llmproxy.routing.failure import FirstByteTimeout
 
 MODELS_TTL = 600.0
+MODELS_DEADLINE = 10.0
+MODELS_MAX_BYTES = 4 * 1024 * 1024
 _USER_AGENT = f"llmproxy/{__version__}".encode()
 
 
@@ -160,23 +162,26 @@ class OpenAIBackend:
         return found
 
     async def _fetch_models(self) -> list[str]:
-        # treq only serves this rare call; importing it lazily keeps ~3.6 MB
-        # out of every idle process.
-        import treq
-        from treq.client import HTTPClient
-
+        """
+        Ask the upstream's C{/models}, within one deadline for headers and
+        body together (a stalled body is cut, and cancelling drops it).
+        """
         key = self.config.keys[0] if self.config.keys else None
-        client = HTTPClient(self.agent)
-        response = await with_timeout(
-            client.get(self.config.base_url + "/models", headers=self._headers(key, b"application/json"),
-                       unbuffered=True),
-            self.clock, min(self.config.timeout, 10.0),
-        )
-        if response.code != 200:
-            await treq.content(response)
-            raise ValueError(f"status {response.code}")
-        data: Any = json.loads(await treq.content(response))
-        ids = [m["id"] for m in data.get("data", []) if isinstance(m, dict) and isinstance(m.get("id"), str)]
+        url = (self.config.base_url + "/models").encode()
+        deadline = min(self.config.timeout, MODELS_DEADLINE)
+
+        async def fetch() -> bytes:
+            response = await self.agent.request(
+                b"GET", url, self._headers(key, b"application/json"))
+            body = await collect_body(response, self.clock, deadline, MODELS_MAX_BYTES)
+            if response.code != 200:
+                raise ValueError(f"status {response.code}")
+            return body
+
+        data: Any = json.loads(
+            await with_timeout(Deferred.fromCoroutine(fetch()), self.clock, deadline))
+        ids = [m["id"] for m in data.get("data", [])
+               if isinstance(m, dict) and isinstance(m.get("id"), str)]
         return ids or list(self.config.models)
 
     def close(self) -> None:

@@ -19,6 +19,7 @@ from typing import Any, Callable, Protocol as TypingProtocol, cast
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
@@ -26,7 +27,7 @@ from twisted.web.iweb import IResponse
 from zope.interface import implementer
 
 from llmproxy.errors import ProxyError, UpstreamError
-from llmproxy.sse import SSEError, SSEFramer
+from llmproxy.sse import SSEError, SSEFramer, parse_event
 
 
 class StreamTimeout(UpstreamError):
@@ -58,6 +59,33 @@ class StreamTransform(TypingProtocol):
         Bytes to write when the upstream ended cleanly.
         """
 
+    @property
+    def finished(self) -> bool:
+        """
+        Whether the upstream's stream reached its final event.
+        """
+
+
+def _complete(tail: bytes) -> bytes | None:
+    """
+    The bytes left after the last blank line, as a whole event (with its
+    blank line) when they are one; C{b""} when they dispatch nothing; None
+    when they are a cut event.
+    """
+    if not tail.strip():
+        return b""
+    event = parse_event(tail)
+    if event is None:
+        return b""
+    if event.data is None:
+        return None
+    if not event.done:
+        try:
+            event.json()
+        except ValueError:
+            return None
+    return tail.rstrip(b"\r\n") + b"\n\n"
+
 
 def _done(reason: Failure) -> bool:
     return reason.check(ResponseDone, PotentialDataLoss) is not None
@@ -81,6 +109,8 @@ class StreamRelay(Protocol):
         L{CancelledError} when cancelled).  Cancelling it stops the
         upstream.
     """
+
+    log = Logger()
 
     def __init__(
         self,
@@ -120,13 +150,21 @@ class StreamRelay(Protocol):
             self._abort(StreamBroken(f"upstream stream invalid: {e}"))
             return
         if raw:
-            out = self.transform.events(raw)
-            if out:
-                if not self.wrote:
-                    self.wrote = True
-                    if self.on_first_write is not None:
-                        self.on_first_write()
-                self.consumer.write(out)
+            try:
+                out = self.transform.events(raw)
+            except Exception:
+                self.log.failure("cannot translate an upstream event")
+                self._abort(StreamBroken("upstream sent an event llmproxy cannot translate"))
+                return
+            self._write(out)
+
+    def _write(self, out: bytes) -> None:
+        if out:
+            if not self.wrote:
+                self.wrote = True
+                if self.on_first_write is not None:
+                    self.on_first_write()
+            self.consumer.write(out)
 
     def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:
         self._disarm()
@@ -140,15 +178,35 @@ class StreamRelay(Protocol):
         if self._error is not None:
             self.finished.errback(self._error)
         elif _done(reason):
-            tail = self.framer.remainder()
-            out = (self.transform.events([tail]) if tail.strip() else b"") + self.transform.end()
-            if out:
-                self.consumer.write(out)
-            self.finished.callback(None)
+            self._ended(reason)
         else:
             self.finished.errback(
                 StreamBroken("upstream connection lost before the stream ended")
             )
+
+    def _ended(self, reason: Failure) -> None:
+        """
+        The upstream body ended without an error.  A last event lacking its
+        blank line is relayed (completed) only if it is whole; a body whose
+        end is only known by the connection closing must have reached its
+        final event, or it was cut.
+        """
+        try:
+            tail = _complete(self.framer.remainder())
+            if tail is None:
+                raise StreamBroken("upstream stream ended in the middle of an event")
+            out = (self.transform.events([tail]) if tail else b"") + self.transform.end()
+            if reason.check(PotentialDataLoss) and not self.transform.finished:
+                raise StreamBroken("upstream connection closed before the stream's last event")
+        except StreamBroken as e:
+            self.finished.errback(e)
+            return
+        except Exception:
+            self.log.failure("cannot translate the upstream's last event")
+            self.finished.errback(StreamBroken("upstream sent an event llmproxy cannot translate"))
+            return
+        self._write(out)
+        self.finished.callback(None)
 
     # IPushProducer
 

@@ -3,6 +3,6 @@ The HTTP frontends: Chat Completions, Responses, models, health.
 """
 
 from llmproxy.frontends._app import ProxyApp, ProxySite
-from llmproxy.frontends._exchange import Upstreams
+from llmproxy.frontends._upstreams import Upstreams
 
 __all__ = ["ProxyApp", "ProxySite", "Upstreams"]

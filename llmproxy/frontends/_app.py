@@ -25,7 +25,9 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 from llmproxy.backends.base import CHAT, RESPONSES
 from llmproxy.config import Config
 from llmproxy.errors import AuthenticationFailed, InvalidRequest, ProxyError
-from llmproxy.frontends._exchange import Exchange, Upstreams
+from llmproxy.frontends._dialects import ChatPassthrough, ResponsesPassthrough
+from llmproxy.frontends._exchange import Exchange
+from llmproxy.frontends._upstreams import Upstreams
 from llmproxy.frontends._store import ResponseStore
 from llmproxy.routing.aliases import alias_targets
 from llmproxy.routing.resolve import Router
@@ -106,6 +108,12 @@ class _Root(Resource):
         }
 
     def render(self, request: Request) -> bytes | int:
+        if request.getHeader(b"x-llmproxy-loop-guard") is not None:
+            # Before auth: a proxy pointed at itself must not mark its own
+            # key invalid, and no route (models included) may recurse.
+            return _json(request, 400, InvalidRequest(
+                "This request already passed through llmproxy (proxy loop)",
+                code="proxy_loop_detected").to_json())
         handler = self.hot.get(request.path) if request.method == b"POST" else None
         if handler is None:
             # KleinResource.render returns bytes or NOT_DONE_YET, never the
@@ -128,7 +136,15 @@ class _Root(Resource):
             if not failure.check(CancelledError):
                 self.app.log.failure("after the client left", failure)
             return
-        self._done(self.app.render_failure(request, failure), request)
+        body = self.app.render_failure(request, failure)
+        if request.startedWriting:
+            # The event stream is already out: the error goes in-band.
+            error = failure.value if isinstance(failure.value, ProxyError) else ProxyError(
+                "Internal error in llmproxy", code="internal_error")
+            transform = ChatPassthrough() if request.path == b"/v1/chat/completions" \
+                else ResponsesPassthrough()
+            body = transform.error(error)
+        self._done(body, request)
 
 
 def _too_deep() -> InvalidRequest:
@@ -138,6 +154,10 @@ def _too_deep() -> InvalidRequest:
 def _check_fields(body: Mapping[str, Any], dialect: str) -> None:
     if "stream" in body and not isinstance(body["stream"], bool):
         raise InvalidRequest("'stream' must be a boolean", param="stream", code="invalid_type")
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise InvalidRequest("'stream_options' must be an object", param="stream_options",
+                             code="invalid_type")
     if dialect == CHAT:
         messages = body.get("messages")
         if messages is None:
@@ -209,9 +229,6 @@ class ProxyApp:
 
     def _body(self, request: Request, dialect: str) -> tuple[dict[str, Any], bytes]:
         self._authorize(request)
-        if request.getHeader(b"x-llmproxy-loop-guard") is not None:
-            raise InvalidRequest("This request already passed through llmproxy (proxy loop)",
-                                 code="proxy_loop_detected")
         if getattr(request, "too_large", False):
             raise ProxyError(
                 f"Request body larger than {self.config.max_body_bytes} bytes",

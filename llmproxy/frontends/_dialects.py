@@ -8,13 +8,14 @@ becomes the client's, and how an error looks once a stream has started.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Mapping, Protocol, Sequence
 
 from llmproxy.backends.base import CHAT, RESPONSES
 from llmproxy.errors import ProxyError
 from llmproxy.routing.reasoning import adapt_chat_for_reasoning, is_reasoning_model
 from llmproxy.routing.resolve import Target
-from llmproxy.sse import DONE, encode_event, parse_event
+from llmproxy.sse import DONE, Event, encode_event, parse_event
 from llmproxy.translate import (
     ChatToResponsesStream,
     ResponsesToChatStream,
@@ -48,6 +49,9 @@ class Transform(Protocol):
 
     def end(self) -> bytes: ...
 
+    @property
+    def finished(self) -> bool: ...
+
     def error(self, error: ProxyError) -> bytes: ...
 
     def final(self) -> dict[str, Any] | None:
@@ -62,13 +66,21 @@ class ChatPassthrough:
     Chat events from a chat upstream: relayed byte for byte.
     """
 
+    def __init__(self) -> None:
+        self.finished = False
+
     def events(self, raw: list[bytes]) -> bytes:
+        if b"[DONE]" in raw[-1] and parse_event(raw[-1]) == _DONE_EVENT:
+            self.finished = True
         return raw[0] if len(raw) == 1 else b"".join(raw)
 
     def end(self) -> bytes:
         return b""
 
     def error(self, error: ProxyError) -> bytes:
+        if self.finished:
+            return b""
+        self.finished = True
         return encode_event({"error": stream_error_payload(error)}) + DONE
 
     def final(self) -> dict[str, Any] | None:
@@ -83,15 +95,21 @@ class ResponsesPassthrough:
 
     def __init__(self) -> None:
         self.count = 0
+        self.finished = False
 
     def events(self, raw: list[bytes]) -> bytes:
         self.count += len(raw)
+        if _TERMINAL.search(raw[-1]) and _event_type(raw[-1]) in _RESPONSES_TERMINAL:
+            self.finished = True
         return raw[0] if len(raw) == 1 else b"".join(raw)
 
     def end(self) -> bytes:
         return b""
 
     def error(self, error: ProxyError) -> bytes:
+        if self.finished:
+            return b""
+        self.finished = True
         return encode_event(
             {"type": "error", "sequence_number": self.count, "code": error.code or error.type,
              "message": error.message, "param": error.param},
@@ -100,6 +118,30 @@ class ResponsesPassthrough:
 
     def final(self) -> dict[str, Any] | None:
         return None
+
+
+_DONE_EVENT = Event("[DONE]")
+_TERMINAL = re.compile(rb"response\.(?:completed|incomplete|failed)|\berror\b")
+_RESPONSES_TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed",
+                                 "error"})
+
+
+def _event_type(raw: bytes) -> str | None:
+    """
+    The type of a Responses event: its C{event:} line, else its data's
+    C{type}.
+    """
+    event = parse_event(raw)
+    if event is None:
+        return None
+    if event.event:
+        return event.event
+    try:
+        data = event.json()
+    except ValueError:
+        return None
+    kind = data.get("type") if isinstance(data, dict) else None
+    return kind if isinstance(kind, str) else None
 
 
 def _parsed(raw: list[bytes]) -> list[Any]:
@@ -143,7 +185,13 @@ class ResponsesToChat:
     def end(self) -> bytes:
         return b"" if self.state.finished else DONE
 
+    @property
+    def finished(self) -> bool:
+        return self.state.finished
+
     def error(self, error: ProxyError) -> bytes:
+        if self.state.finished:
+            return b""
         return ChatPassthrough().error(error)
 
     def final(self) -> dict[str, Any] | None:
@@ -161,6 +209,7 @@ class ChatToResponses:
         )
         self.started = False
         self.closed = False
+        self.finished = False
 
     def _encode(self, events: Sequence[Mapping[str, Any]]) -> list[bytes]:
         return [encode_event(e, e["type"]) for e in events]
@@ -170,6 +219,8 @@ class ChatToResponses:
         if not self.started:
             self.started = True
             out += self._encode(self.state.start())
+        if b"[DONE]" in raw[-1] and parse_event(raw[-1]) == _DONE_EVENT:
+            self.finished = True
         for chunk in _parsed(raw):
             if isinstance(chunk, dict) and "error" in chunk:
                 self.closed = True

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping
 
 from twisted.internet.defer import CancelledError
@@ -29,8 +29,9 @@ from llmproxy.backends.relay import StreamRelay, collect_body
 from llmproxy.config import Config
 from llmproxy.errors import InvalidRequest, ProxyError, UpstreamError
 from llmproxy.frontends import _dialects as dialects
+from llmproxy.frontends._attempts import AttemptQueue, Slot
+from llmproxy.frontends._upstreams import Upstreams
 from llmproxy.routing.failure import Outcome, Verdict, classify_exception, classify_status, is_timeout
-from llmproxy.routing.plan import Attempt, plan_attempts
 from llmproxy.routing.resolve import Route, Target
 from llmproxy.sse import KEEPALIVE
 
@@ -41,19 +42,6 @@ _RATELIMIT = b"x-ratelimit-"
 MAX_ERROR_BODY = 1024 * 1024
 #: Text that looks like an API key (OpenAI echoes masked keys in 401s).
 _KEY_SHAPED = re.compile(rb"\b(?:sk|rk|pk)-[A-Za-z0-9_\-*]{6,}")
-#: Upstream statuses that condemn a key, not the backend.
-_KEY_STATUSES = frozenset({"401", "403", "429"})
-
-
-@dataclass
-class Upstreams:
-    """
-    The live backend instances with their key pools and breakers.
-    """
-
-    backends: Mapping[str, Backend]
-    pools: Mapping[str, KeyPool]
-    breakers: Mapping[str, CircuitBreaker]
 
 
 @dataclass
@@ -71,6 +59,7 @@ class _Failure:
     error: ProxyError
     upstream: tuple[int, bytes, list[tuple[bytes, bytes]]] | None = None
     outcome: Outcome = Outcome.RETRY_NEXT
+    retry_after: float | None = None
 
 
 def _lower_headers(response: IResponse) -> dict[str, str]:
@@ -143,90 +132,11 @@ class Exchange:
         self.gone = False
         self._keepalive: IDelayedCall | None = None
         self._relay_wrote = False
-        self._backends: set[str] = set()
-        self._rotated: dict[tuple[str, str], list[ApiKey]] = {}
-        self._keys_tried: set[tuple[str, str]] = set()
+        self._queue: AttemptQueue | None = None
         request.notifyFinish().addBoth(self._finished)
 
     def _finished(self, _: object) -> None:
         self.gone = True
-
-    # planning
-
-    def _plan(self, route: Route) -> list[tuple[Attempt, Target, ApiKey | None]]:
-        targets = {(t.backend, t.model): t for t in route.targets}
-        rotated = self._rotated = {
-            (t.backend, t.model): self._keys_for(t) for t in route.targets
-        }
-        elements = [(t.backend, t.model, len(rotated[(t.backend, t.model)]))
-                    for t in route.targets]
-        plan = []
-        for attempt in plan_attempts(elements, route.policy):
-            keys = rotated[(attempt.backend, attempt.model)]
-            key = None if attempt.key_index is None else keys[attempt.key_index]
-            plan.append((attempt, targets[(attempt.backend, attempt.model)], key))
-        return plan
-
-    def _keys_for(self, target: Target) -> list[ApiKey]:
-        """
-        This request's keys for a target, in rotation order; only the
-        pinned one for C{backend.N:model}.
-        """
-        pool = self.up.pools[target.backend]
-        if target.key is not None:
-            return [k for k in pool.keys if k.name == target.key]
-        return pool.ordered()
-
-    def _usable(self, backend: str, key: ApiKey | None) -> bool:
-        return key is None or self.up.pools[backend].available(key)
-
-    def _pick(
-        self, queue: list[tuple[Attempt, Target, ApiKey | None]]
-    ) -> tuple[Attempt, Target, ApiKey | None] | None:
-        """
-        The first attempt whose key is free (a planned key that started
-        cooling meanwhile is swapped for a free one of the same backend)
-        and whose backend's circuit is closed; failing that, the first with
-        a free key, since skipping open circuits must not leave nothing.
-        """
-        usable = []
-        for index, (attempt, target, key) in enumerate(queue):
-            if key is not None and not self.up.pools[attempt.backend].available(key):
-                key = self._substitute(attempt, queue)
-                if key is None:
-                    continue
-                queue[index] = (attempt, target, key)
-            usable.append(queue[index])
-        for candidate in usable:
-            if self.up.breakers[candidate[0].backend].allow():
-                return candidate
-        return usable[0] if usable else None
-
-    def _substitute(
-        self, attempt: Attempt, queue: list[tuple[Attempt, Target, ApiKey | None]]
-    ) -> ApiKey | None:
-        """
-        A free key of C{attempt}'s backend that this request has neither
-        tried nor queued for the same model.
-        """
-        taken = {key.name for a, _, key in queue
-                 if key is not None and (a.backend, a.model) == (attempt.backend, attempt.model)}
-        for key in self._rotated.get((attempt.backend, attempt.model), ()):
-            if key.name not in taken and (attempt.backend, key.name) not in self._keys_tried \
-                    and self.up.pools[attempt.backend].available(key):
-                return key
-        return None
-
-    def _soonest(self, queue: list[tuple[Attempt, Target, ApiKey | None]]) -> float | None:
-        """
-        Seconds until the first queued attempt's key is free again.
-        """
-        now = self.clock.seconds()
-        waits = [
-            max(0.0, self.up.pools[a.backend].state(key).cooldown_until - now)
-            for a, _, key in queue if key is not None
-        ]
-        return min(waits) if waits else None
 
     # the loop
 
@@ -235,8 +145,7 @@ class Exchange:
         Serve the request; returns the body to write for non-streamed
         answers (L{None} when everything was written already).
         """
-        self._check_keys(route)
-        self._backends = {t.backend for t in route.targets}
+        route = self._with_keys(route)
         if self.stream and self.config.failure.keepalive_after > 0:
             self._keepalive = self.clock.callLater(self.config.failure.keepalive_after,
                                                    self._commit_stream)
@@ -246,82 +155,55 @@ class Exchange:
             self._stop_keepalive()
 
     async def _attempts(self, route: Route) -> bytes | None:
-        queue = self._plan(route)
-        failure: _Failure | None = None
         fcfg = self.config.failure
-        while queue and len(self.tried) < fcfg.max_attempts:
+        attempts = AttemptQueue(route, self.up, self.clock, fcfg.default_cooldown)
+        self._queue = attempts
+        failure: _Failure | None = None
+        while not attempts.empty() and len(self.tried) < fcfg.max_attempts:
             elapsed = self.clock.seconds() - self.started
             if elapsed >= fcfg.total_timeout_budget:
                 break
-            pick = self._pick(queue)
-            if pick is None:
-                wait = self._soonest(queue)
+            slot = attempts.next()
+            if slot is None:
+                wait = attempts.wait()
                 if wait is None or wait > fcfg.max_wait or elapsed + wait > fcfg.total_timeout_budget:
-                    failure = self._cooling_failure(queue, wait, failure)
+                    failure = self._cooling_failure(attempts, wait)
                     break
                 await deferLater(self.clock, wait)
+                attempts.wake()
                 continue
-            queue.remove(pick)
-            if pick[2] is not None:
-                self._keys_tried.add((pick[0].backend, pick[2].name))
-            result = await self._attempt(pick[1], pick[2])
+            result = await self._attempt(slot)
             if not isinstance(result, _Failure):
                 return result
             failure = result
-            self._spare_key(pick, queue)
-            if result.outcome is Outcome.RATE_LIMITED and not any(
-                self._usable(a.backend, key) for a, _, key in queue
-            ):
-                # Nothing else is free: wait for this key (if it is soon enough).
-                queue.append(pick)
+            attempts.failed(slot, result.outcome, result.retry_after)
         raise self._final_error(failure)
 
-    def _spare_key(
-        self, failed: tuple[Attempt, Target, ApiKey | None],
-        queue: list[tuple[Attempt, Target, ApiKey | None]],
-    ) -> None:
+    def _with_keys(self, route: Route) -> Route:
         """
-        After a key failed (429, 401/403, quota), make sure the same
-        element gets another key next, whatever the policy: one bad key
-        never fails a request while its backend has another.
+        The route without the elements whose backend needs a key it does
+        not have; if that is every element, the error names what to set.
         """
-        attempt, target, key = failed
-        if key is None or self.tried[-1].outcome not in _KEY_STATUSES:
-            return
-        if any(q[0].backend == attempt.backend and q[0].model == attempt.model for q in queue):
-            return
-        keys = self._rotated[(attempt.backend, attempt.model)]
-        for index, spare in enumerate(keys):
-            if (attempt.backend, spare.name) not in self._keys_tried and \
-                    self._usable(attempt.backend, spare):
-                queue.insert(0, (Attempt(attempt.backend, attempt.model, index), target, spare))
-                return
+        keyed = [t for t in route.targets
+                 if self.up.backends[t.backend].config.keys
+                 or not self.up.backends[t.backend].config.key_env]
+        if keyed:
+            return route if len(keyed) == len(route.targets) else replace(route, targets=tuple(keyed))
+        first = route.targets[0]
+        config = self.up.backends[first.backend].config
+        raise ProxyError(
+            f"No API key for backend {first.backend!r}: set {config.key_env}",
+            status=500, type="server_error", code="missing_api_key",
+        )
 
-    def _check_keys(self, route: Route) -> None:
-        for target in route.targets:
-            config = self.up.backends[target.backend].config
-            if not config.keys and config.key_env:
-                raise ProxyError(
-                    f"No API key for backend {target.backend!r}: set {config.key_env}",
-                    status=500, type="server_error", code="missing_api_key",
-                )
-
-    def _cooling_failure(
-        self, queue: list[tuple[Attempt, Target, ApiKey | None]], wait: float | None,
-        failure: _Failure | None,
-    ) -> _Failure:
+    def _cooling_failure(self, attempts: AttemptQueue, wait: float | None) -> _Failure:
         """
-        Every queued key is out: say why, truthfully.
+        Every remaining attempt has to wait too long: say why, truthfully.
         """
-        backends = sorted({a.backend for a, _, _ in queue})
-        reasons = {self.up.pools[a.backend].state(key).reason
-                   for a, _, key in queue if key is not None}
-        if all(self.up.pools[b].all_quota_exhausted() for b in backends):
-            return _Failure(ProxyError(
-                "Every API key of " + ", ".join(backends) + " has exhausted its quota",
-                status=503, type="server_error", code="quota_exceeded",
-            ))
-        if reasons == {INVALID}:
+        backends = sorted(attempts.backends)
+        if attempts.quota_exhausted():
+            return _Failure(self._quota_error(attempts))
+        if attempts.all_invalid():
             names = ", ".join(self.up.backends[b].config.key_env or b for b in backends)
             return _Failure(ProxyError(
                 "Every API key of " + ", ".join(backends) + " was rejected by the upstream "
@@ -336,19 +218,24 @@ class Exchange:
             headers={"retry-after": str(retry)} if retry else {},
         ))
 
+    def _quota_error(self, attempts: AttemptQueue) -> ProxyError:
+        soonest = attempts.soonest_key()
+        tried = ", ".join(f"{t.label} → {t.outcome}" for t in self.tried)
+        return ProxyError(
+            "Every API key of " + ", ".join(sorted(attempts.backends))
+            + " has exhausted its quota" + (f" (tried: {tried})" if tried else ""),
+            status=503, type="server_error", code="quota_exceeded",
+            headers={"retry-after": str(max(1, int(soonest + 0.999)))} if soonest else {},
+        )
+
     def _final_error(self, failure: _Failure | None) -> ProxyError:
         if failure is None:
             return ProxyError("No upstream could be tried for this request",
                               status=503, type="server_error", code="temporarily_unavailable")
         tried = ", ".join(f"{t.label} → {t.outcome}" for t in self.tried)
-        if failure.outcome is Outcome.QUOTA and all(
-            self.up.pools[b].all_quota_exhausted() for b in self._backends
-        ):
-            return ProxyError(
-                "Every API key has exhausted its quota (tried: " + tried + ")",
-                status=503, type="server_error", code="quota_exceeded",
-                headers={"retry-after": str(int(self.config.failure.quota_cooldown))},
-            )
+        if failure.outcome is Outcome.QUOTA and self._queue is not None \
+                and self._queue.quota_exhausted():
+            return self._quota_error(self._queue)
         if failure.upstream is not None:
             status, body, headers = failure.upstream
             error = _error_from_upstream(status, body)
@@ -392,39 +279,48 @@ class Exchange:
     def _label(self, target: Target, key: ApiKey | None) -> str:
         return f"{target.backend}:{target.model}" + (f" [{key.name}]" if key else "")
 
-    async def _attempt(self, target: Target, key: ApiKey | None) -> bytes | None | _Failure:
+    async def _attempt(self, slot: Slot) -> bytes | None | _Failure:
+        """
+        One attempt: send, classify, and relay a success.  Returns the body
+        to write (non-streamed), L{None} (streamed, done), or a L{_Failure}
+        to fail over from.
+        """
+        target, key = slot.target, slot.key
         backend = self.up.backends[target.backend]
         breaker = self.up.breakers[target.backend]
-        pool = self.up.pools[target.backend]
         label = self._label(target, key)
         payload, dropped = self._prepare(target, backend)
-        stream = self.stream
+        transform = self._transform(target, backend) if self.stream else None
         try:
-            response = await backend.send(payload, key, stream, self._time_left(backend))
+            response = await backend.send(payload, key, self.stream, self._time_left(backend))
         except CancelledError:
             raise
         except Exception as e:
             if self.gone:
                 raise CancelledError()
             return self._network_failure(e, label, breaker)
-        if response.code // 100 == 2:
-            self._set_route_headers(target, key, response, dropped)
-            try:
-                result = await (self._relay(target, backend, response) if stream
-                                else self._collect(target, backend, response))
-            except CancelledError:
-                raise
-            except ProxyError as e:
-                if self._wrote:
-                    raise
-                breaker.record_failure()
-                self.tried.append(_Tried(label, type(e).__name__))
-                return _Failure(e)
-            breaker.record_success()
-            if key is not None:
-                pool.mark_ok(key)
+        if response.code // 100 != 2:
+            return await self._upstream_failure(target, key, response, label)
+        self._set_route_headers(target, key, response, dropped)
+        try:
+            if transform is not None:
+                result, ok = None, await self._relay(target, backend, response, transform)
+            else:
+                result, ok = await self._collect(target, backend, response), True
+        except CancelledError:
+            raise
+        except ProxyError as e:
+            # Nothing reached the client: the next attempt may still serve it.
+            breaker.record_failure()
+            self.tried.append(_Tried(label, type(e).__name__))
+            return _Failure(e)
+        if not ok:
+            breaker.record_failure()
             return result
-        return await self._upstream_failure(target, key, response, label)
+        breaker.record_success()
+        if key is not None:
+            self.up.pools[target.backend].mark_ok(key)
+        return result
 
     def _time_left(self, backend: Backend) -> float:
         """
@@ -494,7 +390,7 @@ class Exchange:
         self.log.info("{label}: upstream {status}, trying the next attempt", label=label,
                       status=response.code)
         return _Failure(_error_from_upstream(response.code, body), (response.code, body, kept),
-                        verdict.outcome)
+                        verdict.outcome, verdict.retry_after)
 
     def _redact(self, status: int, body: bytes) -> bytes:
         """
@@ -516,20 +412,19 @@ class Exchange:
         outcome = verdict.outcome
         if outcome is Outcome.RETRY_NEXT:
             breaker.record_failure()
-        elif key is not None and outcome is Outcome.RATE_LIMITED:
+            return
+        # The backend answered: whatever is wrong is the key's or the client's.
+        breaker.record_success()
+        if key is None:
+            return
+        if outcome is Outcome.RATE_LIMITED:
             pool.mark_rate_limited(key, verdict.retry_after)
-        elif key is not None and outcome is Outcome.NEXT_KEY:
+        elif outcome is Outcome.NEXT_KEY:
             pool.mark_invalid(key)
-        elif key is not None and outcome is Outcome.QUOTA:
+        elif outcome is Outcome.QUOTA:
             pool.mark_quota(key)
-        elif outcome is Outcome.CLIENT_ERROR:
-            breaker.record_success()
 
     # answers
-
-    @property
-    def _wrote(self) -> bool:
-        return self.committed or self._relay_wrote
 
     def _set_route_headers(
         self, target: Target, key: ApiKey | None, response: IResponse, dropped: tuple[str, ...]
@@ -556,8 +451,14 @@ class Exchange:
     async def _collect(self, target: Target, backend: Backend, response: IResponse) -> bytes:
         body = await collect_body(response, self.clock, backend.config.idle_timeout,
                                   self.config.max_body_bytes * 2)
-        out = dialects.convert_body(self.frontend, backend.dialect, body,
-                                    response_id=_response_id(), request=self.body)
+        try:
+            out = dialects.convert_body(self.frontend, backend.dialect, body,
+                                        response_id=_response_id(), request=self.body)
+        except (ValueError, TypeError, KeyError, AttributeError):
+            raise UpstreamError(
+                f"Upstream {target.backend}:{target.model} answered with a body that is "
+                "not a valid response", code="upstream_invalid_response",
+            )
         self.request.setResponseCode(response.code)
         self.request.setHeader(b"content-type", b"application/json")
         if self.on_response is not None:
@@ -574,8 +475,14 @@ class Exchange:
             return dialects.ResponsesToChat(target.model, include, "chatcmpl-" + _token(), now)
         return dialects.ChatToResponses(_response_id(), now, self.body)
 
-    async def _relay(self, target: Target, backend: Backend, response: IResponse) -> None:
-        transform = self._transform(target, backend)
+    async def _relay(
+        self, target: Target, backend: Backend, response: IResponse, transform: dialects.Transform
+    ) -> bool:
+        """
+        Relay a streamed answer.  Returns whether it ended well; a failure
+        after the first event is written in-band (and returns False), one
+        before it raises so the next attempt can serve the client.
+        """
         if not self.committed:
             self._set_stream_headers()
         relay = StreamRelay(self.request, transform, self.clock, backend.config.idle_timeout,
@@ -586,17 +493,17 @@ class Exchange:
         except CancelledError:
             raise
         except ProxyError as e:
-            if not relay.wrote and not self.committed:
+            if not relay.wrote:
                 raise
             self.log.warn("{route}: stream failed after it started: {error}",
                           route=f"{target.backend}:{target.model}", error=e.message)
             if not self.gone:
                 self.request.write(transform.error(e))
-            return None
+            return False
         final = transform.final()
         if self.on_response is not None and final is not None:
             self.on_response(json.dumps(final).encode())
-        return None
+        return True
 
     def _first_write(self) -> None:
         self._relay_wrote = True
@@ -652,4 +559,4 @@ def _response_id() -> str:
     return "resp_" + _token()
 
 
-__all__ = ["Exchange", "Upstreams", "rewrap_error"]
+__all__ = ["Exchange", "rewrap_error"]

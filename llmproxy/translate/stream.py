@@ -20,7 +20,8 @@ from __future__ import annotations
 import copy
 import json
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from types import MappingProxyType
+from typing import Any, Callable, ClassVar, Mapping, NamedTuple, TypeAlias, TypeVar
 
 from llmproxy.errors import error_body
 from llmproxy.translate.responses import (
@@ -204,30 +205,11 @@ class ChatToResponsesStream:
         if isinstance(chunk.get("error"), Mapping) and not chunk.get("choices"):
             return self.fail(chunk["error"])
         events = self.start()
-        if isinstance(chunk.get("model"), str) and chunk["model"]:
-            self._model = chunk["model"]
-        if isinstance(chunk.get("usage"), Mapping):
-            self._usage = dict(chunk["usage"])
-        if isinstance(chunk.get("service_tier"), str):
-            self._service_tier = chunk["service_tier"]
+        self._record_envelope(chunk)
         for choice in chunk.get("choices") or []:
             if not isinstance(choice, Mapping) or choice.get("index", 0) != 0:
                 continue
-            delta = as_mapping(choice.get("delta"))
-            reasoning = chat_message_reasoning(delta)
-            if reasoning:
-                events.extend(self._reasoning_delta(reasoning))
-            content = delta.get("content")
-            if isinstance(content, str) and content:
-                events.extend(self._text_delta("output_text", content))
-            refusal = delta.get("refusal")
-            if isinstance(refusal, str) and refusal:
-                events.extend(self._text_delta("refusal", refusal))
-            for fragment in delta.get("tool_calls") or []:
-                if isinstance(fragment, Mapping):
-                    events.extend(self._tool_call_fragment(fragment))
-            if choice.get("finish_reason"):
-                self._finish_reason = str(choice["finish_reason"])
+            events.extend(self._translate_choice(choice))
         return events
 
     def finish(self) -> list[dict[str, Any]]:
@@ -243,9 +225,7 @@ class ChatToResponsesStream:
         events = self.start()
         events.extend(self._close_reasoning())
         events.extend(self._close_message())
-        for item in self._items:
-            if item.kind == "function_call" and not item.closed:
-                events.extend(self._close_call(item))
+        events.extend(self._close_calls())
         self._status, self._incomplete = chat_finish_to_status(self._finish_reason)
         self._done = True
         kind = "response.completed" if self._status == "completed" else "response.incomplete"
@@ -270,6 +250,41 @@ class ChatToResponsesStream:
         }
         self._done = True
         events.append(self._event("response.failed", response=self.response))
+        return events
+
+    # -- chunk parts --------------------------------------------------------
+
+    def _record_envelope(self, chunk: Mapping[str, Any]) -> None:
+        """
+        Remember the response-wide fields a chunk may carry: C{model},
+        C{usage} and C{service_tier}.
+
+        @param chunk: a C{chat.completion.chunk} dict.
+        """
+        if isinstance(chunk.get("model"), str) and chunk["model"]:
+            self._model = chunk["model"]
+        if isinstance(chunk.get("usage"), Mapping):
+            self._usage = dict(chunk["usage"])
+        if isinstance(chunk.get("service_tier"), str):
+            self._service_tier = chunk["service_tier"]
+
+    def _translate_choice(self, choice: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """
+        Translate choice 0 of a chunk: its delta's reasoning, text, refusal
+        and tool-call fragments, in that order, then its finish reason.
+
+        @param choice: the choice.
+        @return: the events.
+        """
+        delta = as_mapping(choice.get("delta"))
+        events = self._reasoning_delta(chat_message_reasoning(delta))
+        events.extend(self._text_delta("output_text", delta.get("content")))
+        events.extend(self._text_delta("refusal", delta.get("refusal")))
+        for fragment in delta.get("tool_calls") or []:
+            if isinstance(fragment, Mapping):
+                events.extend(self._tool_call_fragment(fragment))
+        if choice.get("finish_reason"):
+            self._finish_reason = str(choice["finish_reason"])
         return events
 
     # -- helpers ------------------------------------------------------------
@@ -305,29 +320,29 @@ class ChatToResponsesStream:
         )
         return item, added
 
+    def _item_done(self, item: _Item) -> dict[str, Any]:
+        """
+        The C{output_item.done} event of a closed item.
+
+        @param item: the item.
+        @return: the event.
+        """
+        return self._event(
+            "response.output_item.done", output_index=item.output_index, item=item.as_dict()
+        )
+
+    # -- reasoning ----------------------------------------------------------
+
     def _reasoning_delta(self, text: str) -> list[dict[str, Any]]:
         """
         Stream reasoning text, opening a reasoning item if needed.
 
-        @param text: the new text.
+        @param text: the new text; C{""} streams nothing.
         @return: the events.
         """
-        events: list[dict[str, Any]] = []
-        item = self._reasoning
-        if item is None:
-            events.extend(self._close_message())
-            item, added = self._open_item("reasoning", "rs")
-            self._reasoning = item
-            events.append(added)
-            events.append(
-                self._event(
-                    "response.reasoning_summary_part.added",
-                    item_id=item.id,
-                    output_index=item.output_index,
-                    summary_index=0,
-                    part={"type": "summary_text", "text": ""},
-                )
-            )
+        if not text:
+            return []
+        item, events = self._current_reasoning()
         item.text += text
         events.append(
             self._event(
@@ -339,6 +354,30 @@ class ChatToResponsesStream:
             )
         )
         return events
+
+    def _current_reasoning(self) -> tuple[_Item, list[dict[str, Any]]]:
+        """
+        The open reasoning item, opened (closing the message item first)
+        with its one summary part when there is none.
+
+        @return: the item and the events opening it.
+        """
+        if self._reasoning is not None:
+            return self._reasoning, []
+        events = self._close_message()
+        item, added = self._open_item("reasoning", "rs")
+        self._reasoning = item
+        events.append(added)
+        events.append(
+            self._event(
+                "response.reasoning_summary_part.added",
+                item_id=item.id,
+                output_index=item.output_index,
+                summary_index=0,
+                part={"type": "summary_text", "text": ""},
+            )
+        )
+        return item, events
 
     def _close_reasoning(self) -> list[dict[str, Any]]:
         """
@@ -359,41 +398,28 @@ class ChatToResponsesStream:
                 part={"type": "summary_text", "text": item.text},
                 **common,
             ),
-            self._event(
-                "response.output_item.done", output_index=item.output_index, item=item.as_dict()
-            ),
+            self._item_done(item),
         ]
 
-    def _text_delta(self, kind: str, text: str) -> list[dict[str, Any]]:
+    # -- message ------------------------------------------------------------
+
+    def _text_delta(self, kind: str, text: Any) -> list[dict[str, Any]]:
         """
         Stream text or refusal text into the message item, opening the item
         and the part as needed.
 
         @param kind: C{output_text} or C{refusal}.
-        @param text: the new text.
+        @param text: the new text; anything but a non-empty string streams
+            nothing.
         @return: the events.
         """
+        if not isinstance(text, str) or not text:
+            return []
         events = self._close_reasoning()
-        item = self._message
-        if item is None:
-            item, added = self._open_item("message", "msg")
-            self._message = item
-            events.append(added)
-        part = item.parts[-1] if item.parts else None
-        if part is None or part.kind != kind or part.closed:
-            if part is not None:
-                events.extend(self._close_part(item))
-            part = _Part(kind=kind)
-            item.parts.append(part)
-            events.append(
-                self._event(
-                    "response.content_part.added",
-                    item_id=item.id,
-                    output_index=item.output_index,
-                    content_index=len(item.parts) - 1,
-                    part=part.as_dict(),
-                )
-            )
+        item, opened = self._current_message()
+        events.extend(opened)
+        part, started = self._current_part(item, kind)
+        events.extend(started)
         part.text += text
         common = {
             "item_id": item.id,
@@ -406,6 +432,44 @@ class ChatToResponsesStream:
         else:
             events.append(self._event("response.output_text.delta", logprobs=[], **common))
         return events
+
+    def _current_message(self) -> tuple[_Item, list[dict[str, Any]]]:
+        """
+        The open message item, opened when there is none.
+
+        @return: the item and the events opening it.
+        """
+        if self._message is not None:
+            return self._message, []
+        item, added = self._open_item("message", "msg")
+        self._message = item
+        return item, [added]
+
+    def _current_part(self, item: _Item, kind: str) -> tuple[_Part, list[dict[str, Any]]]:
+        """
+        The open last part of C{item} if it is of C{kind}; otherwise close
+        the last part and start a new one.
+
+        @param item: the message item.
+        @param kind: C{output_text} or C{refusal}.
+        @return: the part and the events closing and starting parts.
+        """
+        part = item.parts[-1] if item.parts else None
+        if part is not None and part.kind == kind and not part.closed:
+            return part, []
+        events = self._close_part(item)
+        part = _Part(kind=kind)
+        item.parts.append(part)
+        events.append(
+            self._event(
+                "response.content_part.added",
+                item_id=item.id,
+                output_index=item.output_index,
+                content_index=len(item.parts) - 1,
+                part=part.as_dict(),
+            )
+        )
+        return part, events
 
     def _close_part(self, item: _Item) -> list[dict[str, Any]]:
         """
@@ -441,11 +505,24 @@ class ChatToResponsesStream:
         self._message = None
         events = self._close_part(item)
         item.closed = True
-        events.append(
-            self._event(
-                "response.output_item.done", output_index=item.output_index, item=item.as_dict()
-            )
-        )
+        events.append(self._item_done(item))
+        return events
+
+    # -- function calls -----------------------------------------------------
+
+    def _tool_call_fragment(self, fragment: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """
+        Stream one tool-call fragment.
+
+        @param fragment: C{{index, id?, type?, function: {name?,
+            arguments?}}}.
+        @return: the events.
+        """
+        index = self._call_index(fragment)
+        self._last_call = index
+        function = as_mapping(fragment.get("function"))
+        item, events = self._current_call(index, fragment, function.get("name"))
+        events.extend(self._call_arguments(item, function.get("arguments")))
         return events
 
     def _call_index(self, fragment: Mapping[str, Any]) -> int:
@@ -467,47 +544,83 @@ class ChatToResponsesStream:
             return max(self._calls, default=-1) + 1
         return self._last_call
 
-    def _tool_call_fragment(self, fragment: Mapping[str, Any]) -> list[dict[str, Any]]:
+    def _current_call(
+        self, index: int, fragment: Mapping[str, Any], name: Any
+    ) -> tuple[_Item, list[dict[str, Any]]]:
         """
-        Stream one tool-call fragment.
+        The function call item of a Chat tool-call index, opened when the
+        index is new.  A known call without a name takes C{name}.
 
-        @param fragment: C{{index, id?, type?, function: {name?,
-            arguments?}}}.
-        @return: the events.
+        @param index: the Chat tool-call index.
+        @param fragment: the fragment naming it.
+        @param name: the fragment's function name, if any.
+        @return: the item and the events opening it.
         """
-        events: list[dict[str, Any]] = []
-        index = self._call_index(fragment)
-        self._last_call = index
-        function = as_mapping(fragment.get("function"))
-        name = function.get("name")
         item = self._calls.get(index)
         if item is None:
-            events.extend(self._close_reasoning())
-            events.extend(self._close_message())
-            output_index = len(self._items)
-            call_id = fragment.get("id")
-            if not isinstance(call_id, str) or not call_id:
-                call_id = item_id("call", self._response_id, output_index)
-            item, added = self._open_item(
-                "function_call", "fc", call_id=call_id, name=name if isinstance(name, str) else ""
-            )
-            self._calls[index] = item
-            events.append(added)
-        elif isinstance(name, str) and name and not item.name:
+            return self._open_call(index, fragment, name)
+        if isinstance(name, str) and name and not item.name:
             item.name = name
-        arguments = function.get("arguments")
+        return item, []
+
+    def _open_call(
+        self, index: int, fragment: Mapping[str, Any], name: Any
+    ) -> tuple[_Item, list[dict[str, Any]]]:
+        """
+        Open a function call item, closing the open reasoning and message
+        items first.  A fragment without an C{id} gets a deterministic one.
+
+        @param index: the Chat tool-call index.
+        @param fragment: the fragment opening the call.
+        @param name: the fragment's function name, if any.
+        @return: the item and the events closing and opening items.
+        """
+        events = self._close_reasoning()
+        events.extend(self._close_message())
+        call_id = fragment.get("id")
+        if not isinstance(call_id, str) or not call_id:
+            call_id = item_id("call", self._response_id, len(self._items))
+        item, added = self._open_item(
+            "function_call", "fc", call_id=call_id, name=name if isinstance(name, str) else ""
+        )
+        self._calls[index] = item
+        events.append(added)
+        return item, events
+
+    def _call_arguments(self, item: _Item, arguments: Any) -> list[dict[str, Any]]:
+        """
+        Stream a fragment's arguments into a function call item.
+
+        @param item: the call.
+        @param arguments: a piece of the arguments text; a non-string JSON
+            value is serialised first.
+        @return: the C{function_call_arguments.delta} event, or nothing
+            when there are no new arguments.
+        """
         if arguments is not None and not isinstance(arguments, str):
             arguments = json.dumps(arguments)
-        if arguments:
-            item.arguments += arguments
-            events.append(
-                self._event(
-                    "response.function_call_arguments.delta",
-                    item_id=item.id,
-                    output_index=item.output_index,
-                    delta=arguments,
-                )
+        if not arguments:
+            return []
+        item.arguments += arguments
+        return [
+            self._event(
+                "response.function_call_arguments.delta",
+                item_id=item.id,
+                output_index=item.output_index,
+                delta=arguments,
             )
+        ]
+
+    def _close_calls(self) -> list[dict[str, Any]]:
+        """
+        Close every open function call item, in output order.
+
+        @return: the closing events.
+        """
+        events: list[dict[str, Any]] = []
+        for item in self._items:
+            if item.kind == "function_call" and not item.closed:
+                events.extend(self._close_call(item))
         return events
 
     def _close_call(self, item: _Item) -> list[dict[str, Any]]:
@@ -526,9 +639,7 @@ class ChatToResponsesStream:
                 name=item.name,
                 arguments=item.arguments,
             ),
-            self._event(
-                "response.output_item.done", output_index=item.output_index, item=item.as_dict()
-            ),
+            self._item_done(item),
         ]
 
 
@@ -543,6 +654,61 @@ class _Call:
 
     index: int
     arguments: str = ""
+
+
+class _TextEvent(NamedTuple):
+    """
+    Where the text of a Responses text event goes.
+
+    @ivar kind: the kind of text, as in the keys of
+        L{ResponsesToChatStream._text}: C{content}, C{refusal}, C{summary}
+        or C{reasoning}.
+    @ivar part_field: the event field holding the part index.
+    @ivar text_field: the event field holding the text.
+    @ivar done: whether the event carries the complete text (a C{*.done}
+        event) rather than a delta.
+    """
+
+    kind: str
+    part_field: str
+    text_field: str
+    done: bool
+
+
+_TEXT_EVENTS: Mapping[str, _TextEvent] = MappingProxyType(
+    {
+        "response.output_text.delta": _TextEvent("content", "content_index", "delta", False),
+        "response.output_text.done": _TextEvent("content", "content_index", "text", True),
+        "response.refusal.delta": _TextEvent("refusal", "content_index", "delta", False),
+        "response.refusal.done": _TextEvent("refusal", "content_index", "refusal", True),
+        "response.reasoning_summary_text.delta": _TextEvent(
+            "summary", "summary_index", "delta", False
+        ),
+        "response.reasoning_summary_text.done": _TextEvent(
+            "summary", "summary_index", "text", True
+        ),
+        "response.reasoning_text.delta": _TextEvent("reasoning", "content_index", "delta", False),
+        "response.reasoning_text.done": _TextEvent("reasoning", "content_index", "text", True),
+    }
+)
+"""
+The Responses events that carry text, by C{type}.
+"""
+
+_MESSAGE_PARTS: Mapping[str, tuple[str, str]] = MappingProxyType(
+    {"output_text": ("content", "text"), "refusal": ("refusal", "refusal")}
+)
+"""
+The kind of text (as in L{_TextEvent.kind}) and the field holding it, for
+each C{type} of message content part.
+"""
+
+_EventHandler: TypeAlias = Callable[
+    ["ResponsesToChatStream", Mapping[str, Any]], list[dict[str, Any]]
+]
+_ItemSettler: TypeAlias = Callable[
+    ["ResponsesToChatStream", int, Mapping[str, Any]], list[dict[str, Any]]
+]
 
 
 class ResponsesToChatStream:
@@ -585,6 +751,9 @@ class ResponsesToChatStream:
         """
         Translate one Responses event.
 
+        Text events are described by L{_TEXT_EVENTS}; every other event
+        type known here has a handler in L{_HANDLERS}.
+
         @param event: a Responses stream event.
         @return: chunks; for C{response.failed} and C{error}, a list holding
             one C{{"error": {...}}} object, after which the caller closes
@@ -593,86 +762,138 @@ class ResponsesToChatStream:
         if self._finished:
             return []
         kind = event.get("type")
+        text = _lookup(_TEXT_EVENTS, kind)
+        if text is not None:
+            return self._on_text(text, event)
+        handler = _lookup(self._HANDLERS, kind)
+        return [] if handler is None else handler(self, event)
+
+    # -- event handlers -----------------------------------------------------
+
+    def _on_text(self, text: _TextEvent, event: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """
+        Forward the text of a text delta, or settle a text with its
+        C{*.done} event.
+
+        @param text: what the event carries.
+        @param event: the event.
+        @return: the chunks.
+        """
+        key = (text.kind, _as_int(event.get("output_index")), _as_int(event.get(text.part_field)))
+        if text.done:
+            return self._settle(key, event.get(text.text_field))
+        return self._text(key, event.get(text.text_field))
+
+    def _on_start(self, event: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """
+        Handle C{response.created}, C{response.in_progress} and
+        C{response.queued}.
+
+        @param event: the event (ignored).
+        @return: the role chunk, the first time.
+        """
+        return self._role()
+
+    def _on_item_added(self, event: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """
+        Handle C{response.output_item.added}: announce function calls.
+
+        @param event: the event.
+        @return: the chunks.
+        """
         index = _as_int(event.get("output_index"))
-        if kind in ("response.created", "response.in_progress", "response.queued"):
-            return self._role()
-        if kind == "response.output_text.delta":
-            return self._text(
-                ("content", index, _as_int(event.get("content_index"))), event.get("delta")
-            )
-        if kind == "response.output_text.done":
-            return self._settle(
-                ("content", index, _as_int(event.get("content_index"))), event.get("text")
-            )
-        if kind == "response.refusal.delta":
-            return self._text(
-                ("refusal", index, _as_int(event.get("content_index"))), event.get("delta")
-            )
-        if kind == "response.refusal.done":
-            return self._settle(
-                ("refusal", index, _as_int(event.get("content_index"))), event.get("refusal")
-            )
-        if kind == "response.reasoning_summary_text.delta":
-            return self._text(
-                ("summary", index, _as_int(event.get("summary_index"))), event.get("delta")
-            )
-        if kind == "response.reasoning_summary_text.done":
-            return self._settle(
-                ("summary", index, _as_int(event.get("summary_index"))), event.get("text")
-            )
-        if kind == "response.reasoning_text.delta":
-            return self._text(
-                ("reasoning", index, _as_int(event.get("content_index"))), event.get("delta")
-            )
-        if kind == "response.reasoning_text.done":
-            return self._settle(
-                ("reasoning", index, _as_int(event.get("content_index"))), event.get("text")
-            )
-        if kind == "response.output_item.added":
-            item = event.get("item")
-            if isinstance(item, Mapping) and item.get("type") == "function_call":
-                return self._open_call(index, item)
-            return []
-        if kind == "response.function_call_arguments.delta":
-            return self._arguments(index, event.get("delta"))
-        if kind == "response.function_call_arguments.done":
-            return self._settle_arguments(index, event.get("arguments"))
-        if kind == "response.output_item.done":
-            item = event.get("item")
-            return self._settle_item(index, item) if isinstance(item, Mapping) else []
-        if kind in ("response.completed", "response.incomplete"):
-            response = event.get("response")
-            return self._end(
-                response if isinstance(response, Mapping) else {},
-                incomplete=kind == "response.incomplete",
-            )
-        if kind == "response.failed":
-            response = event.get("response")
-            error = response.get("error") if isinstance(response, Mapping) else None
-            error = error if isinstance(error, Mapping) else {}
-            self._finished = True
-            return [
-                error_body(
-                    str(error.get("message") or "The upstream response failed."),
-                    type=str(error.get("type") or "server_error"),
-                    code=error.get("code") or "server_error",
-                    param=error.get("param"),
-                )
-            ]
-        if kind == "error":
-            nested = event.get("error")
-            error = nested if isinstance(nested, Mapping) else event
-            kind = error.get("type") if isinstance(nested, Mapping) else None
-            self._finished = True
-            return [
-                error_body(
-                    str(error.get("message") or "The upstream stream failed."),
-                    type=str(kind or "server_error"),
-                    code=error.get("code"),
-                    param=error.get("param"),
-                )
-            ]
+        item = event.get("item")
+        if isinstance(item, Mapping) and item.get("type") == "function_call":
+            return self._open_call(index, item)
         return []
+
+    def _on_arguments_delta(self, event: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """
+        Handle C{response.function_call_arguments.delta}.
+
+        @param event: the event.
+        @return: the chunks.
+        """
+        return self._arguments(_as_int(event.get("output_index")), event.get("delta"))
+
+    def _on_arguments_done(self, event: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """
+        Handle C{response.function_call_arguments.done}.
+
+        @param event: the event.
+        @return: the chunks.
+        """
+        return self._settle_arguments(_as_int(event.get("output_index")), event.get("arguments"))
+
+    def _on_item_done(self, event: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """
+        Handle C{response.output_item.done}.
+
+        @param event: the event.
+        @return: the chunks.
+        """
+        index = _as_int(event.get("output_index"))
+        item = event.get("item")
+        return self._settle_item(index, item) if isinstance(item, Mapping) else []
+
+    def _on_completed(self, event: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """
+        Handle C{response.completed}.
+
+        @param event: the event.
+        @return: the chunks ending the stream.
+        """
+        return self._end(as_mapping(event.get("response")), incomplete=False)
+
+    def _on_incomplete(self, event: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """
+        Handle C{response.incomplete}.
+
+        @param event: the event.
+        @return: the chunks ending the stream.
+        """
+        return self._end(as_mapping(event.get("response")), incomplete=True)
+
+    def _on_failed(self, event: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """
+        Handle C{response.failed}: end the stream with the response's error.
+
+        @param event: the event.
+        @return: one error object.
+        """
+        error = as_mapping(as_mapping(event.get("response")).get("error"))
+        self._finished = True
+        return [
+            error_body(
+                str(error.get("message") or "The upstream response failed."),
+                type=str(error.get("type") or "server_error"),
+                code=error.get("code") or "server_error",
+                param=error.get("param"),
+            )
+        ]
+
+    def _on_error(self, event: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """
+        Handle C{error}: end the stream with its error, nested in C{error}
+        or (from some servers) spread over the event itself.
+
+        @param event: the event.
+        @return: one error object.
+        """
+        nested = event.get("error")
+        if isinstance(nested, Mapping):
+            error, kind = nested, nested.get("type")
+        else:
+            error, kind = event, None
+        self._finished = True
+        return [
+            error_body(
+                str(error.get("message") or "The upstream stream failed."),
+                type=str(kind or "server_error"),
+                code=error.get("code"),
+                param=error.get("param"),
+            )
+        ]
 
     # -- helpers ------------------------------------------------------------
 
@@ -684,19 +905,28 @@ class ResponsesToChatStream:
         @param finish_reason: the finish reason, for the last chunk.
         @return: the chunk.
         """
-        chunk: dict[str, Any] = {
+        chunk = self._envelope(
+            [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]
+        )
+        if self._include_usage:
+            chunk["usage"] = None
+        return chunk
+
+    def _envelope(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
+        """
+        A chunk without C{usage}.
+
+        @param choices: its choices.
+        @return: the chunk.
+        """
+        return {
             "id": self._chunk_id,
             "object": "chat.completion.chunk",
             "created": self._created,
             "model": self._model,
             "system_fingerprint": None,
-            "choices": [
-                {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-            ],
+            "choices": choices,
         }
-        if self._include_usage:
-            chunk["usage"] = None
-        return chunk
 
     def _role(self) -> list[dict[str, Any]]:
         """
@@ -809,34 +1039,69 @@ class ResponsesToChatStream:
             return self._arguments(index, full[len(call.arguments) :])
         return []
 
+    # -- settling finished items --------------------------------------------
+
     def _settle_item(self, index: int, item: Mapping[str, Any]) -> list[dict[str, Any]]:
         """
         Send whatever part of a finished output item was not streamed.
 
         @param index: its output index.
-        @param item: the complete item.
+        @param item: the complete item; types without a settler in
+            L{_ITEM_SETTLERS} are ignored.
         @return: the chunks.
         """
-        kind = item.get("type")
+        settle = _lookup(self._ITEM_SETTLERS, item.get("type"))
+        return [] if settle is None else settle(self, index, item)
+
+    def _settle_call_item(self, index: int, item: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """
+        Announce a finished function call not seen before, or send the
+        unstreamed tail of its arguments.
+
+        @param index: its output index.
+        @param item: the C{function_call} item.
+        @return: the chunks.
+        """
+        if index not in self._calls:
+            return self._open_call(index, item)
+        return self._settle_arguments(index, item.get("arguments"))
+
+    def _settle_message(self, index: int, item: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """
+        Send the unstreamed tails of a finished message's text and refusal
+        parts.
+
+        @param index: its output index.
+        @param item: the C{message} item.
+        @return: the chunks.
+        """
         chunks: list[dict[str, Any]] = []
-        if kind == "function_call":
-            if index not in self._calls:
-                return self._open_call(index, item)
-            return self._settle_arguments(index, item.get("arguments"))
-        if kind == "message":
-            for position, part in enumerate(item.get("content") or []):
-                if not isinstance(part, Mapping):
-                    continue
-                if part.get("type") == "output_text":
-                    chunks.extend(self._settle(("content", index, position), part.get("text")))
-                elif part.get("type") == "refusal":
-                    chunks.extend(self._settle(("refusal", index, position), part.get("refusal")))
-        elif kind == "reasoning":
-            for key, field_kind in (("summary", "summary"), ("content", "reasoning")):
-                for position, part in enumerate(item.get(key) or []):
-                    if isinstance(part, Mapping):
-                        chunks.extend(self._settle((field_kind, index, position), part.get("text")))
+        for position, part in enumerate(item.get("content") or []):
+            if not isinstance(part, Mapping):
+                continue
+            found = _lookup(_MESSAGE_PARTS, part.get("type"))
+            if found is not None:
+                kind, text_field = found
+                chunks.extend(self._settle((kind, index, position), part.get(text_field)))
         return chunks
+
+    def _settle_reasoning(self, index: int, item: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """
+        Send the unstreamed tails of a finished reasoning item's summary,
+        then of its reasoning text.
+
+        @param index: its output index.
+        @param item: the C{reasoning} item.
+        @return: the chunks.
+        """
+        chunks: list[dict[str, Any]] = []
+        for key, kind in (("summary", "summary"), ("content", "reasoning")):
+            for position, part in enumerate(item.get(key) or []):
+                if isinstance(part, Mapping):
+                    chunks.extend(self._settle((kind, index, position), part.get("text")))
+        return chunks
+
+    # -- the end ------------------------------------------------------------
 
     def _end(self, response: Mapping[str, Any], *, incomplete: bool) -> list[dict[str, Any]]:
         """
@@ -851,28 +1116,87 @@ class ResponsesToChatStream:
         for index, item in enumerate(response.get("output") or []):
             if isinstance(item, Mapping):
                 chunks.extend(self._settle_item(index, item))
+        chunks.append(self._chunk({}, self._finish_reason(response, incomplete=incomplete)))
+        chunks.extend(self._usage_chunk(response.get("usage")))
+        self._finished = True
+        return chunks
+
+    def _finish_reason(self, response: Mapping[str, Any], *, incomplete: bool) -> str:
+        """
+        The Chat finish reason of a final response.
+
+        @param response: the final response.
+        @param incomplete: whether it ended with C{response.incomplete}.
+        @return: C{content_filter} or C{length} for an incomplete response,
+            else C{tool_calls} when calls were sent, else C{stop}.
+        """
         if incomplete or response.get("status") == "incomplete":
             details = response.get("incomplete_details")
             reason = details.get("reason") if isinstance(details, Mapping) else None
-            finish = "content_filter" if reason == "content_filter" else "length"
-        else:
-            finish = "tool_calls" if self._calls else "stop"
-        chunks.append(self._chunk({}, finish))
-        usage = responses_usage_to_chat(response.get("usage"))
-        if self._include_usage and usage is not None:
-            chunks.append(
-                {
-                    "id": self._chunk_id,
-                    "object": "chat.completion.chunk",
-                    "created": self._created,
-                    "model": self._model,
-                    "system_fingerprint": None,
-                    "choices": [],
-                    "usage": usage,
-                }
-            )
-        self._finished = True
-        return chunks
+            return "content_filter" if reason == "content_filter" else "length"
+        return "tool_calls" if self._calls else "stop"
+
+    def _usage_chunk(self, usage: Any) -> list[dict[str, Any]]:
+        """
+        The last, C{choices: []} chunk carrying the usage, when the client
+        asked for it.
+
+        @param usage: the final response's Responses usage.
+        @return: the chunk, or nothing.
+        """
+        chat_usage = responses_usage_to_chat(usage)
+        if not self._include_usage or chat_usage is None:
+            return []
+        chunk = self._envelope([])
+        chunk["usage"] = chat_usage
+        return [chunk]
+
+    # -- dispatch tables ----------------------------------------------------
+
+    _HANDLERS: ClassVar[Mapping[str, _EventHandler]] = MappingProxyType(
+        {
+            "response.created": _on_start,
+            "response.in_progress": _on_start,
+            "response.queued": _on_start,
+            "response.output_item.added": _on_item_added,
+            "response.function_call_arguments.delta": _on_arguments_delta,
+            "response.function_call_arguments.done": _on_arguments_done,
+            "response.output_item.done": _on_item_done,
+            "response.completed": _on_completed,
+            "response.incomplete": _on_incomplete,
+            "response.failed": _on_failed,
+            "error": _on_error,
+        }
+    )
+    """
+    The handlers of the events that carry no text, by C{type}.
+    """
+
+    _ITEM_SETTLERS: ClassVar[Mapping[str, _ItemSettler]] = MappingProxyType(
+        {
+            "function_call": _settle_call_item,
+            "message": _settle_message,
+            "reasoning": _settle_reasoning,
+        }
+    )
+    """
+    The settlers of finished output items, by item C{type}.
+    """
+
+
+_T = TypeVar("_T")
+
+
+def _lookup(table: Mapping[str, _T], key: object) -> _T | None:
+    """
+    Look up a C{type} from upstream JSON, which may be of any type, even an
+    unhashable one: only strings match.
+
+    @param table: a dispatch table.
+    @param key: the raw C{type}.
+    @return: its entry, or C{None}.
+    """
+    return table.get(key) if isinstance(key, str) else None
 
 
 def _as_int(value: Any) -> int:

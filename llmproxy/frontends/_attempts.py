@@ -1,0 +1,212 @@
+# -*- test-case-name: tests.test_failover -*-
+"""
+The attempts of one request: its route's targets × keys, in the failover
+policy's order, with the key bookkeeping that makes one bad key never fail
+a request while its backend has another.
+
+This is the pure-ish half of the exchange: it decides what to try next and
+how long to wait; L{llmproxy.frontends._exchange} does the I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from twisted.internet.interfaces import IReactorTime
+
+from llmproxy.backends.keypool import INVALID, ApiKey
+from llmproxy.frontends._upstreams import Upstreams
+from llmproxy.routing.failure import Outcome
+from llmproxy.routing.plan import plan_attempts
+from llmproxy.routing.resolve import Route, Target
+
+#: Outcomes that condemn a key, not its backend.
+KEY_OUTCOMES = frozenset({Outcome.RATE_LIMITED, Outcome.NEXT_KEY, Outcome.QUOTA})
+
+
+@dataclass
+class Slot:
+    """
+    One attempt: the route element (by position) and the key to use.
+
+    @ivar ready_at: for a keyless element that was rate limited, when it may
+        be tried again (keyed elements follow their key's cooldown).
+    """
+
+    index: int
+    target: Target
+    key: ApiKey | None
+    ready_at: float = 0.0
+
+
+def _distinct(targets: Sequence[Target]) -> list[Target]:
+    """
+    The route's targets without repeats (same backend, model, pinned key
+    and body): a target is never tried twice with the same key.
+    """
+    kept: list[Target] = []
+    for target in targets:
+        if not any((t.backend, t.model, t.key) == (target.backend, target.model, target.key)
+                   and t.body == target.body for t in kept):
+            kept.append(target)
+    return kept
+
+
+class AttemptQueue:
+    """
+    What to try next for one request.
+
+    @ivar queue: the attempts still planned, in order.
+    @ivar parked: rate-limited attempts that may be retried once their key
+        (or, keyless, their backend) has cooled down.
+    """
+
+    def __init__(
+        self, route: Route, upstreams: Upstreams, clock: IReactorTime, default_cooldown: float
+    ) -> None:
+        self.up = upstreams
+        self.clock = clock
+        self.default_cooldown = default_cooldown
+        self.targets = _distinct(route.targets)
+        rotation: dict[str, list[ApiKey]] = {}
+        for target in self.targets:
+            if target.key is None and target.backend not in rotation:
+                rotation[target.backend] = upstreams.pools[target.backend].ordered()
+        self.keys = [
+            [k for k in upstreams.pools[t.backend].keys if k.name == t.key]
+            if t.key is not None else rotation[t.backend]
+            for t in self.targets
+        ]
+        elements = [(t.backend, str(i), len(self.keys[i])) for i, t in enumerate(self.targets)]
+        self.queue = [
+            self._slot(int(a.model), a.key_index)
+            for a in plan_attempts(elements, route.policy)
+        ]
+        self.parked: list[Slot] = []
+        self.tried: set[tuple[int, str]] = set()
+
+    def _slot(self, index: int, key_index: int | None) -> Slot:
+        key = None if key_index is None else self.keys[index][key_index]
+        return Slot(index, self.targets[index], key)
+
+    @property
+    def backends(self) -> set[str]:
+        """
+        The backends of the route.
+        """
+        return {t.backend for t in self.targets}
+
+    def empty(self) -> bool:
+        """
+        Whether nothing is left to try, now or later.
+        """
+        return not self.queue and not self.parked
+
+    def _ready(self, slot: Slot) -> bool:
+        if slot.key is None:
+            return slot.ready_at <= self.clock.seconds()
+        return self.up.pools[slot.target.backend].available(slot.key)
+
+    def _free_key(self, slot: Slot) -> ApiKey | None:
+        """
+        A free key for C{slot}'s element that this request has neither
+        tried nor queued for it.
+        """
+        queued = {s.key.name for s in self.queue if s.index == slot.index and s.key is not None}
+        pool = self.up.pools[slot.target.backend]
+        for key in self.keys[slot.index]:
+            if key.name not in queued and (slot.index, key.name) not in self.tried \
+                    and pool.available(key):
+                return key
+        return None
+
+    def next(self) -> Slot | None:
+        """
+        Take the next attempt: the first whose key is free (a planned key
+        that started cooling meanwhile is swapped for a free one) and whose
+        backend's circuit is closed; failing that, the first with a free
+        key, since skipping open circuits must not leave nothing.  L{None}
+        when every planned attempt has to wait.
+        """
+        ready = []
+        for slot in self.queue:
+            if not self._ready(slot) and slot.key is not None:
+                spare = self._free_key(slot)
+                if spare is not None:
+                    slot.key = spare
+            if self._ready(slot):
+                ready.append(slot)
+        chosen = next((s for s in ready if self.up.breakers[s.target.backend].allow()),
+                      ready[0] if ready else None)
+        if chosen is not None:
+            self.queue.remove(chosen)
+            if chosen.key is not None:
+                self.tried.add((chosen.index, chosen.key.name))
+        return chosen
+
+    def failed(self, slot: Slot, outcome: Outcome, retry_after: float | None) -> None:
+        """
+        Record a failed attempt.  A key-level failure gives the element its
+        next free key right away, whatever the policy; a rate-limited
+        attempt is parked to be retried once it has cooled down.
+        """
+        if outcome in KEY_OUTCOMES and slot.key is not None and not any(
+            s.index == slot.index for s in self.queue
+        ):
+            spare = self._free_key(slot)
+            if spare is not None:
+                self.queue.insert(0, Slot(slot.index, slot.target, spare))
+        if outcome is Outcome.RATE_LIMITED:
+            if slot.key is None:
+                wait = retry_after if retry_after is not None else self.default_cooldown
+                slot.ready_at = self.clock.seconds() + wait
+            self.parked.append(slot)
+
+    def wake(self) -> None:
+        """
+        After a wait: parked attempts go back in the queue.
+        """
+        self.queue.extend(self.parked)
+        self.parked = []
+
+    def _wait_for(self, slot: Slot) -> float:
+        now = self.clock.seconds()
+        if slot.key is None:
+            return max(0.0, slot.ready_at - now)
+        return max(0.0, self.up.pools[slot.target.backend].state(slot.key).cooldown_until - now)
+
+    def wait(self) -> float | None:
+        """
+        Seconds until some queued or parked attempt may run; L{None} when
+        none ever will (every key exhausted or invalid for long).
+        """
+        waits = [self._wait_for(s) for s in self.queue + self.parked]
+        return min(waits) if waits else None
+
+    def all_invalid(self) -> bool:
+        """
+        Whether every waiting attempt's key was rejected by the upstream.
+        """
+        slots = self.queue + self.parked
+        reasons = {self.up.pools[s.target.backend].state(s.key).reason
+                   for s in slots if s.key is not None}
+        return bool(slots) and reasons == {INVALID} and all(s.key is not None for s in slots)
+
+    def quota_exhausted(self) -> bool:
+        """
+        Whether every key of every backend of the route is out of quota.
+        """
+        return all(self.up.pools[b].all_quota_exhausted() for b in self.backends)
+
+    def soonest_key(self) -> float | None:
+        """
+        Seconds until the first key of the route's backends is free.
+        """
+        now = self.clock.seconds()
+        waits = [
+            max(0.0, pool.state(key).cooldown_until - now)
+            for pool in (self.up.pools[b] for b in self.backends)
+            for key in pool.keys
+        ]
+        return min(waits) if waits else None
