@@ -410,3 +410,113 @@ class RedactionTests(TestCase):
         status, _, content = await _chat(proxy)
         self.assertEqual(status, 400)
         self.assertEqual(json.loads(content)["error"]["message"], "bad request for key [REDACTED]")
+
+
+class ReviewRegressionTests(TestCase):
+    """
+    Cases a review found broken; each test failed before its fix.
+    """
+
+    async def test_same_model_twice_with_different_pins(self) -> None:
+        proxy = await started(self, lambda u: keyed(u, ["k1", "k2"]))
+        proxy.fake.script.extend([DOWN, DOWN])
+        await _chat(proxy, {"model": "openai.1:gpt-4o|openai.2:gpt-4o"})
+        self.assertEqual([r.headers["authorization"] for r in proxy.fake.requests],
+                         ["Bearer k1", "Bearer k2"])
+
+    async def test_same_model_twice_with_different_params(self) -> None:
+        proxy = await started(self, lambda u: keyed(u, ["k1"]))
+        proxy.fake.script.extend([DOWN])
+        await _chat(proxy, {"model": "openai:gpt-4o?temperature=0.1|openai:gpt-4o?temperature=0.9"})
+        self.assertEqual([r.body.get("temperature") for r in proxy.fake.requests], [0.1, 0.9])
+
+    async def test_round_robin_with_one_backend_twice_in_a_route(self) -> None:
+        proxy = await started(self, lambda u: keyed(u, ["k1", "k2"], failover_routes={
+            "gpt-x": {"policy": "m", "elements": ["openai:gpt-4o", "openai:gpt-4o-mini"]}}))
+        for _ in range(4):
+            await _chat(proxy, {"model": "gpt-x"})
+        used = [r.headers["authorization"] for r in proxy.fake.requests]
+        self.assertEqual(sorted(used), ["Bearer k1", "Bearer k1", "Bearer k2", "Bearer k2"])
+
+    async def test_waits_for_the_earliest_rate_limited_key(self) -> None:
+        clock = Clock()
+        proxy = await started(self, lambda u: keyed(u, ["a", "b"]), clock)
+        proxy.fake.by_key["a"] = [Reply(429, RATE_LIMITED.body, {"retry-after": "8"}),
+                                  Reply(200, {"ok": "a"})]
+        proxy.fake.by_key["b"] = [Reply(429, RATE_LIMITED.body, {"retry-after": "30"})]
+        d = _chat(proxy)
+        await until(lambda: len(proxy.fake.requests) == 2)
+        await deferLater(reactor, 0.05)
+        clock.advance(8.5)
+        status, _, content = await d
+        self.assertEqual((status, json.loads(content)), (200, {"ok": "a"}))
+
+    async def test_keyless_backend_429_waits_for_retry_after(self) -> None:
+        clock = Clock()
+        proxy = await started(self, lambda u: {
+            "default_backend": "local", "backends": {"local": {"base_url": u}},
+            "failure_handling": {"max_wait": 10}}, clock)
+        proxy.fake.script.extend([Reply(429, RATE_LIMITED.body, {"retry-after": "3"}),
+                                  Reply(200, {"ok": True})])
+        d = _chat(proxy)
+        await until(lambda: len(proxy.fake.requests) == 1)
+        await deferLater(reactor, 0.05)
+        self.assertEqual(len(proxy.fake.requests), 1, "no instant retry")
+        clock.advance(3.1)
+        status, _, _ = await d
+        self.assertEqual((status, len(proxy.fake.requests)), (200, 2))
+
+    async def test_stream_broken_before_first_event_fails_over_after_keepalive(self) -> None:
+        clock = Clock()
+        proxy = await started(self, lambda u: keyed(u, ["k"], failure_handling={
+            "keepalive_after": 1, "keepalive_interval": 1}), clock)
+        proxy.fake.by_model["a"] = [Stream([b": still thinking\n\n"], delay=0.01, end="drop")]
+        d = _chat(proxy, {"stream": True, "model": "openai:a|openai:b"})
+        await until(lambda: len(proxy.fake.requests) >= 1)
+        clock.advance(1)
+        await until(lambda: len(proxy.fake.requests) == 2)
+        for _ in range(5):
+            await deferLater(reactor, 0.02)
+            clock.advance(0.01)
+        status, _, content = await d
+        self.assertEqual(status, 200)
+        self.assertIn(b": keepalive", content)
+        self.assertNotIn(b'"error"', content)
+        self.assertTrue(content.endswith(b"data: [DONE]\n\n"))
+
+    async def test_broken_streams_open_the_circuit(self) -> None:
+        proxy = await started(self, lambda u: keyed(u, ["k"], failure_handling={
+            "circuit_threshold": 2, "circuit_cooldown": 600}))
+        for _ in range(2):
+            proxy.fake.script.append(Stream(chat_chunks("gpt-4o", ["x", "y"])[:2], delay=0.05,
+                                            end="drop"))
+            await _chat(proxy, {"stream": True})
+        response = await client(self).get(proxy.url + "/v1/llmproxy/status")
+        status = json.loads(await treq.content(response))["backends"]["openai"]
+        self.assertEqual(status["circuit"]["state"], "open")
+
+    async def test_unreadable_success_body_fails_over(self) -> None:
+        proxy = await started(self, lambda u: {
+            "default_backend": "resp",
+            "backends": {"resp": {"type": "openai-responses", "base_url": u, "api_key": "k"},
+                         "chat": {"base_url": u, "api_key": "k2"}}})
+        proxy.fake.by_model["a"] = [Reply(200, b"<html>oops</html>")]
+        status, headers, _ = await _chat(proxy, {"model": "resp:a|chat:b"})
+        self.assertEqual((status, headers["x-llmproxy-route"]), (200, "chat:b"))
+        status, _, content = await _chat(proxy, {"model": "resp:a"})
+        self.assertEqual((status, json.loads(content)["error"]["code"]),
+                         (502, "upstream_invalid_response"))
+
+    async def test_loop_guard_on_every_route_before_auth(self) -> None:
+        proxy = await started(self, lambda u: keyed(u, ["k"], proxy_keys=["pk"]))
+        response = await client(self).get(proxy.url + "/v1/models",
+                                          headers={"x-llmproxy-loop-guard": "1"})
+        self.assertEqual(response.code, 400)
+        self.assertEqual(json.loads(await treq.content(response))["error"]["code"],
+                         "proxy_loop_detected")
+
+    async def test_stream_options_must_be_an_object(self) -> None:
+        proxy = await started(self, lambda u: keyed(u, ["k"]))
+        status, _, content = await _chat(proxy, {"stream": True, "stream_options": "x"})
+        self.assertEqual((status, json.loads(content)["error"]["param"]), (400, "stream_options"))
+        self.assertEqual(proxy.fake.requests, [])

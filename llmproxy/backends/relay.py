@@ -66,6 +66,13 @@ class StreamTransform(TypingProtocol):
         """
 
 
+def _is_comment(raw: bytes) -> bool:
+    """
+    Whether a raw event holds only comments (and blank lines).
+    """
+    return all(not line.strip() or line.startswith(b":") for line in raw.splitlines())
+
+
 def _complete(tail: bytes) -> bytes | None:
     """
     The bytes left after the last blank line, as a whole event (with its
@@ -104,6 +111,7 @@ class StreamRelay(Protocol):
     """
     Relay an SSE body from the upstream to a consumer, event by event.
 
+    @ivar wrote: whether an event (not just comments) reached the consumer.
     @ivar finished: fires with L{None} when the upstream ended cleanly and
         everything was written, or fails with a L{ProxyError} (or
         L{CancelledError} when cancelled).  Cancelling it stops the
@@ -156,11 +164,16 @@ class StreamRelay(Protocol):
                 self.log.failure("cannot translate an upstream event")
                 self._abort(StreamBroken("upstream sent an event llmproxy cannot translate"))
                 return
-            self._write(out)
+            self._write(out, self.wrote or not all(map(_is_comment, raw)))
 
-    def _write(self, out: bytes) -> None:
+    def _write(self, out: bytes, content: bool = True) -> None:
+        """
+        Write to the client; C{content} says whether it carries an event
+        (comments alone do not count: until the first event, the request
+        may still fail over).
+        """
         if out:
-            if not self.wrote:
+            if content and not self.wrote:
                 self.wrote = True
                 if self.on_first_write is not None:
                     self.on_first_write()
