@@ -78,13 +78,24 @@ class AttemptQueue:
             if t.key is not None else rotation[t.backend]
             for t in self.targets
         ]
-        elements = [(t.backend, str(i), len(self.keys[i])) for i, t in enumerate(self.targets)]
-        self.queue = [
-            self._slot(int(a.model), a.key_index)
-            for a in plan_attempts(elements, route.policy)
-        ]
+        self.queue = self._plan(route.policy)
         self.parked: list[Slot] = []
         self.tried: set[tuple[int, str]] = set()
+
+    def _plan(self, policy: str) -> list[Slot]:
+        """
+        The policy's order of element × key (elements by position).
+        """
+        if len(self.targets) == 1:
+            # The common case, without the general planner: every key of
+            # the one element (policy m: its first key; spares come later).
+            target, keys = self.targets[0], self.keys[0]
+            if not keys:
+                return [Slot(0, target, None)]
+            return [Slot(0, target, key) for key in (keys[:1] if policy in ("m", "ordered")
+                                                      else keys)]
+        elements = [(t.backend, str(i), len(self.keys[i])) for i, t in enumerate(self.targets)]
+        return [self._slot(int(a.model), a.key_index) for a in plan_attempts(elements, policy)]
 
     def _slot(self, index: int, key_index: int | None) -> Slot:
         key = None if key_index is None else self.keys[index][key_index]
@@ -129,16 +140,18 @@ class AttemptQueue:
         key, since skipping open circuits must not leave nothing.  L{None}
         when every planned attempt has to wait.
         """
-        ready = []
+        chosen = fallback = None
         for slot in self.queue:
-            if not self._ready(slot) and slot.key is not None:
-                spare = self._free_key(slot)
-                if spare is not None:
-                    slot.key = spare
-            if self._ready(slot):
-                ready.append(slot)
-        chosen = next((s for s in ready if self.up.breakers[s.target.backend].allow()),
-                      ready[0] if ready else None)
+            if not self._ready(slot):
+                spare = self._free_key(slot) if slot.key is not None else None
+                if spare is None:
+                    continue
+                slot.key = spare
+            if self.up.breakers[slot.target.backend].allow():
+                chosen = slot
+                break
+            fallback = fallback or slot
+        chosen = chosen or fallback
         if chosen is not None:
             self.queue.remove(chosen)
             if chosen.key is not None:
