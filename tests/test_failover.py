@@ -520,3 +520,38 @@ class ReviewRegressionTests(TestCase):
         status, _, content = await _chat(proxy, {"stream": True, "stream_options": "x"})
         self.assertEqual((status, json.loads(content)["error"]["param"]), (400, "stream_options"))
         self.assertEqual(proxy.fake.requests, [])
+
+    async def test_quota_retry_after_comes_from_the_pool(self) -> None:
+        clock = Clock()
+        proxy = await started(self, lambda u: keyed(u, ["sk-quota"], failure_handling={
+            "quota_cooldown": 120}), clock)
+        proxy.fake.by_key["sk-quota"] = [QUOTA]
+        status, headers, content = await _chat(proxy)
+        self.assertEqual((status, headers.get("retry-after")), (503, "120"), content)
+        clock.advance(100)
+        status, headers, _ = await _chat(proxy)
+        self.assertEqual((status, headers["retry-after"]), (503, "20"))
+
+    async def test_a_key_value_inside_an_error_does_not_change_its_meaning(self) -> None:
+        """
+        Redaction applies to what the client sees, after classification: a
+        key whose value occurs in the upstream's error code (here "quota")
+        does not turn a quota error into a rate limit.
+        """
+        proxy = await started(self, lambda u: keyed(u, ["quota"]))
+        proxy.fake.by_key["quota"] = [QUOTA]
+        status, _, content = await _chat(proxy)
+        self.assertEqual((status, json.loads(content)["error"]["code"]), (503, "quota_exceeded"))
+
+    async def test_key_level_answer_closes_a_half_open_circuit(self) -> None:
+        clock = Clock()
+        proxy = await started(self, lambda u: keyed(u, ["a", "b"], failure_handling={
+            "circuit_threshold": 1, "circuit_cooldown": 30}), clock)
+        proxy.fake.script.extend([DOWN, DOWN, RATE_LIMITED])
+        await _chat(proxy)
+        clock.advance(31)
+        status, _, _ = await _chat(proxy)
+        self.assertEqual(status, 200, "the probe's 429 moved on to the next key")
+        response = await client(self).get(proxy.url + "/v1/llmproxy/status")
+        circuit = json.loads(await treq.content(response))["backends"]["openai"]["circuit"]
+        self.assertEqual(circuit["state"], "closed")

@@ -367,3 +367,19 @@ class BackpressureTests(TestCase):
         reader.transport.resumeProducing()
         await done
         self.assertEqual(sum(received), count * len(chunk) + len(b"data: [DONE]\n\n"))
+
+
+class TransformTests(TestCase):
+    def test_no_error_event_after_the_final_one(self) -> None:
+        from llmproxy.errors import UpstreamError
+        from llmproxy.frontends._dialects import ChatPassthrough, ResponsesPassthrough
+
+        chat = ChatPassthrough()
+        chat.events([b'data: {"x": 1}\n\n'])
+        self.assertIn(b'"error"', ChatPassthrough().error(UpstreamError("cut")))
+        chat.events([b"data: [DONE]\n\n"])
+        self.assertEqual(chat.error(UpstreamError("late")), b"")
+        responses = ResponsesPassthrough()
+        responses.events([b'event: response.completed\ndata: {"type": "response.completed"}\n\n'])
+        self.assertTrue(responses.finished)
+        self.assertEqual(responses.error(UpstreamError("late")), b"")

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -126,3 +127,11 @@ class ProcessTests(TestCase):
                 break
             await deferLater(reactor, 0.05)
         self.assertEqual(children, b"")
+
+
+class IPv6Tests(SynchronousTestCase):
+    def test_tcp6_without_interface_listens_on_all_ipv6(self) -> None:
+        address = parse_tcp("tcp6:8000")
+        assert address is not None
+        self.assertEqual(address.host, "::")
+        self.assertEqual(address.family, socket.AF_INET6)

@@ -372,9 +372,10 @@ class Exchange:
             raise
         except ProxyError as e:
             body = ProxyError(e.message).to_json()
-        body = self._redact(response.code, body)
         headers = _lower_headers(response)
         verdict = classify_status(response.code, body, headers, self.clock.seconds())
+        # Classified as received; what may reach the client is redacted.
+        body = self._redact(response.code, body)
         self._record(verdict, target, key)
         self.tried.append(_Tried(label, str(response.code)))
         kept = _kept_headers(response)
