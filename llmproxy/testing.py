@@ -180,6 +180,8 @@ class FakeOpenAI(Resource):
     @ivar requests: every request received, in order.
     @ivar lost: how many requests the client abandoned before the fake
         finished answering.
+    @ivar models_reply: how to answer C{GET /models} instead of listing
+        C{models}.
     @ivar stream_transports: the server-side transport of every streamed
         answer, to see how much the client has not read yet.
     """
@@ -193,6 +195,7 @@ class FakeOpenAI(Resource):
         self.script: list[Behaviour] = []
         self.by_model: dict[str, list[Behaviour]] = {}
         self.by_key: dict[str, list[Behaviour]] = {}
+        self.models_reply: Behaviour | None = None
         self.models = ["gpt-4o", "gpt-4o-mini"]
         self.lost = 0
         self.completed = 0
@@ -200,8 +203,10 @@ class FakeOpenAI(Resource):
         self.stream_transports: list[Any] = []
         self.on_request: Callable[[Recorded], None] | None = None
 
-    def render_GET(self, request: Request) -> bytes:
-        self._record(request, None)
+    def render_GET(self, request: Request) -> bytes | int:
+        recorded = self._record(request, None)
+        if request.path.endswith(b"/models") and self.models_reply is not None:
+            return self._perform(request, self.models_reply, recorded)
         if request.path.endswith(b"/models"):
             return self._json(request, 200, {"object": "list", "data": [
                 {"id": m, "object": "model", "created": 1700000000, "owned_by": "fake"}

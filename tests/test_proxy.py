@@ -383,3 +383,34 @@ class TransformTests(TestCase):
         responses.events([b'event: response.completed\ndata: {"type": "response.completed"}\n\n'])
         self.assertTrue(responses.finished)
         self.assertEqual(responses.error(UpstreamError("late")), b"")
+
+
+class ModelListingDeadlineTests(TestCase):
+    async def test_stalled_models_body_falls_back_to_config(self) -> None:
+        from llmproxy.testing import Stream
+
+        clock = Clock()
+
+        def config(u: str) -> dict[str, Any]:
+            data = base_config(u)
+            data["backends"]["openai"]["models"] = ["from-config"]
+            data["backends"]["openai"]["timeout"] = 5
+            return data
+
+        proxy = await start(self, config, clock=clock)
+        proxy.fake.models_reply = Stream([b'{"object": "list", "data": ['], end="stall")
+        d = client(self).get(proxy.url + "/v1/models")
+        for _ in range(50):
+            if proxy.fake.open:
+                break
+            await deferLater(reactor, 0.02)
+        await deferLater(reactor, 0.05)
+        clock.advance(5.1)
+        response = await d
+        ids = {m["id"] for m in json.loads(await treq.content(response))["data"]}
+        self.assertEqual(ids, {"from-config", "openai:from-config"})
+        for _ in range(50):
+            if proxy.fake.lost:
+                break
+            await deferLater(reactor, 0.02)
+        self.assertEqual(proxy.fake.lost, 1, "the stalled upstream request is dropped")
