@@ -555,3 +555,14 @@ class ReviewRegressionTests(TestCase):
         response = await client(self).get(proxy.url + "/v1/llmproxy/status")
         circuit = json.loads(await treq.content(response))["backends"]["openai"]["circuit"]
         self.assertEqual(circuit["state"], "closed")
+
+    async def test_element_without_its_key_is_skipped(self) -> None:
+        proxy = await started(self, lambda u: {
+            "default_backend": "openai",
+            "backends": {"openai": {"type": "openai", "base_url": u},
+                         "local": {"type": "openai", "base_url": u}}})
+        status, headers, _ = await _chat(proxy, {"model": "openai:gpt-4o|local:llama"})
+        self.assertEqual((status, headers["x-llmproxy-route"]), (200, "local:llama"))
+        status, _, content = await _chat(proxy, {"model": "openai:gpt-4o"})
+        self.assertEqual(status, 500)
+        self.assertIn(b"OPENAI_API_KEY", content)
