@@ -24,7 +24,7 @@ from twisted.web.server import Request
 
 from llmproxy.backends.base import CHAT, Backend
 from llmproxy.backends.health import CircuitBreaker
-from llmproxy.backends.keypool import INVALID, ApiKey, KeyPool
+from llmproxy.backends.keypool import ApiKey
 from llmproxy.backends.relay import StreamRelay, collect_body
 from llmproxy.config import Config
 from llmproxy.errors import InvalidRequest, ProxyError, UpstreamError
