@@ -600,24 +600,24 @@ def _chat_max_tokens(ignored: Any, draft: _Draft) -> None:
         draft.body["max_output_tokens"] = limit
 
 
+# Fields both APIs have, with the same name and meaning.
+_SAME_IN_BOTH = frozenset(
+    {
+        "model",
+        "user",
+        "metadata",
+        "parallel_tool_calls",
+        "temperature",
+        "top_p",
+        "service_tier",
+        "prompt_cache_key",
+        "safety_identifier",
+    }
+)
+
 # How the Chat fields translate into the Responses API.
 _CHAT_FIELDS = _FieldTable(
-    same_name=frozenset(
-        {
-            "model",
-            "user",
-            "metadata",
-            "store",
-            "parallel_tool_calls",
-            "temperature",
-            "top_p",
-            "service_tier",
-            "prompt_cache_key",
-            "safety_identifier",
-            "top_logprobs",
-            "stream",
-        }
-    ),
+    same_name=_SAME_IN_BOTH | {"store", "top_logprobs", "stream"},
     no_equivalent=frozenset(
         {"stop", "seed", "presence_penalty", "frequency_penalty", "logit_bias", "logprobs"}
     ),
@@ -1005,19 +1005,7 @@ def _responses_stream(value: Any, draft: _Draft) -> None:
 
 # How the Responses fields translate into Chat Completions.
 _RESPONSES_FIELDS = _FieldTable(
-    same_name=frozenset(
-        {
-            "model",
-            "user",
-            "metadata",
-            "parallel_tool_calls",
-            "temperature",
-            "top_p",
-            "service_tier",
-            "prompt_cache_key",
-            "safety_identifier",
-        }
-    ),
+    same_name=_SAME_IN_BOTH,
     no_equivalent=frozenset(
         {
             "store",
