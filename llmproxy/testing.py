@@ -33,6 +33,7 @@ class Recorded:
     path: str
     headers: Mapping[str, str]
     body: Any
+    raw: bytes = b""
 
     @property
     def model(self) -> Any:
@@ -222,15 +223,15 @@ class FakeOpenAI(Resource):
             body = json.loads(raw)
         except ValueError:
             body = raw
-        recorded = self._record(request, body)
+        recorded = self._record(request, body, raw)
         behaviour = self._behaviour(recorded)
         return self._perform(request, behaviour, recorded)
 
-    def _record(self, request: Request, body: Any) -> Recorded:
+    def _record(self, request: Request, body: Any, raw: bytes = b"") -> Recorded:
         recorded = Recorded(
             request.method.decode(), request.path.decode(),
             {k.decode().lower(): v[-1].decode() for k, v in request.requestHeaders.getAllRawHeaders()},
-            body,
+            body, raw,
         )
         self.requests.append(recorded)
         if self.on_request is not None:

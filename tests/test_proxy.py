@@ -60,18 +60,36 @@ class ForwardingTests(TestCase):
         self.assertEqual(headers["x-llmproxy-key"], "openai#1")
         self.assertEqual(json.loads(content)["object"], "chat.completion")
 
+    async def test_large_image_body_is_forwarded_whole(self) -> None:
+        """
+        A multi-megabyte base64 image (Twisted spools such bodies to a
+        temporary file) reaches the upstream intact.
+        """
+        proxy = await start(self)
+        image = "data:image/png;base64," + "QUJD" * 1_500_000
+        body = {"model": "gpt-4o", "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": image, "detail": "high"}}]}]}
+        status, _, _ = await post(self, proxy.url + "/v1/chat/completions", body)
+        self.assertEqual(status, 200)
+        part = proxy.fake.requests[0].body["messages"][0]["content"][0]
+        self.assertEqual(part["image_url"]["url"], image)
+
     async def test_untouched_body_forwarded_byte_for_byte(self) -> None:
         """
         A body routing does not change reaches the upstream as the same
         bytes (key order, spacing and number formats kept).
         """
-        received = []
         proxy = await start(self)
-        proxy.fake.on_request = lambda r: received.append(r)
         raw = b'{ "messages": [{"role":"user","content":"hi"}], "model":"gpt-4o", "temperature": 1.0e0 }'
         status, _, _ = await post(self, proxy.url + "/v1/chat/completions", raw)
         self.assertEqual(status, 200)
-        self.assertEqual(received[0].body["temperature"], 1.0)
+        self.assertEqual(proxy.fake.requests[0].raw, raw)
+        # A routed model changes the body: then only the model differs.
+        status, _, _ = await post(self, proxy.url + "/v1/chat/completions",
+                                  raw.replace(b'"gpt-4o"', b'"openai:gpt-4o"'))
+        self.assertEqual(status, 200)
+        self.assertNotEqual(proxy.fake.requests[1].raw, raw)
+        self.assertEqual(proxy.fake.requests[1].body, json.loads(raw))
 
     async def test_upstream_status_body_and_headers_pass_through(self) -> None:
         proxy = await start(self)
