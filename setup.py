@@ -6,8 +6,9 @@ setup(
     description="OpenAI-compatible LLM proxy on Twisted",
     package_dir={"": "."},
     packages=[
-        "llmproxy", "llmproxy.backends", "llmproxy.frontends", "llmproxy.routing",
-        "llmproxy.translate", "twisted.plugins",
+        "llmproxy", "llmproxy.adapt", "llmproxy.backends", "llmproxy.config",
+        "llmproxy.exchange", "llmproxy.frontends", "llmproxy.routing", "llmproxy.translate",
+        "twisted.plugins",
     ],
     package_data={"twisted": ["plugins/llmproxy_plugin.py"]},
     python_requires=">=3.10",

@@ -106,3 +106,23 @@ def error_body(
     Build an OpenAI error object without raising.
     """
     return ProxyError(message, type=type, code=code, param=param).body()
+
+
+class StreamTimeout(UpstreamError):
+    """
+    The upstream sent nothing for longer than the idle timeout.
+    """
+
+    status = 504
+
+
+class StreamBroken(UpstreamError):
+    """
+    The upstream connection ended before the stream was complete.
+    """
+
+
+class BodyTooLarge(UpstreamError):
+    """
+    The upstream body exceeded the configured limit.
+    """

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_service -*-
+# -*- test-case-name: tests.test_proxy -*-
 """
 Assemble a running llmproxy: C{makeService(config, reactor)} returns a
 L{MultiService} holding the HTTP endpoint and the shared connection pool.
@@ -18,11 +18,12 @@ from twisted.web.server import Site
 
 from llmproxy.backends.base import Backend
 from llmproxy.backends.health import CircuitBreaker
-from llmproxy.backends.http import OpenAIBackend
+from llmproxy.backends.openai import OpenAIBackend
 from llmproxy.backends.keypool import KeyPool
 from llmproxy.backends.mock import MockBackend
 from llmproxy.config import BackendConfig, Config
-from llmproxy.frontends import ProxyApp, Upstreams
+from llmproxy.exchange.runtime import Upstreams
+from llmproxy.frontends import ProxyApp
 
 
 def build_backend(

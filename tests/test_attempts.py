@@ -11,8 +11,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from llmproxy.backends.health import CircuitBreaker
 from llmproxy.backends.keypool import ApiKey, KeyPool
-from llmproxy.frontends._attempts import AttemptQueue
-from llmproxy.frontends._upstreams import Upstreams
+from llmproxy.exchange.attempts import AttemptQueue
+from llmproxy.exchange.runtime import Upstreams
 from llmproxy.routing.plan import plan_attempts
 from llmproxy.routing.resolve import Route, Target
 

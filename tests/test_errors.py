@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from llmproxy.backends.relay import BodyTooLarge, StreamBroken, StreamTimeout
+from llmproxy.errors import BodyTooLarge, StreamBroken, StreamTimeout
 from llmproxy.errors import (
     AuthenticationFailed, InvalidRequest, ProxyError, UpstreamError, error_body,
 )

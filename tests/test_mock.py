@@ -16,9 +16,9 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.iweb import UNKNOWN_LENGTH
 
-from llmproxy.backends.base import CHAT
+from llmproxy.dialects import CHAT
 from llmproxy.backends.mock import MOCK_MODELS, STREAM_DELAY, MockBackend, reply_for
-from llmproxy.backends.relay import collect_body
+from llmproxy.backends.body import collect_body
 from llmproxy.config import BackendConfig
 from llmproxy.errors import InvalidRequest
 from llmproxy.sse import SSEParser

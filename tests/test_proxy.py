@@ -390,7 +390,7 @@ class BackpressureTests(TestCase):
 class TransformTests(TestCase):
     def test_no_error_event_after_the_final_one(self) -> None:
         from llmproxy.errors import UpstreamError
-        from llmproxy.frontends._dialects import ChatPassthrough, ResponsesPassthrough
+        from llmproxy.translate.transforms import ChatPassthrough, ResponsesPassthrough
 
         chat = ChatPassthrough()
         chat.events([b'data: {"x": 1}\n\n'])

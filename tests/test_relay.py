@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_relay -*-
 """
-Tests for L{llmproxy.backends.relay}: the streaming relay (backpressure,
+Tests for L{llmproxy.exchange.relay}: the streaming relay (backpressure,
 cancellation, timeouts, broken upstreams) and L{collect_body}.
 """
 
@@ -20,9 +20,9 @@ from zope.interface.verify import verifyObject
 from twisted.internet.interfaces import IPushProducer
 
 from llmproxy.backends.memory import MemoryResponse
-from llmproxy.backends.relay import (
-    BodyTooLarge, StreamBroken, StreamRelay, StreamTimeout, collect_body, discard_body,
-)
+from llmproxy.backends.body import collect_body
+from llmproxy.errors import BodyTooLarge, StreamBroken, StreamTimeout
+from llmproxy.exchange.relay import StreamRelay
 from llmproxy.errors import UpstreamError
 
 
@@ -445,7 +445,7 @@ class RequestConsumerTests(SynchronousTestCase):
 
 class CollectBodyTests(SynchronousTestCase):
     """
-    Tests for L{collect_body} and L{discard_body}.
+    Tests for L{collect_body}.
     """
 
     def test_collects(self) -> None:
@@ -530,11 +530,3 @@ class CollectBodyTests(SynchronousTestCase):
         self.failureResultOf(d, StreamBroken)
         self.assertEqual(clock.getDelayedCalls(), [])
 
-    def test_discard(self) -> None:
-        """
-        L{discard_body} stops the upstream without reading it.
-        """
-        clock = Clock()
-        response = MemoryResponse(200, {}, [b"a", b"b"], clock, 1)
-        discard_body(response)
-        self.assertEqual(clock.getDelayedCalls(), [])

@@ -5,7 +5,7 @@ What every backend offers the request pipeline.
 
 from __future__ import annotations
 
-from typing import Mapping, Protocol
+from typing import Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.web.iweb import IResponse
@@ -13,11 +13,12 @@ from twisted.web.iweb import IResponse
 from llmproxy.backends.keypool import ApiKey
 from llmproxy.config import BackendConfig
 
-CHAT = "chat"
-RESPONSES = "responses"
 
-#: The upstream path for each dialect.
-PATHS: Mapping[str, str] = {CHAT: "/chat/completions", RESPONSES: "/responses"}
+
+class FirstByteTimeout(Exception):
+    """
+    The upstream accepted the request but sent no response byte in time.
+    """
 
 
 class Backend(Protocol):

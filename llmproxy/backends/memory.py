@@ -18,7 +18,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 from zope.interface import implementer
 
-from llmproxy.backends.relay import StreamBroken
+from llmproxy.errors import StreamBroken
 
 
 @implementer(IPushProducer)

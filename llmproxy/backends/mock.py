@@ -19,7 +19,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IResponse
 
-from llmproxy.backends.base import CHAT
+from llmproxy.dialects import CHAT
 from llmproxy.backends.keypool import ApiKey
 from llmproxy.backends.memory import MemoryResponse
 from llmproxy.config import BackendConfig

@@ -1,8 +1,7 @@
 """
-The HTTP frontends: Chat Completions, Responses, models, health.
+The HTTP surface: Chat Completions, Responses, models, status, health.
 """
 
-from llmproxy.frontends._app import ProxyApp, ProxySite
-from llmproxy.frontends._upstreams import Upstreams
+from llmproxy.frontends.app import ProxyApp, ProxySite
 
-__all__ = ["ProxyApp", "ProxySite", "Upstreams"]
+__all__ = ["ProxyApp", "ProxySite"]

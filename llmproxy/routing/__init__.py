@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_routing_selector,tests.test_routing_params,tests.test_routing_aliases,tests.test_routing_reasoning,tests.test_routing_precedence -*-
+# -*- test-case-name: tests.test_routing_selector,tests.test_routing_params,tests.test_routing_aliases,tests.test_routing_precedence -*-
 """
 Routing: from the model text a client sends to what goes upstream.
 
@@ -7,7 +7,6 @@ Pure functions only, no I/O:
     failover lists;
   - L{params}: validation of selector URI parameters;
   - L{aliases}: C{model_aliases} regex rewrites;
-  - L{reasoning}: request adaptation for reasoning models;
   - L{precedence}: merging URI parameters, body fields and model defaults.
 """
 
@@ -22,13 +21,6 @@ from llmproxy.routing.aliases import (
 )
 from llmproxy.routing.params import URI_PARAMS, ParamResult, ParamSpec, validate_params
 from llmproxy.routing.precedence import apply_precedence
-from llmproxy.routing.reasoning import (
-    DEFAULT_REASONING_MODELS,
-    LEGACY_REASONING_MODELS,
-    Adaptation,
-    adapt_chat_for_reasoning,
-    is_reasoning_model,
-)
 from llmproxy.routing.selector import Selector, parse_failover, parse_selector
 
 __all__ = [
@@ -44,10 +36,5 @@ __all__ = [
     "parse_alias_flag",
     "apply_aliases",
     "alias_targets",
-    "DEFAULT_REASONING_MODELS",
-    "LEGACY_REASONING_MODELS",
-    "Adaptation",
-    "is_reasoning_model",
-    "adapt_chat_for_reasoning",
     "apply_precedence",
 ]

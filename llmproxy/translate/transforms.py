@@ -1,33 +1,20 @@
 # -*- test-case-name: tests.test_proxy -*-
 """
-What differs between the two frontends (Chat Completions and Responses):
-how a routed body becomes the backend's bytes, how the backend's answer
-becomes the client's, and how an error looks once a stream has started.
+Stream transforms: what the client receives for the upstream's raw SSE
+events, per (frontend, backend) dialect pair, and how a failure looks once a
+stream has started (the one place that knows the in-band error of each
+dialect).  I/O-free: bytes in, bytes out.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any, Mapping, Protocol, Sequence
 
-from llmproxy.backends.base import CHAT, RESPONSES
+from llmproxy.dialects import CHAT
 from llmproxy.errors import ProxyError
-from llmproxy.routing.reasoning import adapt_chat_for_reasoning, is_reasoning_model
-from llmproxy.routing.resolve import Target
 from llmproxy.sse import DONE, Event, encode_event, parse_event
-from llmproxy.translate import (
-    ChatToResponsesStream,
-    ResponsesToChatStream,
-    chat_completion_to_response,
-    chat_to_responses_request,
-    responses_to_chat_completion,
-    responses_to_chat_request,
-)
-
-
-def _dumps(body: Any) -> bytes:
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+from llmproxy.translate.stream import ChatToResponsesStream, ResponsesToChatStream
 
 
 def stream_error_payload(error: ProxyError) -> dict[str, Any]:
@@ -41,7 +28,7 @@ def stream_error_payload(error: ProxyError) -> dict[str, Any]:
 
 class Transform(Protocol):
     """
-    A stream transform (see L{llmproxy.backends.relay.StreamTransform})
+    A stream transform (see L{llmproxy.exchange.relay.StreamTransform})
     that also renders a failure after the stream started.
     """
 
@@ -248,66 +235,16 @@ class ChatToResponses:
         return self.state.response if self.closed else None
 
 
-def prepare_chat(
-    target: Target, original: bytes, backend_dialect: str,
-    reasoning: Any = None,
-) -> tuple[bytes, tuple[str, ...]]:
+def passthrough(dialect: str) -> Transform:
     """
-    The bytes to send a backend for a chat-frontend target, and the names
-    of the parameters removed on the way.
+    The byte-for-byte transform of C{dialect}; its C{error} renders that
+    dialect's in-band error.
     """
-    body: Mapping[str, Any] = target.body
-    dropped: tuple[str, ...] = ()
-    changed = target.changed
-    if is_reasoning_model(target.model, reasoning):
-        adapted = adapt_chat_for_reasoning(body, target.model, reasoning)
-        if adapted.dropped or adapted.renamed or adapted.body != body:
-            body, dropped, changed = adapted.body, adapted.dropped, True
-    if backend_dialect == RESPONSES:
-        translated = chat_to_responses_request(body)
-        return _dumps(translated.body), dropped + translated.dropped
-    return (_dumps(body) if changed else original), dropped
+    return ChatPassthrough() if dialect == CHAT else ResponsesPassthrough()
 
 
-def prepare_responses(
-    target: Target, original: bytes, backend_dialect: str,
-    reasoning: Any = None, history: Sequence[Mapping[str, Any]] | None = (),
-) -> tuple[bytes, tuple[str, ...]]:
+def in_band_error(dialect: str, error: ProxyError) -> bytes:
     """
-    The bytes to send a backend for a responses-frontend target.
-
-    @param history: the conversation C{previous_response_id} names, or
-        L{None} when llmproxy does not know it (then only a Responses
-        backend, which may have stored it, can serve the request).
+    The bytes that end a started C{dialect} stream with C{error}.
     """
-    if backend_dialect == RESPONSES:
-        return (_dumps(target.body) if target.changed else original), ()
-    if history is None:
-        previous = target.body.get("previous_response_id")
-        raise ProxyError(
-            f"Previous response with id '{previous}' not found.", status=404,
-            type="invalid_request_error", param="previous_response_id",
-            code="previous_response_not_found",
-        )
-    translated = responses_to_chat_request(target.body, history)
-    body = translated.body
-    dropped = translated.dropped
-    if is_reasoning_model(target.model, reasoning):
-        adapted = adapt_chat_for_reasoning(body, target.model, reasoning)
-        body, dropped = adapted.body, dropped + adapted.dropped
-    return _dumps(body), dropped
-
-
-def convert_body(
-    frontend: str, backend_dialect: str, body: bytes, *, response_id: str,
-    request: Mapping[str, Any],
-) -> bytes:
-    """
-    Convert a whole successful response body between dialects.
-    """
-    if frontend == backend_dialect:
-        return body
-    data = json.loads(body)
-    if frontend == CHAT:
-        return _dumps(responses_to_chat_completion(data))
-    return _dumps(chat_completion_to_response(data, response_id=response_id, request=request))
+    return passthrough(dialect).error(error)

@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_routing_reasoning -*-
 """
-Tests for L{llmproxy.routing.reasoning}.
+Tests for L{llmproxy.adapt.reasoning}.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from llmproxy.routing.reasoning import (
+from llmproxy.adapt.reasoning import (
     LEGACY_REASONING_MODELS,
     adapt_chat_for_reasoning,
     is_reasoning_model,

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_routing_reasoning -*-
+# -*- test-case-name: tests.test_adapt_reasoning -*-
 """
 Adapting Chat Completions requests for OpenAI reasoning models.
 

@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_failure -*-
 """
-Tests for L{llmproxy.routing.failure}.
+Tests for L{llmproxy.exchange.outcome}.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from twisted.web.client import (
     ResponseNeverReceived,
 )
 
-from llmproxy.routing.failure import (
-    FirstByteTimeout,
+from llmproxy.backends.base import FirstByteTimeout
+from llmproxy.exchange.outcome import (
     Outcome,
     Verdict,
     classify_exception,

@@ -7,9 +7,6 @@ L{IPushProducer} registered with the client's request: when the client's
 buffer fills, the client's channel pauses the relay, the relay pauses the
 upstream transport, and TCP pushes back on the upstream.  A client that
 goes away stops the upstream; an idle upstream is cut after a timeout.
-
-L{collect_body} reads a whole (non-streamed) body with a size cap, an idle
-timeout and a canceller that drops the upstream connection.
 """
 
 from __future__ import annotations
@@ -26,22 +23,9 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IResponse
 from zope.interface import implementer
 
-from llmproxy.errors import ProxyError, UpstreamError
+from llmproxy.backends.body import body_done, body_producer
+from llmproxy.errors import ProxyError, StreamBroken, StreamTimeout
 from llmproxy.sse import SSEError, SSEFramer, parse_event
-
-
-class StreamTimeout(UpstreamError):
-    """
-    The upstream sent nothing for longer than the idle timeout.
-    """
-
-    status = 504
-
-
-class StreamBroken(UpstreamError):
-    """
-    The upstream connection ended before the stream was complete.
-    """
 
 
 class StreamTransform(TypingProtocol):
@@ -92,18 +76,6 @@ def _complete(tail: bytes) -> bytes | None:
         except ValueError:
             return None
     return tail.rstrip(b"\r\n") + b"\n\n"
-
-
-def _done(reason: Failure) -> bool:
-    return reason.check(ResponseDone, PotentialDataLoss) is not None
-
-
-def _producer(protocol: Protocol) -> IPushProducer | None:
-    """
-    The upstream body behind a body protocol: L{IResponse.deliverBody}
-    connects the protocol to an L{IPushProducer}, not to an L{ITransport}.
-    """
-    return cast("IPushProducer | None", protocol.transport)
 
 
 @implementer(IPushProducer)
@@ -190,7 +162,7 @@ class StreamRelay(Protocol):
             return
         if self._error is not None:
             self.finished.errback(self._error)
-        elif _done(reason):
+        elif body_done(reason):
             self._ended(reason)
         else:
             self.finished.errback(
@@ -225,20 +197,20 @@ class StreamRelay(Protocol):
 
     def pauseProducing(self) -> None:
         self._disarm()
-        producer = _producer(self)
+        producer = body_producer(self)
         if producer is not None:
             producer.pauseProducing()
 
     def resumeProducing(self) -> None:
         self._arm()
-        producer = _producer(self)
+        producer = body_producer(self)
         if producer is not None:
             producer.resumeProducing()
 
     def stopProducing(self) -> None:
         self._stopped = True
         self._disarm()
-        producer = _producer(self)
+        producer = body_producer(self)
         if producer is not None:
             producer.stopProducing()
 
@@ -272,102 +244,4 @@ class StreamRelay(Protocol):
         ))
 
 
-class BodyTooLarge(UpstreamError):
-    """
-    The upstream body exceeded the configured limit.
-    """
-
-
-class _Collector(Protocol):
-    def __init__(self, clock: IReactorTime, idle_timeout: float, limit: int) -> None:
-        self.chunks: list[bytes] = []
-        self.size = 0
-        self.limit = limit
-        self.clock = clock
-        self.idle_timeout = idle_timeout
-        self.finished: Deferred[bytes] = Deferred(self._cancel)
-        self._error: ProxyError | None = None
-        self._idle: IDelayedCall | None = None
-        self._cancelled = False
-
-    def connectionMade(self) -> None:
-        if self.idle_timeout > 0:
-            self._idle = self.clock.callLater(self.idle_timeout, self._timedOut)
-
-    def dataReceived(self, data: bytes) -> None:
-        if self._error is not None:
-            return
-        if self._idle is not None:
-            self._idle.reset(self.idle_timeout)
-        self.size += len(data)
-        if self.size > self.limit:
-            self._stop(BodyTooLarge(f"upstream body larger than {self.limit} bytes"))
-            return
-        self.chunks.append(data)
-
-    def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:
-        if self._idle is not None and self._idle.active():
-            self._idle.cancel()
-        if self.finished.called or self._cancelled:
-            return
-        if self._error is not None:
-            self.finished.errback(self._error)
-        elif _done(reason):
-            self.finished.callback(b"".join(self.chunks))
-        else:
-            self.finished.errback(StreamBroken("upstream connection lost mid-body"))
-
-    def _stop(self, error: ProxyError) -> None:
-        self._error = error
-        producer = _producer(self)
-        if producer is not None:
-            producer.stopProducing()
-
-    def _timedOut(self) -> None:
-        self._idle = None
-        self._stop(StreamTimeout(f"upstream body idle for more than {self.idle_timeout:g} s"))
-
-    def _cancel(self, d: Deferred[bytes]) -> None:
-        self._cancelled = True
-        if self._idle is not None and self._idle.active():
-            self._idle.cancel()
-        producer = _producer(self)
-        if producer is not None:
-            producer.stopProducing()
-
-
-def collect_body(
-    response: IResponse,
-    clock: IReactorTime,
-    idle_timeout: float = 0,
-    limit: int = 64 * 1024 * 1024,
-) -> Deferred[bytes]:
-    """
-    Read a whole response body.  Cancelling the result drops the upstream.
-    """
-    collector = _Collector(clock, idle_timeout, limit)
-    response.deliverBody(collector)
-    return collector.finished
-
-
-def discard_body(response: IResponse) -> None:
-    """
-    Drop a response we will not read, closing its connection.
-    """
-    response.deliverBody(_Discard())
-
-
-class _Discard(Protocol):
-    def connectionMade(self) -> None:
-        producer = _producer(self)
-        if producer is not None:
-            producer.stopProducing()
-
-    def connectionLost(self, reason: Any = None) -> None:
-        pass
-
-
-__all__ = [
-    "BodyTooLarge", "CancelledError", "StreamBroken", "StreamRelay", "StreamTimeout",
-    "StreamTransform", "collect_body", "discard_body",
-]
+__all__ = ["StreamRelay", "StreamTransform"]

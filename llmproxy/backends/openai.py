@@ -24,16 +24,18 @@ from twisted.web.iweb import IBodyProducer, IResponse
 from zope.interface import implementer
 
 from llmproxy import __version__
-from llmproxy.backends.base import CHAT, PATHS, RESPONSES
+from llmproxy.backends.base import FirstByteTimeout
+from llmproxy.dialects import CHAT, RESPONSES
 from llmproxy.backends.keypool import ApiKey
-from llmproxy.backends.relay import collect_body
+from llmproxy.backends.body import collect_body
 from llmproxy.config import BackendConfig
-from llmproxy.routing.failure import FirstByteTimeout
 
 MODELS_TTL = 600.0
 MODELS_DEADLINE = 10.0
 MODELS_MAX_BYTES = 4 * 1024 * 1024
 _USER_AGENT = f"llmproxy/{__version__}".encode()
+#: The upstream path for each dialect.
+PATHS = {CHAT: "/chat/completions", RESPONSES: "/responses"}
 
 
 @implementer(IBodyProducer)

@@ -1,10 +1,9 @@
-# -*- test-case-name: tests.test_failure -*-
+# -*- test-case-name: tests.test_outcome -*-
 """
 Classify the outcome of one upstream attempt.
 
-Everything here is pure: given an upstream status, body and headers (or the
-exception an attempt failed with), decide what the router does next.  See
-C{behaviour.md} section 7 for the policy.
+Given an upstream status, body and headers (or the exception an attempt
+failed with), decide what the exchange does next; no I/O.
 
  - L{Outcome.OK}: the upstream answered successfully.
  - L{Outcome.RETRY_NEXT}: a failover-eligible failure (network errors,
@@ -38,6 +37,8 @@ from twisted.web.client import (
     ResponseFailed,
 )
 
+from llmproxy.backends.base import FirstByteTimeout
+
 _OpenSSLError: type[Exception]
 try:
     from OpenSSL.SSL import Error as _PyOpenSSLError
@@ -45,12 +46,6 @@ except ImportError:  # pragma: no cover - pyOpenSSL is optional
     _OpenSSLError = ssl.SSLError
 else:
     _OpenSSLError = _PyOpenSSLError
-
-
-class FirstByteTimeout(Exception):
-    """
-    The upstream accepted the request but sent no response byte in time.
-    """
 
 
 class Outcome(enum.Enum):

@@ -22,15 +22,15 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
-from llmproxy.backends.base import CHAT, RESPONSES
+from llmproxy.dialects import CHAT, RESPONSES
 from llmproxy.config import Config
 from llmproxy.errors import AuthenticationFailed, InvalidRequest, ProxyError
-from llmproxy.frontends._dialects import ChatPassthrough, ResponsesPassthrough
-from llmproxy.frontends._exchange import Exchange
-from llmproxy.frontends._upstreams import Upstreams
-from llmproxy.frontends._store import ResponseStore
+from llmproxy.exchange.exchange import Exchange
+from llmproxy.exchange.runtime import Upstreams
+from llmproxy.frontends.store import ResponseStore
 from llmproxy.routing.aliases import alias_targets
 from llmproxy.routing.resolve import Router
+from llmproxy.translate.transforms import in_band_error
 
 _JSON = b"application/json"
 
@@ -141,9 +141,8 @@ class _Root(Resource):
             # The event stream is already out: the error goes in-band.
             error = failure.value if isinstance(failure.value, ProxyError) else ProxyError(
                 "Internal error in llmproxy", code="internal_error")
-            transform = ChatPassthrough() if request.path == b"/v1/chat/completions" \
-                else ResponsesPassthrough()
-            body = transform.error(error)
+            body = in_band_error(CHAT if request.path == b"/v1/chat/completions" else RESPONSES,
+                                 error)
         self._done(body, request)
 
 

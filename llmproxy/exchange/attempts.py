@@ -5,7 +5,7 @@ policy's order, with the key bookkeeping that makes one bad key never fail
 a request while its backend has another.
 
 This is the pure-ish half of the exchange: it decides what to try next and
-how long to wait; L{llmproxy.frontends._exchange} does the I/O.
+how long to wait; L{llmproxy.exchange.exchange} does the I/O.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Sequence
 from twisted.internet.interfaces import IReactorTime
 
 from llmproxy.backends.keypool import INVALID, ApiKey
-from llmproxy.frontends._upstreams import Upstreams
-from llmproxy.routing.failure import Outcome
+from llmproxy.exchange.runtime import Upstreams
+from llmproxy.exchange.outcome import Outcome
 from llmproxy.routing.plan import plan_attempts
 from llmproxy.routing.resolve import Route, Target
 

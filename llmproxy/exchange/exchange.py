@@ -22,18 +22,22 @@ from twisted.logger import Logger
 from twisted.web.iweb import IResponse
 from twisted.web.server import Request
 
-from llmproxy.backends.base import CHAT, Backend
+from llmproxy.backends.base import Backend
+from llmproxy.dialects import CHAT
 from llmproxy.backends.health import CircuitBreaker
 from llmproxy.backends.keypool import ApiKey
-from llmproxy.backends.relay import StreamRelay, collect_body
+from llmproxy.backends.body import collect_body
+from llmproxy.exchange.relay import StreamRelay
 from llmproxy.config import Config
 from llmproxy.errors import InvalidRequest, ProxyError, UpstreamError
-from llmproxy.frontends import _dialects as dialects
-from llmproxy.frontends._attempts import AttemptQueue, Slot
-from llmproxy.frontends._upstreams import Upstreams
-from llmproxy.routing.failure import Outcome, Verdict, classify_exception, classify_status, is_timeout
+from llmproxy.exchange import prepare
+from llmproxy.exchange.attempts import AttemptQueue, Slot
+from llmproxy.exchange.runtime import Upstreams
+from llmproxy.exchange.outcome import Outcome, Verdict, classify_exception, classify_status, is_timeout
 from llmproxy.routing.resolve import Route, Target
 from llmproxy.sse import KEEPALIVE
+from llmproxy.translate import transforms
+from llmproxy.translate.transforms import Transform
 
 #: Upstream response headers the client sees.
 PASS_HEADERS = (b"x-request-id", b"openai-processing-ms", b"openai-version",
@@ -334,8 +338,8 @@ class Exchange:
         reasoning = backend.config.reasoning_models
         try:
             if self.frontend == CHAT:
-                return dialects.prepare_chat(target, self.raw, backend.dialect, reasoning)
-            return dialects.prepare_responses(target, self.raw, backend.dialect, reasoning,
+                return prepare.prepare_chat(target, self.raw, backend.dialect, reasoning)
+            return prepare.prepare_responses(target, self.raw, backend.dialect, reasoning,
                                               self.history)
         except (TypeError, AttributeError, KeyError, ValueError) as e:
             # Translation validates what it understands; a shape it does not
@@ -453,7 +457,7 @@ class Exchange:
         body = await collect_body(response, self.clock, backend.config.idle_timeout,
                                   self.config.max_body_bytes * 2)
         try:
-            out = dialects.convert_body(self.frontend, backend.dialect, body,
+            out = prepare.convert_body(self.frontend, backend.dialect, body,
                                         response_id=_response_id(), request=self.body)
         except (ValueError, TypeError, KeyError, AttributeError):
             raise UpstreamError(
@@ -466,18 +470,17 @@ class Exchange:
             self.on_response(out)
         return out
 
-    def _transform(self, target: Target, backend: Backend) -> dialects.Transform:
+    def _transform(self, target: Target, backend: Backend) -> Transform:
         if self.frontend == backend.dialect:
-            return dialects.ChatPassthrough() if self.frontend == CHAT \
-                else dialects.ResponsesPassthrough()
+            return transforms.passthrough(self.frontend)
         now = int(self.clock.seconds())
         if self.frontend == CHAT:
             include = bool((self.body.get("stream_options") or {}).get("include_usage"))
-            return dialects.ResponsesToChat(target.model, include, "chatcmpl-" + _token(), now)
-        return dialects.ChatToResponses(_response_id(), now, self.body)
+            return transforms.ResponsesToChat(target.model, include, "chatcmpl-" + _token(), now)
+        return transforms.ChatToResponses(_response_id(), now, self.body)
 
     async def _relay(
-        self, target: Target, backend: Backend, response: IResponse, transform: dialects.Transform
+        self, target: Target, backend: Backend, response: IResponse, transform: Transform
     ) -> bool:
         """
         Relay a streamed answer.  Returns whether it ended well; a failure
@@ -512,11 +515,7 @@ class Exchange:
 
     def _late_error(self, error: ProxyError) -> None:
         if not self.gone:
-            self.request.write(self._transform_for_errors().error(error))
-
-    def _transform_for_errors(self) -> dialects.Transform:
-        return dialects.ChatPassthrough() if self.frontend == CHAT \
-            else dialects.ResponsesPassthrough()
+            self.request.write(transforms.in_band_error(self.frontend, error))
 
     def write_late_error(self, error: ProxyError) -> bool:
         """
