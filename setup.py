@@ -14,12 +14,11 @@ setup(
     python_requires=">=3.10",
     install_requires=[
         "twisted[tls]>=24.10",
-        "treq>=24.9",
         "klein==24.8.0",
         "pyyaml>=6",
         "service-identity>=21",
         "pyopenssl>=24",
     ],
-    extras_require={"test": ["hypothesis>=6.100", "openai>=1.50"]},
+    extras_require={"test": ["hypothesis>=6.100", "openai>=1.50", "treq>=24.9"]},
     entry_points={"console_scripts": ["llmproxy = llmproxy.__main__:main"]},
 )

@@ -5,7 +5,7 @@ Per-backend API key pools: round-robin rotation and cooldowns.
 A L{KeyPool} hands out a backend's keys in round-robin order and remembers
 which keys are cooling down: rate-limited keys for the upstream's retry hint
 (or a default), invalid keys (401/403) and quota-exhausted keys for a long,
-configurable time.  See C{behaviour.md} section 8.
+configurable time.
 
 Keys are only ever shown by name (C{openai#2}, C{OPENAI_API_KEY_3}); their
 values never appear in C{repr}, C{str}, logs or status output.

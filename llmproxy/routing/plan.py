@@ -3,7 +3,7 @@
 Expand a failover route into the ordered list of attempts.
 
 A route is a sequence of elements C{(backend, model, number_of_keys)}; a
-policy says how elements and keys are combined (C{behaviour.md} section 6):
+policy says how elements and keys are combined:
 
  - C{k}: every key of the first element only;
  - C{m} and C{ordered}: each element once, with its first available key;
