@@ -16,37 +16,27 @@ from twisted.logger import Logger
 from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
 from twisted.web.server import Site
 
-from llmproxy.backends.base import Backend
+from llmproxy.backends import REGISTRY, BackendContext, Registry
 from llmproxy.backends.health import CircuitBreaker
-from llmproxy.backends.openai import OpenAIBackend
 from llmproxy.backends.keypool import KeyPool
-from llmproxy.backends.mock import MockBackend
-from llmproxy.config import BackendConfig, Config
+from llmproxy.config import Config
 from llmproxy.exchange.runtime import Upstreams
 from llmproxy.frontends import ProxyApp
 
 
-def build_backend(
-    config: BackendConfig, pool: HTTPConnectionPool, reactor: Any, clock: Any
-) -> Backend:
-    """
-    The backend instance for one configured backend.  C{reactor} carries
-    the network, C{clock} the timers (tests pass a L{Clock}).
-    """
-    if config.type == "mock":
-        return MockBackend(config, clock)
-    return OpenAIBackend(config, pool, reactor, clock)
-
-
 def build_upstreams(
-    config: Config, pool: HTTPConnectionPool, reactor: Any, clock: Any
+    config: Config, pool: HTTPConnectionPool, reactor: Any, clock: Any,
+    registry: Registry = REGISTRY,
 ) -> Upstreams:
     """
-    Backends, key pools and circuit breakers for a configuration.
+    Backends (each built by its type's factory in C{registry}), key pools
+    and circuit breakers for a configuration.  C{reactor} carries the
+    network, C{clock} the timers (tests pass a L{Clock}).
     """
     f = config.failure
+    context = BackendContext(pool, reactor, clock)
     return Upstreams(
-        backends={n: build_backend(b, pool, reactor, clock) for n, b in config.backends.items()},
+        backends={n: registry.build(b, context) for n, b in config.backends.items()},
         pools={
             n: KeyPool(n, b.keys, clock, default_cooldown=f.default_cooldown,
                        max_cooldown=f.max_cooldown, auth_cooldown=f.auth_cooldown,
@@ -105,20 +95,21 @@ class PoolService(Service):
 class ProxyService(MultiService):
     """
     The whole proxy.  After start, C{app} is the web application and
-    C{endpoint_service} the listener.
+    C{endpoint_service} the listener.  C{registry} must hold the types
+    C{config} was loaded with.
     """
 
     log = Logger()
 
     def __init__(
         self, config: Config, reactor: Any, clock: Any = None,
-        listener: Callable[[Site], Any] | None = None,
+        listener: Callable[[Site], Any] | None = None, registry: Registry = REGISTRY,
     ) -> None:
         super().__init__()
         self.config = config
         clock = clock or reactor
         self.pool = make_pool(config, reactor)
-        self.upstreams = build_upstreams(config, self.pool, reactor, clock)
+        self.upstreams = build_upstreams(config, self.pool, reactor, clock, registry)
         self.app = ProxyApp(config, self.upstreams, clock)
         PoolService(self.pool).setServiceParent(self)
         if listener is None:

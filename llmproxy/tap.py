@@ -12,8 +12,9 @@ from typing import Any
 from twisted.python import usage
 
 from llmproxy import service
-from llmproxy.config import Config, ConfigError, Overrides, load_config
-from llmproxy.workers import ParentWatch, ReusePortService, WorkerChildren, parse_tcp
+from llmproxy.backends import REGISTRY
+from llmproxy.config import Config, ConfigError, Overrides, load_config, parse_tcp
+from llmproxy.workers import ParentWatch, ReusePortService, WorkerChildren
 
 
 class Options(usage.Options):
@@ -94,7 +95,7 @@ class Options(usage.Options):
         if self["listen"] and (self["host"] or self["port"]):
             raise usage.UsageError("--listen cannot be combined with --host/--port")
         try:
-            self.config: Config = load_config(self.overrides())
+            self.config: Config = load_config(self.overrides(), kinds=REGISTRY.kinds)
         except ConfigError as e:
             raise usage.UsageError(str(e))
         self._apply_log_level()

@@ -11,11 +11,9 @@ process has bound the port (so C{tcp:0} works too) and are stopped with it.
 from __future__ import annotations
 
 import os
-import re
 import signal
 import socket
 import sys
-from dataclasses import dataclass
 from typing import Any, Sequence, cast
 
 from twisted.application.service import Service
@@ -27,39 +25,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import Site
 
-_TCP = re.compile(r"^tcp6?:(?P<port>\d+)(?P<rest>(?::[^:]+=[^:]*)*)$")
-
-
-@dataclass(frozen=True)
-class TCPAddress:
-    """
-    Where a C{tcp:} endpoint string listens.
-    """
-
-    host: str
-    port: int
-    backlog: int = 1024
-
-    @property
-    def family(self) -> int:
-        return socket.AF_INET6 if ":" in self.host else socket.AF_INET
-
-
-def parse_tcp(description: str) -> TCPAddress | None:
-    """
-    The address of a plain C{tcp:PORT[:interface=HOST][:backlog=N]}
-    endpoint string, or L{None} for any other kind.
-    """
-    match = _TCP.match(description.replace("\\:", "\x00"))
-    if match is None:
-        return None
-    options = dict(
-        part.split("=", 1) for part in match.group("rest").split(":") if part
-    )
-    default = "::" if description.startswith("tcp6:") else "0.0.0.0"
-    host = options.get("interface", default).replace("\x00", ":")
-    backlog = int(options.get("backlog", "1024"))
-    return TCPAddress(host, int(match.group("port")), backlog)
+from llmproxy.config import TCPAddress
 
 
 def reuseport_socket(address: TCPAddress) -> socket.socket:

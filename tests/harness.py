@@ -15,6 +15,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
+from llmproxy.backends import REGISTRY
 from llmproxy.config import Config, build_config
 from llmproxy.service import ProxyService
 from llmproxy.testing import FakeOpenAI, listen_fake
@@ -64,7 +65,7 @@ async def start(
     case.addCleanup(port.stopListening)
     case.addCleanup(fake.wait_idle)
     data = (make_config or base_config)(upstream)
-    config = build_config(data, environ=environ or {}, source="test.yaml")
+    config = build_config(data, environ=environ or {}, source="test.yaml", kinds=REGISTRY.kinds)
     service = ProxyService(config, reactor, clock=clock)
     proxy_port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
         service.app.site()

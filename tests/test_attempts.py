@@ -10,7 +10,8 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from llmproxy.backends.health import CircuitBreaker
-from llmproxy.backends.keypool import ApiKey, KeyPool
+from llmproxy.backends.keypool import KeyPool
+from llmproxy.config import ApiKey
 from llmproxy.exchange.attempts import AttemptQueue
 from llmproxy.exchange.runtime import Upstreams
 from llmproxy.routing.plan import plan_attempts

@@ -13,9 +13,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from llmproxy.backends import REGISTRY
+from llmproxy.backends.openai import DEFAULT_URL as DEFAULT_OPENAI_URL
 from llmproxy.config import (
-    DEFAULT_LISTEN, DEFAULT_OPENAI_URL, Config, ConfigError, Overrides, build_config,
-    check_exposure, expand_env, is_loopback_endpoint, load_config, load_yaml,
+    DEFAULT_LISTEN, Config, ConfigError, Overrides, build_config, check_exposure, expand_env,
+    is_loopback_endpoint, load_config, load_yaml,
 )
 
 SECRET = "sk-secret-value-123"
@@ -25,7 +27,12 @@ SOURCE = "conf.yaml"
 
 def _build(data: Mapping[str, Any], environ: Mapping[str, str] | None = None,
            **overrides: Any) -> Config:
-    return build_config(data, Overrides(**overrides), environ or {}, source=SOURCE)
+    return build_config(data, Overrides(**overrides), environ or {}, source=SOURCE,
+                        kinds=REGISTRY.kinds)
+
+
+def _load(overrides: Overrides, environ: Mapping[str, str]) -> Config:
+    return load_config(overrides, environ, kinds=REGISTRY.kinds)
 
 
 class ConfigTestCase(SynchronousTestCase):
@@ -476,7 +483,7 @@ class DefaultsTests(ConfigTestCase):
         With nothing configured and no key, the demo: openai and mock,
         mock by default.
         """
-        config = load_config(Overrides(), environ={})
+        config = _load(Overrides(), {})
         self.assertEqual(set(config.backends), {"openai", "mock"})
         self.assertEqual(config.default_backend, "mock")
         self.assertEqual(config.backends["mock"].type, "mock")
@@ -485,11 +492,11 @@ class DefaultsTests(ConfigTestCase):
         self.assertFalse(config.auth_enabled)
 
     def test_no_config_with_key(self) -> None:
-        config = load_config(Overrides(), environ={"OPENAI_API_KEY": SECRET})
+        config = _load(Overrides(), {"OPENAI_API_KEY": SECRET})
         self.assertEqual(config.default_backend, "openai")
         self.assertEqual([k.value for k in config.backends["openai"].keys], [SECRET])
         self.assertIn("mock", config.backends)
-        config = load_config(Overrides(), environ={"OPENAI_API_KEY_2": SECRET})
+        config = _load(Overrides(), {"OPENAI_API_KEY_2": SECRET})
         self.assertEqual(config.default_backend, "openai")
 
     def test_empty_sections(self) -> None:
@@ -536,20 +543,20 @@ class FileTests(ConfigTestCase):
 
     def test_load_file(self) -> None:
         path = self.write("backends:\n  up:\n    base_url: ${U}\ndefault_backend: up\n")
-        config = load_config(Overrides(config_file=path), environ={"U": "http://u/v1"})
+        config = _load(Overrides(config_file=path), {"U": "http://u/v1"})
         self.assertEqual(config.backends["up"].base_url, "http://u/v1")
 
     def test_config_file_env(self) -> None:
         path = self.write("log_level: warn\n")
-        self.assertEqual(load_config(Overrides(), environ={"CONFIG_FILE": path}).log_level, "warn")
+        self.assertEqual(_load(Overrides(), {"CONFIG_FILE": path}).log_level, "warn")
         other = self.write("log_level: error\n")
-        config = load_config(Overrides(config_file=other), environ={"CONFIG_FILE": path})
+        config = _load(Overrides(config_file=other), {"CONFIG_FILE": path})
         self.assertEqual(config.log_level, "error")
 
     def test_errors_name_file(self) -> None:
         path = self.write("backends:\n  openai:\n    tpye: openai\n")
         with self.assertRaises(ConfigError) as caught:
-            load_config(Overrides(config_file=path), environ={})
+            _load(Overrides(config_file=path), {})
         self.assertIn(path, str(caught.exception))
         self.assertIn("backends.openai.tpye", str(caught.exception))
 
@@ -611,6 +618,7 @@ class EnvironmentAliasTests(SynchronousTestCase):
             {"model_aliases": [{"pattern": "^a$", "replacement": "file"}]},
             Overrides(model_aliases=("^a$=cli",)),
             environ={"MODEL_ALIASES": '[{"pattern": "^a$", "replacement": "env"}]'},
+            kinds=REGISTRY.kinds,
         )
         self.assertEqual([r.replacement for r in config.model_aliases], ["cli", "env", "file"])
 
@@ -618,14 +626,15 @@ class EnvironmentAliasTests(SynchronousTestCase):
         for text in ("not json", '{"pattern": "a"}', '[{"pattern": "(", "replacement": "x"}]',
                      '[{"pattern": "a", "replacement": "x", "extra": 1}]'):
             with self.assertRaises(ConfigError) as caught:
-                build_config({}, environ={"MODEL_ALIASES": text})
+                build_config({}, environ={"MODEL_ALIASES": text}, kinds=REGISTRY.kinds)
             self.assertIn("MODEL_ALIASES", str(caught.exception))
 
 
 class SelfLoopTests(SynchronousTestCase):
     def test_sdk_base_url_pointing_at_llmproxy_is_ignored(self) -> None:
         config = build_config({}, Overrides(port=8123), environ={
-            "OPENAI_BASE_URL": "http://localhost:8123/v1", "OPENAI_API_KEY": "sk-x"})
+            "OPENAI_BASE_URL": "http://localhost:8123/v1", "OPENAI_API_KEY": "sk-x"},
+            kinds=REGISTRY.kinds)
         self.assertEqual(config.backends["openai"].base_url, DEFAULT_OPENAI_URL)
         self.assertEqual(len(config.warnings), 1)
         self.assertIn("8123", config.warnings[0])
@@ -633,7 +642,8 @@ class SelfLoopTests(SynchronousTestCase):
     def test_other_ports_and_hosts_are_kept(self) -> None:
         for url in ("http://localhost:9999/v1", "http://10.1.2.3:8123/v1"):
             config = build_config({}, Overrides(port=8123),
-                                  environ={"OPENAI_BASE_URL": url, "OPENAI_API_KEY": "sk-x"})
+                                  environ={"OPENAI_BASE_URL": url, "OPENAI_API_KEY": "sk-x"},
+                                  kinds=REGISTRY.kinds)
             self.assertEqual(config.backends["openai"].base_url, url.rstrip("/"))
             self.assertEqual(config.warnings, ())
 
@@ -641,6 +651,17 @@ class SelfLoopTests(SynchronousTestCase):
         with self.assertRaises(ConfigError) as caught:
             build_config({"listen": "tcp:8124:interface=127.0.0.1",
                           "backends": {"loop": {"base_url": "http://127.0.0.1:8124/v1"}}},
-                         environ={}, source="c.yaml")
+                         environ={}, source="c.yaml", kinds=REGISTRY.kinds)
         self.assertIn("backends.loop.base_url", str(caught.exception))
         self.assertIn("c.yaml", str(caught.exception))
+
+    def test_mock_url_is_never_used(self) -> None:
+        """
+        The mock talks to no URL, so its C{base_url} cannot loop.
+        """
+        config = build_config({"listen": "tcp:8124:interface=127.0.0.1",
+                               "backends": {"m": {"type": "mock",
+                                                  "base_url": "http://127.0.0.1:8124/v1"}}},
+                              environ={}, kinds=REGISTRY.kinds)
+        self.assertEqual((config.backends["m"].base_url, config.warnings),
+                         ("http://127.0.0.1:8124/v1", ()))

@@ -16,6 +16,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import HTTPConnectionPool
 
+from llmproxy.backends import REGISTRY
 from llmproxy.config import build_config
 from llmproxy.service import build_upstreams
 from llmproxy.frontends import ProxyApp
@@ -60,7 +61,7 @@ class ArbitraryBodiesTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         config = build_config({"default_backend": "mock", "backends": {"mock": {"type": "mock"}}},
-                              environ={})
+                              environ={}, kinds=REGISTRY.kinds)
         pool = HTTPConnectionPool(self.clock, persistent=False)
         app = ProxyApp(config, build_upstreams(config, pool, self.clock, self.clock), self.clock)
         self.stub = StubTreq(app.site().resource)

@@ -11,7 +11,8 @@ from twisted.internet.task import Clock
 from twisted.logger import LogEvent, Logger, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
-from llmproxy.backends.keypool import ApiKey, KeyPool
+from llmproxy.backends.keypool import KeyPool
+from llmproxy.config import ApiKey
 
 SECRET = "sk-very-secret-value"
 

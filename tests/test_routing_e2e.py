@@ -11,6 +11,7 @@ from typing import Any
 import treq
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from llmproxy.backends import REGISTRY
 from llmproxy.config import ConfigError, Overrides, build_config
 from tests.harness import client, post, start
 
@@ -152,12 +153,12 @@ class StartupTests(SynchronousTestCase):
     def test_invalid_regex_stops_startup(self) -> None:
         with self.assertRaises(ConfigError) as caught:
             build_config({"model_aliases": [{"pattern": "gpt-(4", "replacement": "x"}]},
-                         environ={}, source="conf.yaml")
+                         environ={}, source="conf.yaml", kinds=REGISTRY.kinds)
         self.assertIn("gpt-(4", str(caught.exception))
         self.assertIn("conf.yaml", str(caught.exception))
 
     def test_cli_aliases_come_first(self) -> None:
         config = build_config(
             {"model_aliases": [{"pattern": "^a$", "replacement": "file"}]},
-            Overrides(model_aliases=("^a$=cli",)), environ={})
+            Overrides(model_aliases=("^a$=cli",)), environ={}, kinds=REGISTRY.kinds)
         self.assertEqual([r.replacement for r in config.model_aliases], ["cli", "file"])

@@ -21,7 +21,8 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from llmproxy.workers import ReusePortService, TCPAddress, WorkerChildren, parse_tcp
+from llmproxy.config import TCPAddress, parse_tcp
+from llmproxy.workers import ReusePortService, WorkerChildren
 from tests.harness import client
 
 

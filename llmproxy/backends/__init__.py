@@ -1,5 +1,20 @@
 """
-Backends: the upstreams llmproxy forwards to (C{openai},
-C{openai-responses}, C{mock}), their key pools, health and the relay that
-streams their answers.
+Backends: the connectors to the upstreams llmproxy forwards to, their key
+pools and health.
+
+L{REGISTRY} is the table of backend types, one line each, in the order the
+config loader sees them (the first is the type of a backend that names
+none).  A new type is one module declaring a L{BackendType} plus one line
+here.
 """
+
+from llmproxy.backends import mock, openai
+from llmproxy.backends.registry import BackendContext, BackendType, Factory, Registry
+
+REGISTRY = Registry(
+    openai.OPENAI,
+    openai.OPENAI_RESPONSES,
+    mock.MOCK,
+)
+
+__all__ = ["REGISTRY", "BackendContext", "BackendType", "Factory", "Registry"]

@@ -10,8 +10,7 @@ from typing import Protocol
 from twisted.internet.defer import Deferred
 from twisted.web.iweb import IResponse
 
-from llmproxy.backends.keypool import ApiKey
-from llmproxy.config import BackendConfig
+from llmproxy.config import ApiKey, BackendConfig
 
 
 

@@ -13,34 +13,17 @@ values never appear in C{repr}, C{str}, logs or status output.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from llmproxy.config import ApiKey
+
 RATE_LIMITED = "rate_limited"
 INVALID = "invalid"
 QUOTA = "quota"
-
-
-@dataclass(frozen=True)
-class ApiKey:
-    """
-    One upstream API key.
-
-    @ivar name: how the key is shown, e.g. C{openai#1} or C{OPENAI_API_KEY_3}.
-    @ivar value: the secret; never shown anywhere.
-    """
-
-    name: str
-    value: str = field(repr=False)
-
-    def __repr__(self) -> str:
-        return f"ApiKey({self.name!r})"
-
-    def __str__(self) -> str:
-        return self.name
 
 
 @dataclass

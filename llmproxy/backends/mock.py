@@ -20,9 +20,9 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IResponse
 
 from llmproxy.dialects import CHAT
-from llmproxy.backends.keypool import ApiKey
 from llmproxy.backends.memory import MemoryResponse
-from llmproxy.config import BackendConfig
+from llmproxy.backends.registry import BackendContext, BackendType
+from llmproxy.config import ApiKey, BackendConfig, BackendKind
 from llmproxy.errors import InvalidRequest
 from llmproxy.sse import DONE, encode_event
 
@@ -180,3 +180,11 @@ class MockBackend:
 
     def close(self) -> None:
         pass
+
+
+def build(config: BackendConfig, context: BackendContext) -> MockBackend:
+    return MockBackend(config, context.clock)
+
+
+#: C{type: mock}: no URL, no key; part of the demo configuration.
+MOCK = BackendType(BackendKind("mock", uses_url=False, demo=True), build)

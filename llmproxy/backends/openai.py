@@ -26,10 +26,11 @@ from zope.interface import implementer
 from llmproxy import __version__
 from llmproxy.backends.base import FirstByteTimeout
 from llmproxy.dialects import CHAT, RESPONSES
-from llmproxy.backends.keypool import ApiKey
 from llmproxy.backends.body import collect_body
-from llmproxy.config import BackendConfig
+from llmproxy.backends.registry import BackendContext, BackendType
+from llmproxy.config import ApiKey, BackendConfig, BackendKind
 
+DEFAULT_URL = "https://api.openai.com/v1"
 MODELS_TTL = 600.0
 MODELS_DEADLINE = 10.0
 MODELS_MAX_BYTES = 4 * 1024 * 1024
@@ -104,17 +105,17 @@ def host_header(url: str) -> bytes:
 
 class OpenAIBackend:
     """
-    An OpenAI-compatible upstream.
+    An OpenAI-compatible upstream, speaking Chat Completions.
     """
 
     log = Logger()
+    dialect = CHAT
 
     def __init__(
         self, config: BackendConfig, pool: HTTPConnectionPool, reactor: Any,
         clock: IReactorTime,
     ) -> None:
         self.config = config
-        self.dialect = RESPONSES if config.type == "openai-responses" else CHAT
         self.clock = clock
         self.agent = CachingAgent(reactor, pool=pool, connectTimeout=config.connect_timeout)
         self._url = (config.base_url + PATHS[self.dialect]).encode()
@@ -214,3 +215,28 @@ def with_timeout(d: Deferred[Any], clock: IReactorTime, seconds: float) -> Defer
         return result
 
     return d.addBoth(done)
+
+
+class OpenAIResponsesBackend(OpenAIBackend):
+    """
+    An OpenAI-compatible upstream speaking the Responses API.
+    """
+
+    dialect = RESPONSES
+
+
+def build_chat(config: BackendConfig, context: BackendContext) -> OpenAIBackend:
+    return OpenAIBackend(config, context.pool, context.reactor, context.clock)
+
+
+def build_responses(config: BackendConfig, context: BackendContext) -> OpenAIBackend:
+    return OpenAIResponsesBackend(config, context.pool, context.reactor, context.clock)
+
+
+#: C{type: openai}: Chat Completions, to OpenAI or any compatible server;
+#: part of the demo configuration.
+OPENAI = BackendType(
+    BackendKind("openai", default_url=DEFAULT_URL, openai_env=True, demo=True), build_chat)
+#: C{type: openai-responses}: the Responses API.
+OPENAI_RESPONSES = BackendType(
+    BackendKind("openai-responses", default_url=DEFAULT_URL, openai_env=True), build_responses)

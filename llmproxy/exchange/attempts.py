@@ -15,7 +15,8 @@ from typing import Sequence
 
 from twisted.internet.interfaces import IReactorTime
 
-from llmproxy.backends.keypool import INVALID, ApiKey
+from llmproxy.backends.keypool import INVALID
+from llmproxy.config import ApiKey
 from llmproxy.exchange.runtime import Upstreams
 from llmproxy.exchange.outcome import Outcome
 from llmproxy.routing.plan import plan_attempts

@@ -25,10 +25,9 @@ from twisted.web.server import Request
 from llmproxy.backends.base import Backend
 from llmproxy.dialects import CHAT
 from llmproxy.backends.health import CircuitBreaker
-from llmproxy.backends.keypool import ApiKey
 from llmproxy.backends.body import collect_body
 from llmproxy.exchange.relay import StreamRelay
-from llmproxy.config import Config
+from llmproxy.config import ApiKey, Config
 from llmproxy.errors import InvalidRequest, ProxyError, UpstreamError
 from llmproxy.exchange import prepare
 from llmproxy.exchange.attempts import AttemptQueue, Slot

@@ -1,0 +1,294 @@
+# -*- test-case-name: tests.test_config -*-
+"""
+The C{backends} section: one L{BackendConfig} per entry, each of a type
+the backend registry declares (a L{BackendKind}), and the default backend.
+"""
+
+from __future__ import annotations
+
+import re
+from types import MappingProxyType
+from typing import Any, Mapping
+
+from llmproxy.config.model import (
+    OPENAI_BACKEND,
+    ApiKey,
+    BackendConfig,
+    BackendKind,
+    ConfigError,
+    Overrides,
+)
+from llmproxy.config.reader import Reader, env_refs
+
+MAX_ENV_KEYS = 99
+
+
+def backends_and_default(
+    top: Reader, overrides: Overrides, env: Mapping[str, str],
+    kinds: Mapping[str, BackendKind],
+) -> tuple[Mapping[str, BackendConfig], str]:
+    """
+    The backends, and the default backend selector, which must name one of
+    them.
+    """
+    sections, nested_default = _backend_sections(top)
+    requested = _requested_default(top, nested_default, overrides, env)
+    backends = _backends(top, sections, env, kinds)
+    default_backend = _default_backend(requested, backends, top.source, demo=not sections)
+    return MappingProxyType(backends), default_backend
+
+
+def _backend_sections(top: Reader) -> tuple[dict[Any, Any], str | None]:
+    """
+    Split C{backends} into the backend sections and the
+    C{backends.default_backend} it may hold.
+    """
+    sections = dict(top.mapping("backends"))
+    nested_default = sections.pop("default_backend", None)
+    if nested_default is not None and not isinstance(nested_default, str):
+        raise top.fail("backends.default_backend",
+                       f"expected a string, got {type(nested_default).__name__}")
+    return sections, nested_default
+
+
+def _requested_default(
+    top: Reader, nested_default: str | None, overrides: Overrides, env: Mapping[str, str]
+) -> str | None:
+    """
+    The default backend selector asked for, if any: the command line, else
+    C{LLM_BACKEND}, else the top-level or nested C{default_backend} (which
+    must agree).
+    """
+    top_default = top.get("default_backend", str)
+    if nested_default is not None and top_default is not None and nested_default != top_default:
+        raise top.fail("default_backend",
+                       f"conflicts with backends.default_backend {nested_default!r}")
+    return overrides.default_backend or env.get("LLM_BACKEND") or top_default or nested_default
+
+
+def _backends(
+    top: Reader, sections: Mapping[Any, Any], env: Mapping[str, str],
+    kinds: Mapping[str, BackendKind],
+) -> dict[str, BackendConfig]:
+    """
+    The configured backends, in file order; an empty section is a backend
+    with every default.  With none configured, L{_demo_backends}.
+    """
+    if not sections:
+        return _demo_backends(top, env, kinds)
+    backends: dict[str, BackendConfig] = {}
+    for name, body in sections.items():
+        if body is None:
+            body = {}
+        if not isinstance(body, dict):
+            raise top.fail(f"backends.{name}", "expected a mapping")
+        backends[str(name)] = _backend(str(name), top.child(f"backends.{name}", body), env, kinds)
+    return backends
+
+
+def _demo_backends(
+    top: Reader, env: Mapping[str, str], kinds: Mapping[str, BackendKind]
+) -> dict[str, BackendConfig]:
+    """
+    The backends when none are configured: one per L{BackendKind.demo}
+    type, named after it, with every default (so the L{OPENAI_BACKEND} one
+    is keyed from the environment, if at all).
+    """
+    return {
+        name: _backend(name, top.child(f"backends.{name}", {}), env, kinds)
+        for name, kind in kinds.items() if kind.demo
+    }
+
+
+def _missing_key(backend: BackendConfig) -> bool:
+    """
+    Whether the backend has no key while it asks for one.
+    """
+    return not backend.keys and backend.key_env is not None
+
+
+def _default_backend(
+    requested: str | None, backends: Mapping[str, BackendConfig], source: str, demo: bool
+) -> str:
+    """
+    The default backend selector: the one requested; else, for the demo
+    backends, the first that is not missing its key (the mock, when OpenAI
+    has no key); else L{OPENAI_BACKEND} when it exists, else the first
+    backend.  Its backend must exist.
+    """
+    if requested is None:
+        ready = [n for n, b in backends.items() if not _missing_key(b)]
+        if demo and ready:
+            requested = ready[0]
+        else:
+            requested = OPENAI_BACKEND if OPENAI_BACKEND in backends else next(iter(backends))
+    name = requested.split("|")[0].split(":")[0]
+    if name not in backends:
+        raise ConfigError(
+            f"{source}: default_backend: unknown backend {name!r}; "
+            f"known: {', '.join(sorted(backends))}"
+        )
+    return requested
+
+
+def _backend(
+    name: str, reader: Reader, environ: Mapping[str, str], kinds: Mapping[str, BackendKind]
+) -> BackendConfig:
+    """
+    Build one backend from its C{backends.NAME} section: the settings
+    every type shares, then its type's own L{BackendKind.options}.
+    """
+    kind = _backend_kind(name, reader, kinds)
+    base_url = _base_url(name, kind, reader, environ)
+    keys, key_env = _keys(name, reader, environ,
+                          implicit=name == OPENAI_BACKEND and kind.openai_env)
+    reasoning_models = _reasoning_models(reader)
+    backend = BackendConfig(
+        name=name,
+        type=kind.name,
+        base_url=base_url,
+        keys=keys,
+        key_env=key_env,
+        timeout=reader.number("timeout", 600.0),
+        connect_timeout=reader.number("connect_timeout", 10.0),
+        idle_timeout=reader.number("idle_timeout", 300.0),
+        models=reader.strings("models"),
+        reasoning_models=reasoning_models,
+        max_connections=reader.integer("max_connections", 64, minimum=1),
+        options=_options(kind, reader),
+    )
+    reader.finish()
+    return backend
+
+
+def _backend_kind(name: str, reader: Reader, kinds: Mapping[str, BackendKind]) -> BackendKind:
+    """
+    The backend's type: C{type}, or its synonym C{connector}, else the
+    backend's own name when that is a known type, else the first type
+    (the registry's first entry).
+    """
+    raw_type = reader.get("type", str)
+    connector = reader.get("connector", str)
+    if raw_type and connector and raw_type != connector:
+        raise reader.fail("type", f"conflicts with connector {connector!r}")
+    btype = raw_type or connector or (name if name in kinds else next(iter(kinds)))
+    if btype not in kinds:
+        raise reader.fail("type", f"unknown type {btype!r}; known: {', '.join(kinds)}")
+    return kinds[btype]
+
+
+def _base_url(
+    name: str, kind: BackendKind, reader: Reader, environ: Mapping[str, str]
+) -> str:
+    """
+    The backend's base URL without a trailing slash: C{base_url}, or its
+    synonym C{api_url}.  Without one, the type's default URL; but the
+    backend named L{OPENAI_BACKEND} of a type that reads the OpenAI
+    environment takes C{OPENAI_API_BASE_URL} (else C{OPENAI_BASE_URL})
+    first.
+    """
+    base_url = reader.get("base_url", str)
+    api_url = reader.get("api_url", str)
+    if base_url and api_url and base_url != api_url:
+        raise reader.fail("api_url", "conflicts with base_url")
+    url = base_url or api_url
+    if not url and name == OPENAI_BACKEND and kind.openai_env:
+        url = environ.get("OPENAI_API_BASE_URL") or environ.get("OPENAI_BASE_URL")
+    return (url or kind.default_url).rstrip("/")
+
+
+def _options(kind: BackendKind, reader: Reader) -> Mapping[str, Any]:
+    """
+    The values of the settings only this backend's type reads.
+    """
+    values: dict[str, Any] = {}
+    for option in kind.options:
+        value = reader.get(option.name, option.type, option.default)
+        values[option.name] = float(value) if option.type is float and value is not None else value
+    return MappingProxyType(values)
+
+
+def _reasoning_models(reader: Reader) -> re.Pattern[str] | None:
+    """
+    The compiled C{reasoning_models} regex, if any.
+    """
+    pattern_text = reader.get("reasoning_models", str)
+    if pattern_text is None:
+        return None
+    try:
+        return re.compile(pattern_text)
+    except re.error as e:
+        raise reader.fail("reasoning_models", f"invalid regex {pattern_text!r}: {e}")
+
+
+def _keys(
+    name: str, reader: Reader, environ: Mapping[str, str], implicit: bool
+) -> tuple[tuple[ApiKey, ...], str | None]:
+    """
+    Collect a backend's keys: C{api_key}, C{api_keys}, and when C{implicit}
+    and there are none, the C{OPENAI_API_KEY_1..N} variables (or, when none
+    of those exist, C{OPENAI_API_KEY}).
+
+    @return: the keys, and the environment variable to name when there are
+        none.
+    """
+    texts, values = _key_entries(reader)
+    if implicit and not texts:
+        return _openai_env_keys(environ), "OPENAI_API_KEY"
+    return _named_keys(name, texts, values), _first_env_ref(texts)
+
+
+def _key_entries(reader: Reader) -> tuple[list[str], list[str]]:
+    """
+    Read C{api_key} then C{api_keys}.
+
+    @return: each entry as written (with its C{${VAR}} references), and the
+        same entries expanded.
+    """
+    raw_one = reader.data.get("api_key")
+    one = reader.get("api_key", str)
+    many = reader.strings("api_keys")
+    raw_many = reader.data.get("api_keys") or []
+    if one is None:
+        return list(raw_many), list(many)
+    return [raw_one, *raw_many], [one, *many]
+
+
+def _named_keys(name: str, texts: list[str], values: list[str]) -> tuple[ApiKey, ...]:
+    """
+    The non-empty keys, each named after its variable when it is the only
+    key and comes from exactly one variable, else C{NAME#i}; a key's name
+    never holds its value.
+    """
+    keys: list[ApiKey] = []
+    for i, (text, value) in enumerate(zip(texts, values), start=1):
+        refs = env_refs(text)
+        key_name = refs[0] if len(refs) == 1 and len(values) == 1 else f"{name}#{i}"
+        if value:
+            keys.append(ApiKey(key_name, value))
+    return tuple(keys)
+
+
+def _first_env_ref(texts: list[str]) -> str | None:
+    """
+    The first variable any of the key entries refers to, if any.
+    """
+    refs = [r for t in texts for r in env_refs(t)]
+    return refs[0] if refs else None
+
+
+def _openai_env_keys(environ: Mapping[str, str]) -> tuple[ApiKey, ...]:
+    """
+    The keys of the L{OPENAI_BACKEND} backend from the environment: the
+    numbered C{OPENAI_API_KEY_1..N} when any is set, else C{OPENAI_API_KEY}.
+    """
+    numbered = tuple(
+        ApiKey(f"OPENAI_API_KEY_{i}", environ[f"OPENAI_API_KEY_{i}"])
+        for i in range(1, MAX_ENV_KEYS + 1)
+        if environ.get(f"OPENAI_API_KEY_{i}")
+    )
+    if numbered:
+        return numbered
+    if environ.get("OPENAI_API_KEY"):
+        return (ApiKey("OPENAI_API_KEY", environ["OPENAI_API_KEY"]),)
+    return ()
