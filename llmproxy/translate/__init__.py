@@ -7,7 +7,8 @@ Translation between the Chat Completions and Responses APIs.
   - L{responses}: whole answers, both ways
     (L{responses_to_chat_completion}, L{chat_completion_to_response}) and
     usage objects.
-  - L{stream}: streams, both ways (L{ChatToResponsesStream},
+  - L{chat_to_responses} and L{responses_to_chat}: streams, one state
+    machine per direction (L{ChatToResponsesStream},
     L{ResponsesToChatStream}).
 
 Everything here is pure: no I/O, no clock, inputs are never modified.
@@ -26,7 +27,8 @@ from llmproxy.translate.responses import (
     responses_to_chat_completion,
     responses_usage_to_chat,
 )
-from llmproxy.translate.stream import ChatToResponsesStream, ResponsesToChatStream
+from llmproxy.translate.chat_to_responses import ChatToResponsesStream
+from llmproxy.translate.responses_to_chat import ResponsesToChatStream
 
 __all__ = [
     "Translated",

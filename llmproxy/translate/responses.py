@@ -1,11 +1,11 @@
-# -*- test-case-name: tests.test_translate_responses -*-
+# -*- test-case-name: tests.test_translate_responses,tests.test_translate_chat_to_responses,tests.test_translate_responses_to_chat -*-
 """
 Whole (non-streamed) answers: Responses objects ⇄ C{chat.completion}s.
 
 The item builders and L{response_object} are shared with
-L{llmproxy.translate.stream}, so that a synthesised event stream ends in
-exactly the object that L{chat_completion_to_response} builds for the
-same answer.  Item ids are derived from the response id and the output
+L{llmproxy.translate.chat_to_responses}, so that a synthesised event stream
+ends in exactly the object that L{chat_completion_to_response} builds for
+the same answer.  Item ids are derived from the response id and the output
 index (C{msg_<base>_<i>}, C{fc_<base>_<i>}, C{rs_<base>_<i>}), so both
 paths agree on them.
 """

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_proxy -*-
+# -*- test-case-name: tests.test_proxy,tests.test_responses_api -*-
 """
 Stream transforms: what the client receives for the upstream's raw SSE
 events, per (frontend, backend) dialect pair, and how a failure looks once a
@@ -14,7 +14,8 @@ from typing import Any, Mapping, Protocol, Sequence
 from llmproxy.dialects import CHAT
 from llmproxy.errors import ProxyError
 from llmproxy.sse import DONE, Event, encode_event, parse_event
-from llmproxy.translate.stream import ChatToResponsesStream, ResponsesToChatStream
+from llmproxy.translate.chat_to_responses import ChatToResponsesStream
+from llmproxy.translate.responses_to_chat import ResponsesToChatStream
 
 
 def stream_error_payload(error: ProxyError) -> dict[str, Any]:
