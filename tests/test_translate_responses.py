@@ -2,8 +2,10 @@
 """
 Tests for L{llmproxy.translate.responses}.
 
-The strategies here (L{chat_completions}, L{responses_requests},
-L{responses_objects}) are shared with L{tests.test_translate_stream}.
+The strategies and helpers here (L{chat_completions}, L{responses_requests},
+L{responses_objects}, L{normalised_completion}, L{completion_summary}) are
+shared with the stream tests, L{tests.test_translate_chat_to_responses} and
+L{tests.test_translate_responses_to_chat}.
 """
 
 from __future__ import annotations

@@ -1,32 +1,35 @@
-# -*- test-case-name: tests.test_translate_requests -*-
+# -*- test-case-name: tests.test_translate_chat_request -*-
 """
 Translation between the Chat Completions and Responses APIs.
 
-  - L{requests}: request bodies, both ways (L{chat_to_responses_request},
-    L{responses_to_chat_request}).
+  - L{chat_request} and L{responses_request}: request bodies, one module per
+    direction (L{chat_to_responses_request}, L{responses_to_chat_request}),
+    on the field tables of L{requests} (which also holds L{Translated}).
   - L{responses}: whole answers, both ways
     (L{responses_to_chat_completion}, L{chat_completion_to_response}) and
     usage objects.
-  - L{stream}: streams, both ways (L{ChatToResponsesStream},
+  - L{chat_to_responses} and L{responses_to_chat}: streams, one state
+    machine per direction (L{ChatToResponsesStream},
     L{ResponsesToChatStream}).
+  - L{transforms}: the SSE-level stream transforms built on them, per
+    dialect pair, and the in-band error of each dialect.
 
 Everything here is pure: no I/O, no clock, inputs are never modified.
 """
 
 from __future__ import annotations
 
-from llmproxy.translate.requests import (
-    Translated,
-    chat_to_responses_request,
-    responses_to_chat_request,
-)
+from llmproxy.translate.chat_request import chat_to_responses_request
+from llmproxy.translate.chat_to_responses import ChatToResponsesStream
+from llmproxy.translate.requests import Translated
 from llmproxy.translate.responses import (
     chat_completion_to_response,
     chat_usage_to_responses,
     responses_to_chat_completion,
     responses_usage_to_chat,
 )
-from llmproxy.translate.stream import ChatToResponsesStream, ResponsesToChatStream
+from llmproxy.translate.responses_request import responses_to_chat_request
+from llmproxy.translate.responses_to_chat import ResponsesToChatStream
 
 __all__ = [
     "Translated",

@@ -1,11 +1,11 @@
-# -*- test-case-name: tests.test_translate_responses -*-
+# -*- test-case-name: tests.test_translate_responses,tests.test_translate_chat_to_responses,tests.test_translate_responses_to_chat -*-
 """
 Whole (non-streamed) answers: Responses objects ⇄ C{chat.completion}s.
 
 The item builders and L{response_object} are shared with
-L{llmproxy.translate.stream}, so that a synthesised event stream ends in
-exactly the object that L{chat_completion_to_response} builds for the
-same answer.  Item ids are derived from the response id and the output
+L{llmproxy.translate.chat_to_responses}, so that a synthesised event stream
+ends in exactly the object that L{chat_completion_to_response} builds for
+the same answer.  Item ids are derived from the response id and the output
 index (C{msg_<base>_<i>}, C{fc_<base>_<i>}, C{rs_<base>_<i>}), so both
 paths agree on them.
 """
@@ -17,7 +17,7 @@ import json
 from typing import Any, Mapping
 
 from llmproxy.errors import UpstreamError
-from llmproxy.translate.requests import (
+from llmproxy.translate.chat_request import (
     chat_response_format_to_text_format,
     chat_tool_to_responses_tool,
 )
@@ -43,19 +43,14 @@ def as_mapping(value: Any) -> Mapping[str, Any]:
     """
     C{value} if it is a mapping, else an empty one: for optional JSON
     objects that may be missing or malformed.
-
-    @param value: any JSON value.
-    @return: a mapping.
     """
     return value if isinstance(value, Mapping) else {}
 
 
 def _int(value: Any) -> int:
     """
-    A token count as an C{int}; anything else counts as 0.
-
-    @param value: the raw value.
-    @return: the count.
+    A token count (or a timestamp) as an C{int}: a float is truncated,
+    anything else counts as 0.
     """
     return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
 
@@ -96,11 +91,8 @@ def chat_usage_to_responses(usage: Mapping[str, Any] | None) -> dict[str, Any] |
 
 def responses_usage_to_chat(usage: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """
-    Rename Responses usage to Chat usage.
-
-    @param usage: Responses usage, or L{None}.
-    @return: Chat usage, or L{None}.  The details objects are present only
-        when the source has them.
+    Rename Responses usage to Chat usage (L{None} stays L{None}).  The
+    details objects are present only when the source has them.
     """
     if not isinstance(usage, Mapping):
         return None
@@ -132,9 +124,6 @@ def _reasoning_texts(item: Mapping[str, Any]) -> list[str]:
     """
     The non-empty texts of a reasoning item: summaries first, then raw
     reasoning content.
-
-    @param item: a C{reasoning} output item.
-    @return: the texts.
     """
     texts: list[str] = []
     for key, kind in (("summary", "summary_text"), ("content", "reasoning_text")):
@@ -150,7 +139,6 @@ def responses_to_chat_completion(resp: Mapping[str, Any]) -> dict[str, Any]:
     """
     Translate a Responses object into a C{chat.completion}.
 
-    @param resp: the Responses object.
     @return: the Chat completion, with id C{chatcmpl-<resp id>}.  Reasoning
         summaries (or raw reasoning text) become the C{reasoning_content}
         extension, joined with a blank line.
@@ -233,12 +221,9 @@ def responses_to_chat_completion(resp: Mapping[str, Any]) -> dict[str, Any]:
 
 def item_id(prefix: str, response_id: str, output_index: int) -> str:
     """
-    The deterministic id of an output item.
-
-    @param prefix: C{msg}, C{fc}, C{rs} or C{call}.
-    @param response_id: the response id (a C{resp_} prefix is left out).
-    @param output_index: the item's position in C{output}.
-    @return: e.g. C{msg_abc_0} for C{resp_abc}.
+    The deterministic id of an output item: C{prefix} (C{msg}, C{fc}, C{rs}
+    or C{call}), the response id without its C{resp_}, and the item's
+    position in C{output}; e.g. C{msg_abc_0} for C{resp_abc}.
     """
     base = response_id[len("resp_") :] if response_id.startswith("resp_") else response_id
     return f"{prefix}_{base}_{output_index}"
@@ -246,12 +231,8 @@ def item_id(prefix: str, response_id: str, output_index: int) -> str:
 
 def message_item(id: str, parts: list[dict[str, Any]], status: str = "completed") -> dict[str, Any]:
     """
-    An assistant C{message} output item.
-
-    @param id: the item id.
-    @param parts: C{output_text}/C{refusal} parts (copied).
-    @param status: the item status.
-    @return: the item.
+    An assistant C{message} output item, with copies of C{parts}
+    (C{output_text} and C{refusal}).
     """
     return {
         "id": id,
@@ -266,14 +247,8 @@ def function_call_item(
     id: str, call_id: str, name: str, arguments: str, status: str = "completed"
 ) -> dict[str, Any]:
     """
-    A C{function_call} output item.
-
-    @param id: the item id (C{fc_...}).
-    @param call_id: the call id the client answers with.
-    @param name: the function name.
-    @param arguments: the JSON arguments string.
-    @param status: the item status.
-    @return: the item.
+    A C{function_call} output item; C{call_id} is the id the client
+    answers with, C{arguments} a JSON string.
     """
     return {
         "id": id,
@@ -289,10 +264,6 @@ def reasoning_item(id: str, summary: list[str]) -> dict[str, Any]:
     """
     A C{reasoning} output item carrying Chat C{reasoning_content} as
     summary text (the form Responses clients display).
-
-    @param id: the item id (C{rs_...}).
-    @param summary: the summary texts.
-    @return: the item.
     """
     return {
         "id": id,
@@ -305,8 +276,6 @@ def chat_finish_to_status(finish_reason: str | None) -> tuple[str, dict[str, Any
     """
     Map a Chat C{finish_reason} to a Responses status.
 
-    @param finish_reason: C{stop}, C{tool_calls}, C{length},
-        C{content_filter}, ... or L{None}.
     @return: C{("completed", None)}, or C{("incomplete", {"reason": ...})}
         for C{length} (C{max_output_tokens}) and C{content_filter}.
     """
@@ -319,10 +288,7 @@ def chat_finish_to_status(finish_reason: str | None) -> tuple[str, dict[str, Any
 
 def _echo_tools(tools: Any) -> list[Any]:
     """
-    The request's tools, in the flat Responses form.
-
-    @param tools: the request's C{tools}.
-    @return: a new list.
+    The request's C{tools}, in the flat Responses form (a new list).
     """
     if not isinstance(tools, list):
         return []
@@ -337,10 +303,8 @@ def _echo_tools(tools: Any) -> list[Any]:
 
 def _echo_text(request: Mapping[str, Any]) -> dict[str, Any]:
     """
-    The request's C{text} configuration with a default format.
-
-    @param request: the Responses request.
-    @return: C{{"format": ..., "verbosity"?: ...}}.
+    The Responses request's C{text} configuration with a default format:
+    C{{"format": ..., "verbosity"?: ...}}.
     """
     text: dict[str, Any] = {"format": {"type": "text"}}
     if request.get("response_format") is not None:
@@ -367,20 +331,14 @@ def response_object(
     service_tier: str | None = None,
 ) -> dict[str, Any]:
     """
-    A complete Responses object, echoing the request's settings as the
-    Responses API does.
+    A complete, JSON-ready Responses object, echoing (copies of) the
+    request's settings as the Responses API does.
 
-    @param response_id: the C{resp_...} id.
-    @param created_at: Unix time of creation.
-    @param model: the model that answered.
     @param status: C{in_progress}, C{completed}, C{incomplete} or C{failed}.
-    @param output: the output items (copied).
-    @param usage: Responses usage, or L{None}.
-    @param request: the Responses request (fields are copied from it).
     @param error: C{{code, message}} for a failed response.
     @param incomplete_details: C{{reason}} for an incomplete response.
-    @param service_tier: the tier reported by the upstream, if any.
-    @return: the JSON-ready object.
+    @param service_tier: the tier reported by the upstream, if any; else
+        the request's.
     """
     req: Mapping[str, Any] = request if request is not None else {}
 
@@ -426,10 +384,8 @@ def response_object(
 
 def chat_message_text(content: Any) -> str:
     """
-    The text of a Chat answer's C{content}.
-
-    @param content: a string, L{None}, or a list of text parts.
-    @return: the text (parts are concatenated).
+    The text of a Chat answer's C{content}: a string, L{None}, or a list of
+    text parts (concatenated).
     """
     if isinstance(content, str):
         return content
@@ -444,11 +400,9 @@ def chat_message_text(content: Any) -> str:
 
 def chat_message_reasoning(message: Mapping[str, Any]) -> str:
     """
-    The reasoning text of a Chat message or delta: the C{reasoning_content}
-    extension, or the C{reasoning} string some servers use instead.
-
-    @param message: a Chat message or stream delta.
-    @return: the text, or C{""}.
+    The reasoning text of a Chat message or stream delta: the
+    C{reasoning_content} extension, or the C{reasoning} string some servers
+    use instead; C{""} when there is none.
     """
     for key in ("reasoning_content", "reasoning"):
         value = message.get(key)
@@ -471,7 +425,6 @@ def chat_completion_to_response(
     refusal), and one C{function_call} item per tool call.
 
     @param chat: the Chat completion (only choice 0 is used).
-    @param response_id: the id to give the response.
     @param request: the Responses request, whose settings are echoed.
     @return: the Responses object; it validates as the SDK's C{Response}.
     """

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_proxy -*-
+# -*- test-case-name: tests.test_proxy,tests.test_responses_api -*-
 """
 Stream transforms: what the client receives for the upstream's raw SSE
 events, per (frontend, backend) dialect pair, and how a failure looks once a
@@ -14,7 +14,8 @@ from typing import Any, Mapping, Protocol, Sequence
 from llmproxy.dialects import CHAT
 from llmproxy.errors import ProxyError
 from llmproxy.sse import DONE, Event, encode_event, parse_event
-from llmproxy.translate.stream import ChatToResponsesStream, ResponsesToChatStream
+from llmproxy.translate.chat_to_responses import ChatToResponsesStream
+from llmproxy.translate.responses_to_chat import ResponsesToChatStream
 
 
 def stream_error_payload(error: ProxyError) -> dict[str, Any]:
@@ -48,18 +49,14 @@ class Transform(Protocol):
         """
 
 
-class ChatPassthrough:
+class _Passthrough:
     """
-    Chat events from a chat upstream: relayed byte for byte.
+    Events relayed byte for byte.  A subclass notices the event that ends
+    its dialect's stream, and renders its dialect's in-band error.
     """
 
     def __init__(self) -> None:
         self.finished = False
-
-    def events(self, raw: list[bytes]) -> bytes:
-        if b"[DONE]" in raw[-1] and parse_event(raw[-1]) == _DONE_EVENT:
-            self.finished = True
-        return raw[0] if len(raw) == 1 else b"".join(raw)
 
     def end(self) -> bytes:
         return b""
@@ -68,21 +65,38 @@ class ChatPassthrough:
         if self.finished:
             return b""
         self.finished = True
-        return encode_event({"error": stream_error_payload(error)}) + DONE
+        return self._error_event(error)
+
+    def _error_event(self, error: ProxyError) -> bytes:
+        raise NotImplementedError
 
     def final(self) -> dict[str, Any] | None:
         return None
 
 
-class ResponsesPassthrough:
+class ChatPassthrough(_Passthrough):
     """
-    Responses events from a Responses upstream: relayed byte for byte; the
-    events are counted so an error event can carry the next sequence number.
+    Chat events from a chat upstream.
+    """
+
+    def events(self, raw: list[bytes]) -> bytes:
+        if b"[DONE]" in raw[-1] and parse_event(raw[-1]) == _DONE_EVENT:
+            self.finished = True
+        return raw[0] if len(raw) == 1 else b"".join(raw)
+
+    def _error_event(self, error: ProxyError) -> bytes:
+        return encode_event({"error": stream_error_payload(error)}) + DONE
+
+
+class ResponsesPassthrough(_Passthrough):
+    """
+    Responses events from a Responses upstream; the events are counted so
+    an error event can carry the next sequence number.
     """
 
     def __init__(self) -> None:
+        super().__init__()
         self.count = 0
-        self.finished = False
 
     def events(self, raw: list[bytes]) -> bytes:
         self.count += len(raw)
@@ -90,21 +104,12 @@ class ResponsesPassthrough:
             self.finished = True
         return raw[0] if len(raw) == 1 else b"".join(raw)
 
-    def end(self) -> bytes:
-        return b""
-
-    def error(self, error: ProxyError) -> bytes:
-        if self.finished:
-            return b""
-        self.finished = True
+    def _error_event(self, error: ProxyError) -> bytes:
         return encode_event(
             {"type": "error", "sequence_number": self.count, "code": error.code or error.type,
              "message": error.message, "param": error.param},
             "error",
         )
-
-    def final(self) -> dict[str, Any] | None:
-        return None
 
 
 _DONE_EVENT = Event("[DONE]")
