@@ -20,17 +20,20 @@ client's dialect, on the client's body, I{before} translation; then, when
 the upstream speaks the other dialect, it translates and runs, in order,
 the steps that understand only the upstream's dialect, on the translated
 body.  A step that understands neither dialect of a target is not run for
-it.  So every step runs exactly once per target, before translation
-whenever it can, and a dialect-specific step never sees a body of the
-other shape.  This was chosen over teaching the reasoning step the
-Responses shape because it keeps today's behaviour exactly, by
-construction: reasoning adaptation is written for Chat bodies, so it runs
-on the client's Chat body before a Chat -> Responses translation, after a
-Responses -> Chat translation, and not at all between two Responses
-dialects, which is precisely what happened before the pipeline existed.
-Steps that understand both dialects (the default) always run before
-translation; a dialect-specific step may thus run after a later-declared
-step of both dialects, never before an earlier one.
+it.  So a step runs at most once per target, before translation whenever
+it can, and never sees a body of a shape it does not know.  The one
+departure from the declared order: a step that has to wait for translation
+runs after every step that did not, even a later-declared one.
+
+Why not teach every step both shapes and always run before translation:
+the reasoning adaptation is written for Chat bodies, and run this way it
+applies exactly where it did before the pipeline existed, by construction:
+on the client's Chat body before a Chat -> Responses translation, on the
+translated body after a Responses -> Chat one, and not at all between two
+Responses dialects.  A Responses-shaped twin would have to be proven equal
+through both translations (instructions vs. system messages, three
+spellings of the token cap, the names reported as dropped) and would then
+have to be switched off for Responses -> Responses to keep behaviour.
 
 Proxy-only fields are body fields meant for llmproxy, not the upstream
 (knobs such as a future C{x_llmproxy_edit_precision}); like a selector's
@@ -46,9 +49,9 @@ forwarded like any other unknown field.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, NamedTuple
 
 from llmproxy.dialects import CHAT, RESPONSES
 
@@ -71,10 +74,11 @@ BOTH_DIALECTS: frozenset[str] = frozenset({CHAT, RESPONSES})
 _NO_KNOBS: Mapping[str, Any] = MappingProxyType({})
 
 
-@dataclass(frozen=True, slots=True)
-class Context:
+class Context(NamedTuple):
     """
-    What a step may know about the target it shapes a body for.
+    What a step may know about the target it shapes a body for.  (Named
+    tuples, not frozen dataclasses: both are built on every attempt, and
+    a tuple is built several times faster.)
 
     @ivar backend: the backend instance name.
     @ivar model: the bare upstream model.
@@ -90,11 +94,10 @@ class Context:
     dialect: str
     upstream: str
     reasoning_models: re.Pattern[str] | None = None
-    knobs: Mapping[str, Any] = field(default_factory=lambda: _NO_KNOBS)
+    knobs: Mapping[str, Any] = _NO_KNOBS
 
 
-@dataclass(frozen=True, slots=True)
-class Shaped:
+class Shaped(NamedTuple):
     """
     A body after a step (or a whole pipeline).
 
@@ -183,7 +186,7 @@ class Pipeline:
             knobs = {key: value for key, value in body.items() if key in self.consumes}
             if knobs:
                 body = {key: value for key, value in body.items() if key not in self.consumes}
-                context = replace(context, knobs=knobs)
+                context = context._replace(knobs=knobs)
                 changed = True
         dropped: tuple[str, ...] = ()
         client = context.dialect
@@ -197,7 +200,7 @@ class Pipeline:
             return Shaped(body, dropped, changed)
         translated = translate(body)
         body, dropped = translated.body, dropped + translated.dropped
-        context = replace(context, dialect=context.upstream)
+        context = context._replace(dialect=context.upstream)
         for step in self.steps:
             if client not in step.dialects and context.dialect in step.dialects:
                 shaped = step.shape(body, context)
