@@ -1,6 +1,7 @@
-# -*- test-case-name: tests.test_adapt_reasoning -*-
+# -*- test-case-name: tests.test_adapt_reasoning,tests.test_adapt_pipeline -*-
 """
-Adapting Chat Completions requests for OpenAI reasoning models.
+Adapting Chat Completions requests for OpenAI reasoning models: the first
+step of the adapt pipeline, L{REASONING}.
 
 Reasoning models (o1, o3, o4-mini, the gpt-5 family) reject C{max_tokens},
 sampling parameters, penalties and log-probabilities.  The first models,
@@ -8,6 +9,11 @@ o1-preview and o1-mini, also reject the C{system} and C{developer} roles.
 L{adapt_chat_for_reasoning} rewrites a request body so such a model
 accepts it, and reports what it removed or renamed so the caller can log
 it.  The input body is never mutated.
+
+L{REASONING} understands Chat bodies only, so the pipeline runs it on the
+client's body before a Chat -> Responses translation, on the translated
+body after a Responses -> Chat one, and not at all when a Responses client
+talks to a Responses upstream.
 """
 
 from __future__ import annotations
@@ -16,12 +22,17 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
+from llmproxy.adapt.pipeline import Context, Shaped, Step
+from llmproxy.dialects import CHAT
+
 __all__ = [
     "DEFAULT_REASONING_MODELS",
     "LEGACY_REASONING_MODELS",
     "Adaptation",
     "is_reasoning_model",
     "adapt_chat_for_reasoning",
+    "shape_for_reasoning",
+    "REASONING",
 ]
 
 DEFAULT_REASONING_MODELS: re.Pattern[str] = re.compile(
@@ -238,3 +249,25 @@ def adapt_chat_for_reasoning(
         rewrite = _merge_instructions if legacy else _rename_system
         adapted.body["messages"] = rewrite(messages)
     return adapted
+
+
+def shape_for_reasoning(body: Mapping[str, Any], context: Context) -> Shaped:
+    """
+    L{adapt_chat_for_reasoning} as a pipeline step, for the target's model
+    and its backend's C{reasoning_models} pattern.
+
+    @return: unchanged unless the model is a reasoning model and the
+        adaptation removed, renamed or rewrote something.
+    """
+    pattern = context.reasoning_models
+    if not is_reasoning_model(context.model, pattern):
+        return Shaped(body)
+    adapted = adapt_chat_for_reasoning(body, context.model, pattern)
+    if adapted.dropped or adapted.renamed or adapted.body != body:
+        return Shaped(adapted.body, adapted.dropped, True)
+    return Shaped(body)
+
+
+#: Reasoning models reject sampling parameters and, for the first ones,
+#: instruction roles: adapt Chat bodies sent to them.
+REASONING = Step("reasoning", shape_for_reasoning, dialects=frozenset({CHAT}))

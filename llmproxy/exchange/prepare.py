@@ -1,20 +1,24 @@
 # -*- test-case-name: tests.test_proxy -*-
 """
 What differs between the two frontends (Chat Completions and Responses) on
-the way up and back: how a routed body becomes the backend's bytes, and how
+the way up and back: how a routed body becomes the backend's bytes (the
+adapt pipeline, translation included, L{llmproxy.adapt.pipeline}), and how
 a backend's whole answer becomes the client's.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Mapping, Sequence
 
-from llmproxy.adapt.reasoning import adapt_chat_for_reasoning, is_reasoning_model
+from llmproxy.adapt.pipeline import Context, Pipeline, Shaped, Translate
+from llmproxy.adapt.steps import DEFAULT_PIPELINE
 from llmproxy.dialects import CHAT, RESPONSES
 from llmproxy.errors import ProxyError
 from llmproxy.routing.resolve import Target
 from llmproxy.translate import (
+    Translated,
     chat_completion_to_response,
     chat_to_responses_request,
     responses_to_chat_completion,
@@ -26,30 +30,49 @@ def _dumps(body: Any) -> bytes:
     return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
+def _shaped(translated: Translated) -> Shaped:
+    return Shaped(translated.body, translated.dropped, True)
+
+
+def _to_responses(body: Mapping[str, Any]) -> Shaped:
+    return _shaped(chat_to_responses_request(body))
+
+
+def _to_chat(history: Sequence[Mapping[str, Any]]) -> Translate:
+    return lambda body: _shaped(responses_to_chat_request(body, history))
+
+
+def _bytes(target: Target, original: bytes, shaped: Shaped) -> tuple[bytes, tuple[str, ...]]:
+    """
+    The client's own bytes when neither routing nor the pipeline changed
+    the body, else the shaped body's.
+    """
+    if target.changed or shaped.changed:
+        return _dumps(shaped.body), shaped.dropped
+    return original, shaped.dropped
+
+
 def prepare_chat(
     target: Target, original: bytes, backend_dialect: str,
-    reasoning: Any = None,
+    reasoning: re.Pattern[str] | None = None, pipeline: Pipeline | None = None,
 ) -> tuple[bytes, tuple[str, ...]]:
     """
     The bytes to send a backend for a chat-frontend target, and the names
     of the parameters removed on the way.
+
+    @param reasoning: the backend's C{reasoning_models} pattern.
+    @param pipeline: the adapt steps, by default L{DEFAULT_PIPELINE}.
     """
-    body: Mapping[str, Any] = target.body
-    dropped: tuple[str, ...] = ()
-    changed = target.changed
-    if is_reasoning_model(target.model, reasoning):
-        adapted = adapt_chat_for_reasoning(body, target.model, reasoning)
-        if adapted.dropped or adapted.renamed or adapted.body != body:
-            body, dropped, changed = adapted.body, adapted.dropped, True
-    if backend_dialect == RESPONSES:
-        translated = chat_to_responses_request(body)
-        return _dumps(translated.body), dropped + translated.dropped
-    return (_dumps(body) if changed else original), dropped
+    steps = DEFAULT_PIPELINE if pipeline is None else pipeline
+    context = Context(target.backend, target.model, CHAT, backend_dialect, reasoning)
+    translate = _to_responses if backend_dialect == RESPONSES else None
+    return _bytes(target, original, steps.run(target.body, context, translate))
 
 
 def prepare_responses(
     target: Target, original: bytes, backend_dialect: str,
-    reasoning: Any = None, history: Sequence[Mapping[str, Any]] | None = (),
+    reasoning: re.Pattern[str] | None = None,
+    history: Sequence[Mapping[str, Any]] | None = (), pipeline: Pipeline | None = None,
 ) -> tuple[bytes, tuple[str, ...]]:
     """
     The bytes to send a backend for a responses-frontend target.
@@ -57,9 +80,12 @@ def prepare_responses(
     @param history: the conversation C{previous_response_id} names, or
         L{None} when llmproxy does not know it (then only a Responses
         backend, which may have stored it, can serve the request).
+    @param pipeline: the adapt steps, by default L{DEFAULT_PIPELINE}.
     """
+    steps = DEFAULT_PIPELINE if pipeline is None else pipeline
+    context = Context(target.backend, target.model, RESPONSES, backend_dialect, reasoning)
     if backend_dialect == RESPONSES:
-        return (_dumps(target.body) if target.changed else original), ()
+        return _bytes(target, original, steps.run(target.body, context))
     if history is None:
         previous = target.body.get("previous_response_id")
         raise ProxyError(
@@ -67,13 +93,7 @@ def prepare_responses(
             type="invalid_request_error", param="previous_response_id",
             code="previous_response_not_found",
         )
-    translated = responses_to_chat_request(target.body, history)
-    body = translated.body
-    dropped = translated.dropped
-    if is_reasoning_model(target.model, reasoning):
-        adapted = adapt_chat_for_reasoning(body, target.model, reasoning)
-        body, dropped = adapted.body, dropped + adapted.dropped
-    return _dumps(body), dropped
+    return _bytes(target, original, steps.run(target.body, context, _to_chat(history)))
 
 
 def convert_body(

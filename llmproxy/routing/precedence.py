@@ -4,7 +4,8 @@ Combining URI parameters, the client's body and configured model defaults.
 
 Highest first: URI parameters, then body fields the client sent, then the
 configured C{model_defaults}.  (Connector adaptations, edit precision and
-planning overrides sit above all three and are applied elsewhere.)
+planning overrides sit above all three: they are steps of the adapt
+pipeline, L{llmproxy.adapt.pipeline}, run on the body built here.)
 
 The token cap has three spellings (C{max_tokens}, C{max_completion_tokens},
 C{max_output_tokens}).  They are treated as one field, so a URI

@@ -1,0 +1,29 @@
+# -*- test-case-name: tests.test_adapt_pipeline -*-
+"""
+Which adapt steps run, in which order: a new body tweak (edit precision,
+planning overrides, a connector's rules) is one module with its L{Step}
+and one line here.
+"""
+
+from __future__ import annotations
+
+from llmproxy.adapt.pipeline import Pipeline
+from llmproxy.adapt.reasoning import REASONING
+from llmproxy.config import Config
+
+__all__ = ["DEFAULT_PIPELINE", "default_pipeline"]
+
+#: The steps every configuration runs today.
+DEFAULT_PIPELINE = Pipeline((REASONING,))
+
+
+def default_pipeline(config: Config) -> Pipeline:
+    """
+    The pipeline for C{config}, built once and shared by its requests.
+
+    No step needs more configuration than the L{Context} of a target
+    carries yet (the backend's C{reasoning_models} pattern), so this is
+    L{DEFAULT_PIPELINE} whatever C{config} says; steps with settings of
+    their own will be built from C{config} here.
+    """
+    return DEFAULT_PIPELINE
