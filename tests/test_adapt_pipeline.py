@@ -23,6 +23,7 @@ from llmproxy.adapt.pipeline import (
 )
 from llmproxy.adapt.reasoning import REASONING, adapt_chat_for_reasoning, is_reasoning_model
 from llmproxy.adapt.steps import DEFAULT_PIPELINE, default_pipeline
+from llmproxy.backends import REGISTRY
 from llmproxy.config import build_config
 from llmproxy.dialects import CHAT, RESPONSES
 
@@ -366,7 +367,7 @@ class ReasoningStepTests(SynchronousTestCase):
 
     def test_default_pipeline(self) -> None:
         config = build_config({"default_backend": "mock", "backends": {"mock": {"type": "mock"}}},
-                              environ={})
+                              environ={}, kinds=REGISTRY.kinds)
         pipeline = default_pipeline(config)
         self.assertEqual(pipeline.steps[0], REASONING)
         self.assertEqual(pipeline, DEFAULT_PIPELINE)

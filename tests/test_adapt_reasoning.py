@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_routing_reasoning -*-
+# -*- test-case-name: tests.test_adapt_reasoning -*-
 """
 Tests for L{llmproxy.adapt.reasoning}.
 """
