@@ -7,13 +7,24 @@ from __future__ import annotations
 
 import sys
 from dataclasses import replace
-from typing import Any
+from typing import cast
 
+from twisted.internet.interfaces import IReactorProcess, IReactorSocket
 from twisted.python import usage
 
 from llmproxy import service
 from llmproxy.config import Config, ConfigError, Overrides, load_config
-from llmproxy.workers import ParentWatch, ReusePortService, WorkerChildren, parse_tcp
+from llmproxy.backends.openai import IUpstreamReactor
+from llmproxy.workers import IWatchReactor, ParentWatch, ReusePortService, WorkerChildren, parse_tcp
+
+
+class IProxyReactor(IUpstreamReactor, IWatchReactor, IReactorSocket, IReactorProcess):
+    """
+    What llmproxy needs from twistd's reactor: the proxy's own (upstream
+    connections, timers), and for C{--workers} a shared port
+    (L{ReusePortService}), child processes (L{WorkerChildren}) and C{stop}
+    (L{ParentWatch}).
+    """
 
 
 class Options(usage.Options):
@@ -119,7 +130,7 @@ class Options(usage.Options):
         parent["logger"] = f"llmproxy.logs.{level}"
 
 
-def makeService(options: Options, reactor: Any = None) -> service.ProxyService:
+def makeService(options: Options, reactor: IProxyReactor | None = None) -> service.ProxyService:
     """
     The twistd entry point.  With C{--workers N}, this process and N-1
     spawned siblings share the port.
@@ -127,7 +138,7 @@ def makeService(options: Options, reactor: Any = None) -> service.ProxyService:
     if reactor is None:
         from twisted.internet import reactor as _reactor
 
-        reactor = _reactor
+        reactor = cast(IProxyReactor, _reactor)
     config = options.config
     index = options["worker-index"]
     if config.workers <= 1 and index is None:
