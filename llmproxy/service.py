@@ -6,18 +6,20 @@ L{MultiService} holding the HTTP endpoint and the shared connection pool.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable, cast
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
+from twisted.web.client import HTTPConnectionPool
 from twisted.web.server import Site
 
 from llmproxy.backends import REGISTRY, BackendContext, Registry
 from llmproxy.backends.health import CircuitBreaker
+from llmproxy.backends.base import IUpstreamReactor
 from llmproxy.backends.keypool import KeyPool
 from llmproxy.config import Config
 from llmproxy.exchange.runtime import Upstreams
@@ -25,7 +27,7 @@ from llmproxy.frontends import ProxyApp
 
 
 def build_upstreams(
-    config: Config, pool: HTTPConnectionPool, reactor: Any, clock: Any,
+    config: Config, pool: HTTPConnectionPool, reactor: IUpstreamReactor, clock: IReactorTime,
     registry: Registry = REGISTRY,
 ) -> Upstreams:
     """
@@ -50,28 +52,14 @@ def build_upstreams(
     )
 
 
-class _QuietClientFactory(_HTTP11ClientFactory):
-    """
-    No "Starting factory" / "Stopping factory" log lines per connection.
-    """
-
-    noisy = False
-
-
-class QuietPool(HTTPConnectionPool):
-    """
-    A connection pool that does not log every new upstream connection.
-    """
-
-    _factory = _QuietClientFactory
-
-
-def make_pool(config: Config, reactor: Any) -> HTTPConnectionPool:
+def make_pool(config: Config, reactor: IReactorTime) -> HTTPConnectionPool:
     """
     The one persistent connection pool every backend shares.  Failover owns
-    retries, so the pool does not retry on its own.
+    retries, so the pool does not retry on its own.  Its connections do not
+    log: the backends' endpoints see to that
+    (L{llmproxy.backends.openai.QuietEndpoint}).
     """
-    pool = QuietPool(reactor, persistent=True)
+    pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = max(
         [16] + [b.max_connections for b in config.backends.values()]
     )
@@ -96,14 +84,17 @@ class ProxyService(MultiService):
     """
     The whole proxy.  After start, C{app} is the web application and
     C{endpoint_service} the listener.  C{registry} must hold the types
-    C{config} was loaded with.
+    C{config} was loaded with.  Unless C{listener} is given, C{reactor} also
+    serves C{config.listen}, so it must provide what that endpoint type
+    needs too (C{IReactorTCP} for C{tcp:}, which L{IUpstreamReactor}
+    includes).
     """
 
     log = Logger()
 
     def __init__(
-        self, config: Config, reactor: Any, clock: Any = None,
-        listener: Callable[[Site], Any] | None = None, registry: Registry = REGISTRY,
+        self, config: Config, reactor: IUpstreamReactor, clock: IReactorTime | None = None,
+        listener: Callable[[Site], Service] | None = None, registry: Registry = REGISTRY,
     ) -> None:
         super().__init__()
         self.config = config
@@ -133,12 +124,12 @@ class ProxyService(MultiService):
         )
 
 
-def makeService(config: Config, reactor: Any = None) -> ProxyService:
+def makeService(config: Config, reactor: IUpstreamReactor | None = None) -> ProxyService:
     """
     Build the service tree for C{config}.
     """
     if reactor is None:
         from twisted.internet import reactor as _reactor
 
-        reactor = _reactor
+        reactor = cast(IUpstreamReactor, _reactor)
     return ProxyService(config, reactor)

@@ -7,14 +7,25 @@ from __future__ import annotations
 
 import sys
 from dataclasses import replace
-from typing import Any
+from typing import cast
 
+from twisted.internet.interfaces import IReactorProcess, IReactorSocket
 from twisted.python import usage
 
 from llmproxy import service
 from llmproxy.backends import REGISTRY
+from llmproxy.backends.base import IUpstreamReactor
 from llmproxy.config import Config, ConfigError, Overrides, load_config, parse_tcp
-from llmproxy.workers import ParentWatch, ReusePortService, WorkerChildren
+from llmproxy.workers import IWatchReactor, ParentWatch, ReusePortService, WorkerChildren
+
+
+class IProxyReactor(IUpstreamReactor, IWatchReactor, IReactorSocket, IReactorProcess):
+    """
+    What llmproxy needs from twistd's reactor: the proxy's own (upstream
+    connections, timers), and for C{--workers} a shared port
+    (L{ReusePortService}), child processes (L{WorkerChildren}) and C{stop}
+    (L{ParentWatch}).
+    """
 
 
 class Options(usage.Options):
@@ -120,7 +131,7 @@ class Options(usage.Options):
         parent["logger"] = f"llmproxy.logs.{level}"
 
 
-def makeService(options: Options, reactor: Any = None) -> service.ProxyService:
+def makeService(options: Options, reactor: IProxyReactor | None = None) -> service.ProxyService:
     """
     The twistd entry point.  With C{--workers N}, this process and N-1
     spawned siblings share the port.
@@ -128,7 +139,7 @@ def makeService(options: Options, reactor: Any = None) -> service.ProxyService:
     if reactor is None:
         from twisted.internet import reactor as _reactor
 
-        reactor = _reactor
+        reactor = cast(IProxyReactor, _reactor)
     config = options.config
     index = options["worker-index"]
     if config.workers <= 1 and index is None:

@@ -19,8 +19,16 @@ from typing import Any, Sequence, cast
 from twisted.application.service import Service
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IListeningPort
-from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IProcessTransport,
+    IReactorCore,
+    IReactorProcess,
+    IReactorSocket,
+    IReactorTime,
+)
+from twisted.internet.protocol import ProcessProtocol, ServerFactory
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import Site
@@ -52,7 +60,7 @@ class ReusePortService(Service):
     @ivar port: the listening port, once started.
     """
 
-    def __init__(self, reactor: Any, address: TCPAddress, site: Site) -> None:
+    def __init__(self, reactor: IReactorSocket, address: TCPAddress, site: Site) -> None:
         self.reactor = reactor
         self.address = address
         self.site = site
@@ -62,7 +70,10 @@ class ReusePortService(Service):
         super().startService()
         sock = reuseport_socket(self.address)
         try:
-            self.port = self.reactor.adoptStreamPort(sock.fileno(), self.address.family, self.site)
+            # A Site is a ServerFactory; its protocol type (a proxyForInterface)
+            # is opaque to mypy.
+            factory = cast(ServerFactory, self.site)
+            self.port = self.reactor.adoptStreamPort(sock.fileno(), self.address.family, factory)
         finally:
             sock.close()
 
@@ -92,12 +103,15 @@ class WorkerChildren(Service):
 
     log = Logger()
 
-    def __init__(self, reactor: Any, count: int, argv: Sequence[str], listener: ReusePortService) -> None:
+    def __init__(
+        self, reactor: IReactorProcess, count: int, argv: Sequence[str],
+        listener: ReusePortService,
+    ) -> None:
         self.reactor = reactor
         self.count = count
         self.argv = list(argv)
         self.listener = listener
-        self.children: list[tuple[Any, Deferred[None]]] = []
+        self.children: list[tuple[IProcessTransport, Deferred[None]]] = []
 
     def command(self, index: int, port: int) -> list[str]:
         """
@@ -138,21 +152,25 @@ class WorkerChildren(Service):
         return gatherResults(waits)
 
 
+class IWatchReactor(IReactorCore, IReactorTime):
+    """
+    What L{ParentWatch} needs: a timer to poll with, and C{stop}.
+    """
+
+
 class ParentWatch(Service):
     """
     In a spawned worker: stop when the process that spawned it is gone
     (even if it was killed without a chance to stop its children).
     """
 
-    def __init__(self, reactor: Any, interval: float = 1.0) -> None:
+    def __init__(self, reactor: IWatchReactor, interval: float = 1.0) -> None:
         self.reactor = reactor
         self.interval = interval
         self.parent_pid = os.getppid()
-        self._loop: Any = None
+        self._loop: LoopingCall | None = None
 
     def startService(self) -> None:
-        from twisted.internet.task import LoopingCall
-
         super().startService()
         self._loop = LoopingCall(self._check)
         self._loop.clock = self.reactor

@@ -8,10 +8,18 @@ from __future__ import annotations
 from typing import Protocol
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorPluggableNameResolver, IReactorTCP, IReactorTime
 from twisted.web.iweb import IResponse
 
 from llmproxy.config import ApiKey, BackendConfig
 
+
+
+class IUpstreamReactor(IReactorTCP, IReactorTime, IReactorPluggableNameResolver):
+    """
+    What connecting to an upstream takes (L{HostnameEndpoint}'s needs):
+    TCP, timers for its connection attempts, and name resolution.
+    """
 
 
 class FirstByteTimeout(Exception):

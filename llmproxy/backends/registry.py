@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Callable, Mapping
+from typing import Callable, Mapping
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.client import HTTPConnectionPool
 
-from llmproxy.backends.base import Backend
+from llmproxy.backends.base import Backend, IUpstreamReactor
 from llmproxy.config import BackendConfig, BackendKind
 
 
@@ -31,7 +31,7 @@ class BackendContext:
     """
 
     pool: HTTPConnectionPool
-    reactor: Any
+    reactor: IUpstreamReactor
     clock: IReactorTime
 
 

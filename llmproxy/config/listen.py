@@ -31,7 +31,7 @@ class TCPAddress:
     backlog: int = 1024
 
     @property
-    def family(self) -> int:
+    def family(self) -> socket.AddressFamily:
         return socket.AF_INET6 if ":" in self.host else socket.AF_INET
 
 
