@@ -17,12 +17,10 @@ from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
 from twisted.web.server import Site
 
 from llmproxy.backends.base import Backend
-from llmproxy.backends.health import CircuitBreaker
 from llmproxy.backends.openai import OpenAIBackend
-from llmproxy.backends.keypool import KeyPool
 from llmproxy.backends.mock import MockBackend
 from llmproxy.config import BackendConfig, Config
-from llmproxy.exchange.runtime import Upstreams
+from llmproxy.exchange.runtime import BackendFactory, Runtime, Upstreams, live_upstreams
 from llmproxy.frontends import ProxyApp
 
 
@@ -44,20 +42,11 @@ def build_upstreams(
     """
     Backends, key pools and circuit breakers for a configuration.
     """
-    f = config.failure
-    return Upstreams(
-        backends={n: build_backend(b, pool, reactor, clock) for n, b in config.backends.items()},
-        pools={
-            n: KeyPool(n, b.keys, clock, default_cooldown=f.default_cooldown,
-                       max_cooldown=f.max_cooldown, auth_cooldown=f.auth_cooldown,
-                       quota_cooldown=f.quota_cooldown)
-            for n, b in config.backends.items()
-        },
-        breakers={
-            n: CircuitBreaker(clock, threshold=f.circuit_threshold, cooldown=f.circuit_cooldown)
-            for n in config.backends
-        },
-    )
+    return live_upstreams(config, _backends(pool, reactor, clock), clock)
+
+
+def _backends(pool: HTTPConnectionPool, reactor: Any, clock: Any) -> BackendFactory:
+    return lambda backend: build_backend(backend, pool, reactor, clock)
 
 
 class _QuietClientFactory(_HTTP11ClientFactory):
@@ -105,7 +94,7 @@ class PoolService(Service):
 class ProxyService(MultiService):
     """
     The whole proxy.  After start, C{app} is the web application and
-    C{endpoint_service} the listener.
+    C{endpoint_service} the listener; L{use_config} swaps the runtime.
     """
 
     log = Logger()
@@ -115,11 +104,10 @@ class ProxyService(MultiService):
         listener: Callable[[Site], Any] | None = None,
     ) -> None:
         super().__init__()
-        self.config = config
         clock = clock or reactor
         self.pool = make_pool(config, reactor)
-        self.upstreams = build_upstreams(config, self.pool, reactor, clock)
-        self.app = ProxyApp(config, self.upstreams, clock)
+        self._make_backend = _backends(self.pool, reactor, clock)
+        self.app = ProxyApp(config, live_upstreams(config, self._make_backend, clock), clock)
         PoolService(self.pool).setServiceParent(self)
         if listener is None:
             endpoint = endpoints.serverFromString(reactor, config.listen)
@@ -127,6 +115,23 @@ class ProxyService(MultiService):
         else:
             self.endpoint_service = listener(self.app.site())
         self.endpoint_service.setServiceParent(self)
+
+    @property
+    def config(self) -> Config:
+        """
+        The configuration requests run on now.
+        """
+        return self.app.runtime.config
+
+    def use_config(self, config: Config) -> Runtime:
+        """
+        Serve the requests to come with C{config} (a reload); the requests
+        in flight finish on the runtime they started with.  Backends that
+        remain keep their key pools and circuit breakers.
+        """
+        runtime = self.app.runtime.successor(config, self._make_backend)
+        self.app.runtime = runtime
+        return runtime
 
     def startService(self) -> None:
         super().startService()
