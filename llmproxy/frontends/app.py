@@ -86,13 +86,6 @@ class ProxyApp:
         if config.access_log:
             self.events.addObserver(AccessLog())
 
-    @property
-    def config(self) -> Config:
-        """
-        The current runtime's configuration.
-        """
-        return self.runtime.config
-
     def hot_routes(self) -> dict[bytes, HotRoute]:
         """
         The routes that carry the traffic, served without Klein.
