@@ -18,11 +18,9 @@ from twisted.web.client import HTTPConnectionPool
 from twisted.web.server import Site
 
 from llmproxy.backends import REGISTRY, BackendContext, Registry
-from llmproxy.backends.health import CircuitBreaker
 from llmproxy.backends.base import IUpstreamReactor
-from llmproxy.backends.keypool import KeyPool
 from llmproxy.config import Config
-from llmproxy.exchange.runtime import Upstreams
+from llmproxy.exchange.runtime import BackendFactory, Runtime, Upstreams, live_upstreams
 from llmproxy.frontends import ProxyApp
 
 
@@ -35,21 +33,14 @@ def build_upstreams(
     and circuit breakers for a configuration.  C{reactor} carries the
     network, C{clock} the timers (tests pass a L{Clock}).
     """
-    f = config.failure
+    return live_upstreams(config, _backends(pool, reactor, clock, registry), clock)
+
+
+def _backends(
+    pool: HTTPConnectionPool, reactor: IUpstreamReactor, clock: IReactorTime, registry: Registry
+) -> BackendFactory:
     context = BackendContext(pool, reactor, clock)
-    return Upstreams(
-        backends={n: registry.build(b, context) for n, b in config.backends.items()},
-        pools={
-            n: KeyPool(n, b.keys, clock, default_cooldown=f.default_cooldown,
-                       max_cooldown=f.max_cooldown, auth_cooldown=f.auth_cooldown,
-                       quota_cooldown=f.quota_cooldown)
-            for n, b in config.backends.items()
-        },
-        breakers={
-            n: CircuitBreaker(clock, threshold=f.circuit_threshold, cooldown=f.circuit_cooldown)
-            for n in config.backends
-        },
-    )
+    return lambda backend: registry.build(backend, context)
 
 
 def make_pool(config: Config, reactor: IReactorTime) -> HTTPConnectionPool:
@@ -83,11 +74,11 @@ class PoolService(Service):
 class ProxyService(MultiService):
     """
     The whole proxy.  After start, C{app} is the web application and
-    C{endpoint_service} the listener.  C{registry} must hold the types
-    C{config} was loaded with.  Unless C{listener} is given, C{reactor} also
-    serves C{config.listen}, so it must provide what that endpoint type
-    needs too (C{IReactorTCP} for C{tcp:}, which L{IUpstreamReactor}
-    includes).
+    C{endpoint_service} the listener; L{use_config} swaps the runtime.
+    C{registry} must hold the types C{config} was loaded with.  Unless
+    C{listener} is given, C{reactor} also serves C{config.listen}, so it must
+    provide what that endpoint type needs too (C{IReactorTCP} for C{tcp:},
+    which L{IUpstreamReactor} includes).
     """
 
     log = Logger()
@@ -97,11 +88,10 @@ class ProxyService(MultiService):
         listener: Callable[[Site], Service] | None = None, registry: Registry = REGISTRY,
     ) -> None:
         super().__init__()
-        self.config = config
         clock = clock or reactor
         self.pool = make_pool(config, reactor)
-        self.upstreams = build_upstreams(config, self.pool, reactor, clock, registry)
-        self.app = ProxyApp(config, self.upstreams, clock)
+        self._make_backend = _backends(self.pool, reactor, clock, registry)
+        self.app = ProxyApp(config, live_upstreams(config, self._make_backend, clock), clock)
         PoolService(self.pool).setServiceParent(self)
         if listener is None:
             endpoint = endpoints.serverFromString(reactor, config.listen)
@@ -109,6 +99,23 @@ class ProxyService(MultiService):
         else:
             self.endpoint_service = listener(self.app.site())
         self.endpoint_service.setServiceParent(self)
+
+    @property
+    def config(self) -> Config:
+        """
+        The configuration requests run on now.
+        """
+        return self.app.runtime.config
+
+    def use_config(self, config: Config) -> Runtime:
+        """
+        Serve the requests to come with C{config} (a reload); the requests
+        in flight finish on the runtime they started with.  Backends that
+        remain keep their key pools and circuit breakers.
+        """
+        runtime = self.app.runtime.successor(config, self._make_backend)
+        self.app.runtime = runtime
+        return runtime
 
     def startService(self) -> None:
         super().startService()

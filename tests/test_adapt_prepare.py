@@ -18,6 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from llmproxy.adapt.pipeline import PROXY_FIELD_PREFIX, Context, Pipeline, Shaped, Step
 from llmproxy.adapt.reasoning import REASONING, adapt_chat_for_reasoning, is_reasoning_model
+from llmproxy.adapt import steps
 from llmproxy.dialects import CHAT, RESPONSES
 from llmproxy.errors import ProxyError
 from llmproxy.exchange import prepare
@@ -291,10 +292,10 @@ class EndToEndTests(TestCase):
 
     async def _through(self, path: str, bodies: Sequence[Any]) -> list[tuple[Any, dict[str, str]]]:
         """
-        Post C{bodies} to a proxy whose default pipeline is L{PIPELINE}:
+        Post C{bodies} to a proxy whose pipeline is L{PIPELINE}:
         what the upstream saw of each, and the answer's headers.
         """
-        self.patch(prepare, "DEFAULT_PIPELINE", PIPELINE)
+        self.patch(steps, "DEFAULT_PIPELINE", PIPELINE)
         proxy = await start(self, two_dialects)
         out = []
         for body in bodies:

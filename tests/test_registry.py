@@ -192,7 +192,7 @@ class EndToEndTests(TestCase):
         port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
             service.app.site())
         self.addCleanup(port.stopListening)
-        backend = service.upstreams.backends["hi"]
+        backend = service.app.runtime.upstreams.backends["hi"]
         assert isinstance(backend, GreeterBackend)
         return f"http://127.0.0.1:{port.getHost().port}", backend
 

@@ -233,6 +233,17 @@ class KeyPool:
             reason=state.reason,
         )
 
+    def inherit(self, previous: KeyPool) -> None:
+        """
+        Take over the health of the keys C{previous} also has (same name
+        and value) and its place in the rotation, so that a new pool for
+        the same backend (a reload) keeps the cooldowns.
+        """
+        for key in self.keys:
+            if key in previous.keys:
+                self._states[key.name] = replace(previous._states[key.name])
+        self._counter = previous._counter
+
     def _current_reason(self, state: KeyState) -> str | None:
         """
         The reason of an active cooldown, L{None} if the key is usable.

@@ -5,20 +5,23 @@ policy's order, with the key bookkeeping that makes one bad key never fail
 a request while its backend has another.
 
 This is the pure-ish half of the exchange: it decides what to try next and
-how long to wait; L{llmproxy.exchange.exchange} does the I/O.
+how long to wait, drops the route elements that lack a key, and records
+each attempt's verdict on its backend's key pool and circuit breaker;
+L{llmproxy.exchange.exchange} does the I/O.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 from twisted.internet.interfaces import IReactorTime
 
 from llmproxy.backends.keypool import INVALID
 from llmproxy.config import ApiKey
+from llmproxy.errors import ProxyError
+from llmproxy.exchange.outcome import Outcome, Verdict
 from llmproxy.exchange.runtime import Upstreams
-from llmproxy.exchange.outcome import Outcome
 from llmproxy.routing.plan import plan_attempts
 from llmproxy.routing.resolve import Route, Target
 
@@ -52,6 +55,24 @@ def _distinct(targets: Sequence[Target]) -> list[Target]:
                    and t.body == target.body for t in kept):
             kept.append(target)
     return kept
+
+
+def keyed_route(route: Route, upstreams: Upstreams) -> Route:
+    """
+    The route without the elements whose backend needs a key it does not
+    have; if that is every element, the error names what to set.
+    """
+    backends = upstreams.backends
+    keyed = [t for t in route.targets
+             if backends[t.backend].config.keys or not backends[t.backend].config.key_env]
+    if keyed:
+        return route if len(keyed) == len(route.targets) else replace(route, targets=tuple(keyed))
+    first = route.targets[0]
+    config = backends[first.backend].config
+    raise ProxyError(
+        f"No API key for backend {first.backend!r}: set {config.key_env}",
+        status=500, type="server_error", code="missing_api_key",
+    )
 
 
 class AttemptQueue:
@@ -224,3 +245,42 @@ class AttemptQueue:
             for key in pool.keys
         ]
         return min(waits) if waits else None
+
+    # bookkeeping: what an attempt's end says about its key and backend
+
+    def record_success(self, slot: Slot) -> None:
+        """
+        The attempt was answered and relayed: its backend works, and so
+        does its key.
+        """
+        self.up.breakers[slot.target.backend].record_success()
+        if slot.key is not None:
+            self.up.pools[slot.target.backend].mark_ok(slot.key)
+
+    def record_failure(self, slot: Slot) -> None:
+        """
+        The attempt's backend failed it (no answer, or a broken one).
+        """
+        self.up.breakers[slot.target.backend].record_failure()
+
+    def record_verdict(self, slot: Slot, verdict: Verdict) -> None:
+        """
+        The backend answered with an error status: a failover-eligible one
+        counts against the backend; any other is the key's or the client's
+        business, and cools the key when it says so.
+        """
+        backend, key = slot.target.backend, slot.key
+        outcome = verdict.outcome
+        if outcome is Outcome.RETRY_NEXT:
+            self.up.breakers[backend].record_failure()
+            return
+        self.up.breakers[backend].record_success()
+        if key is None:
+            return
+        pool = self.up.pools[backend]
+        if outcome is Outcome.RATE_LIMITED:
+            pool.mark_rate_limited(key, verdict.retry_after)
+        elif outcome is Outcome.NEXT_KEY:
+            pool.mark_invalid(key)
+        elif outcome is Outcome.QUOTA:
+            pool.mark_quota(key)

@@ -11,16 +11,15 @@ goes away stops the upstream; an idle upstream is cut after a timeout.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol as TypingProtocol, cast
+from typing import Callable, Protocol as TypingProtocol
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
-from twisted.web.iweb import IResponse
 from zope.interface import implementer
 
 from llmproxy.backends.body import body_done, body_producer

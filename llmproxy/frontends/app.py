@@ -1,153 +1,42 @@
 # -*- test-case-name: tests.test_proxy -*-
 """
-The HTTP surface: Klein routes for the OpenAI endpoints, client auth, body
-parsing (once per request) and OpenAI-shaped errors for everything.
+The HTTP surface: the OpenAI endpoints (the two hot POSTs in one table,
+L{hot_routes}; Klein for every other route), client auth, body parsing
+(once per request) and OpenAI-shaped errors for everything.
+
+The application reads its L{Runtime} once per request; assigning a new one
+to C{runtime} serves the requests to come with it, while the requests in
+flight keep theirs.
 """
 
 from __future__ import annotations
 
 import hmac
 import json
-import secrets
 from typing import Any, Mapping, cast
 
 from klein import Klein
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import http
 from twisted.web.iweb import IRequest
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request, Site
+from twisted.web.server import Request, Site
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
-from llmproxy.dialects import CHAT, RESPONSES
 from llmproxy.config import Config
+from llmproxy.dialects import CHAT, RESPONSES
 from llmproxy.errors import AuthenticationFailed, InvalidRequest, ProxyError
-from llmproxy.exchange.exchange import Exchange
-from llmproxy.exchange.runtime import Upstreams
+from llmproxy.exchange.events import ExchangeEvents
+from llmproxy.exchange.exchange import Call, Exchange
+from llmproxy.exchange.runtime import Runtime, Upstreams
+from llmproxy.frontends import errors
+from llmproxy.frontends.access import AccessLog
+from llmproxy.frontends.errors import json_answer, too_deep
+from llmproxy.frontends.hot import HotRoute, Root
+from llmproxy.frontends.site import ProxyRequest, ProxySite
 from llmproxy.frontends.store import ResponseStore
 from llmproxy.routing.aliases import alias_targets
-from llmproxy.routing.resolve import Router
-from llmproxy.translate.transforms import in_band_error
-
-_JSON = b"application/json"
-
-
-class LimitedRequest(Request):
-    """
-    A request that stops buffering its body past the configured limit, so
-    an oversized upload costs no memory; the handler answers 413.
-    """
-
-    max_body: int = 32 * 1024 * 1024
-    too_large = False
-
-    def gotLength(self, length: int | None) -> None:
-        if length is not None and length > self.max_body:
-            self.too_large = True
-            length = 0
-        super().gotLength(length)
-
-    def handleContentChunk(self, data: bytes) -> None:
-        if self.too_large:
-            return
-        assert self.content is not None  # gotLength() made it
-        if self.content.tell() + len(data) > self.max_body:
-            self.too_large = True
-            return
-        super().handleContentChunk(data)
-
-
-class ProxySite(Site):
-    """
-    A site with no per-request access log unless it is asked for.
-    """
-
-    noisy = False
-    access_log = False
-
-    def log(self, request: http.Request) -> None:
-        if self.access_log:
-            super().log(request)
-
-
-def _json(request: IRequest, status: int, body: Any) -> bytes:
-    data = body if isinstance(body, bytes) else json.dumps(body).encode("utf-8")
-    request.setResponseCode(status)
-    request.setHeader(b"content-type", _JSON)
-    request.setHeader(b"content-length", str(len(data)).encode())
-    return data
-
-
-def _gone(request: Request) -> bool:
-    """
-    Whether nothing more can be written: finished, or the client left (a
-    request loses its channel when its connection is lost).
-    """
-    return bool(request.finished) or request.channel is None
-
-
-class _Root(Resource):
-    """
-    The site's root: the two hot POST routes are dispatched directly (Klein's
-    per-request routing costs more than it gives there); every other request,
-    and every other method on those paths, goes through Klein.
-    """
-
-    isLeaf = True
-
-    def __init__(self, app: ProxyApp) -> None:
-        super().__init__()
-        self.app = app
-        self.klein = app.app.resource()
-        self.hot = {
-            b"/v1/chat/completions": app.chat_completions,
-            b"/v1/responses": app.responses,
-        }
-
-    def render(self, request: Request) -> bytes | int:
-        if request.getHeader(b"x-llmproxy-loop-guard") is not None:
-            # Before auth: a proxy pointed at itself must not mark its own
-            # key invalid, and no route (models included) may recurse.
-            return _json(request, 400, InvalidRequest(
-                "This request already passed through llmproxy (proxy loop)",
-                code="proxy_loop_detected").to_json())
-        handler = self.hot.get(request.path) if request.method == b"POST" else None
-        if handler is None:
-            # KleinResource.render returns bytes or NOT_DONE_YET, never the
-            # other renderables its annotation allows.
-            return cast("bytes | int", self.klein.render(request))
-        d = Deferred.fromCoroutine(handler(request))
-        request.notifyFinish().addErrback(lambda _: d.cancel())
-        d.addCallbacks(self._done, self._failed, callbackArgs=(request,), errbackArgs=(request,))
-        return NOT_DONE_YET
-
-    def _done(self, body: bytes | None, request: Request) -> None:
-        if _gone(request):
-            return
-        if body:
-            request.write(body)
-        request.finish()
-
-    def _failed(self, failure: Failure, request: Request) -> None:
-        if _gone(request):
-            if not failure.check(CancelledError):
-                self.app.log.failure("after the client left", failure)
-            return
-        body = self.app.render_failure(request, failure)
-        if request.startedWriting:
-            # The event stream is already out: the error goes in-band.
-            error = failure.value if isinstance(failure.value, ProxyError) else ProxyError(
-                "Internal error in llmproxy", code="internal_error")
-            body = in_band_error(CHAT if request.path == b"/v1/chat/completions" else RESPONSES,
-                                 error)
-        self._done(body, request)
-
-
-def _too_deep() -> InvalidRequest:
-    return InvalidRequest("The request body is nested too deeply", code="invalid_json")
 
 
 def _check_fields(body: Mapping[str, Any], dialect: str) -> None:
@@ -175,6 +64,11 @@ def _check_fields(body: Mapping[str, Any], dialect: str) -> None:
 class ProxyApp:
     """
     The llmproxy web application.
+
+    @ivar runtime: what requests run on; swap it to serve the requests to
+        come with another configuration (L{Runtime.successor}).
+    @ivar events: the exchange's attempt and reply events; add observers
+        there (the access log is one).
     """
 
     app = Klein()
@@ -184,34 +78,37 @@ class ProxyApp:
         self, config: Config, upstreams: Upstreams, clock: IReactorTime,
         store: ResponseStore | None = None,
     ) -> None:
-        self.config = config
-        self.upstreams = upstreams
+        self.runtime = Runtime.of(config, upstreams, clock)
         self.clock = clock
         self.store = store or ResponseStore(clock, config.responses_store_size,
                                             config.responses_store_ttl)
-        self._keys = [k.encode("utf-8") for k in config.proxy_keys]
-        self.router = Router(config)
+        self.events = ExchangeEvents()
+        if config.access_log:
+            self.events.addObserver(AccessLog())
+
+    def hot_routes(self) -> dict[bytes, HotRoute]:
+        """
+        The routes that carry the traffic, served without Klein.
+        """
+        return {
+            b"/v1/chat/completions": HotRoute(CHAT, self.chat_completions),
+            b"/v1/responses": HotRoute(RESPONSES, self.responses),
+        }
 
     def site(self) -> Site:
         """
         A L{Site} serving this application.
         """
-        limit = self.config.max_body_bytes
-
-        class _Request(LimitedRequest):
-            max_body = limit
-
         # No form parsing: every body is JSON, and Twisted's Content-Type
         # check for forms costs an email.message per request.
-        site = ProxySite(_Root(self), requestFactory=_Request,
-                         parsePOSTFormSubmission=False)
-        site.access_log = self.config.access_log
-        return site
+        return ProxySite(Root(self.hot_routes(), self.app.resource(), self.log), self.events,
+                         self.clock, lambda: self.runtime.config.max_body_bytes,
+                         requestFactory=ProxyRequest, parsePOSTFormSubmission=False)
 
     # request helpers
 
-    def _authorize(self, request: IRequest) -> None:
-        if not self.config.auth_enabled:
+    def _authorize(self, request: IRequest, runtime: Runtime) -> None:
+        if not runtime.config.auth_enabled:
             return
         header = request.getHeader(b"authorization") or b""
         scheme, _, token = header.partition(b" ")
@@ -221,16 +118,18 @@ class ProxyApp:
                 "Missing proxy key: send 'Authorization: Bearer <key>'", code="invalid_api_key"
             )
         ok = False
-        for key in self._keys:
+        for key in runtime.proxy_keys:
             ok |= hmac.compare_digest(token, key)
         if not ok:
             raise AuthenticationFailed("Incorrect proxy key provided", code="invalid_api_key")
 
-    def _body(self, request: Request, dialect: str) -> tuple[dict[str, Any], bytes]:
-        self._authorize(request)
+    def _body(
+        self, request: Request, dialect: str, runtime: Runtime
+    ) -> tuple[dict[str, Any], bytes]:
+        self._authorize(request, runtime)
         if getattr(request, "too_large", False):
             raise ProxyError(
-                f"Request body larger than {self.config.max_body_bytes} bytes",
+                f"Request body larger than {runtime.config.max_body_bytes} bytes",
                 status=413, type="invalid_request_error", code="request_too_large",
             )
         assert request.content is not None  # gotLength() made it
@@ -244,33 +143,36 @@ class ProxyApp:
                 code="invalid_json",
             )
         except RecursionError:
-            raise _too_deep()
+            raise too_deep()
         if not isinstance(body, dict):
             raise InvalidRequest("The request body must be a JSON object", code="invalid_json")
         _check_fields(body, dialect)
         return body, raw
 
-    # routes
+    # Klein routes
 
     @app.route("/healthz", methods=["GET"])
     def healthz(self, request: IRequest) -> bytes:
-        return _json(request, 200, {"status": "ok"})
+        return json_answer(request, 200, {"status": "ok"})
 
     @app.route("/v1/models", methods=["GET"])
     async def models(self, request: IRequest) -> bytes:
-        self._authorize(request)
-        return _json(request, 200, {"object": "list", "data": await self._model_list()})
+        runtime = self.runtime
+        self._authorize(request, runtime)
+        return json_answer(request, 200, {"object": "list",
+                                          "data": await self._model_list(runtime)})
 
     @app.route("/v1/models/<path:model>", methods=["GET"])
     async def model(self, request: IRequest, model: str) -> bytes:
-        self._authorize(request)
-        for entry in await self._model_list():
+        runtime = self.runtime
+        self._authorize(request, runtime)
+        for entry in await self._model_list(runtime):
             if entry["id"] == model:
-                return _json(request, 200, entry)
+                return json_answer(request, 200, entry)
         raise ProxyError(f"The model '{model}' does not exist", status=404,
                          type="invalid_request_error", param="model", code="model_not_found")
 
-    async def _model_list(self) -> list[dict[str, Any]]:
+    async def _model_list(self, runtime: Runtime) -> list[dict[str, Any]]:
         created = int(self.clock.seconds())
         entries: dict[str, dict[str, Any]] = {}
 
@@ -278,7 +180,7 @@ class ProxyApp:
             entries.setdefault(ident, {"id": ident, "object": "model", "created": created,
                                        "owned_by": owner})
 
-        for name, backend in self.upstreams.backends.items():
+        for name, backend in runtime.upstreams.backends.items():
             try:
                 found = await backend.models()
             except CancelledError:
@@ -286,18 +188,19 @@ class ProxyApp:
             except Exception:
                 found = list(backend.config.models)
             for model in found:
-                if name == self.config.default_backend:
+                if name == runtime.config.default_backend:
                     add(model, name)
                 add(f"{name}:{model}", name)
-        for target in alias_targets(self.config.model_aliases):
+        for target in alias_targets(runtime.config.model_aliases):
             add(target, "llmproxy")
         return list(entries.values())
 
     @app.route("/v1/llmproxy/status", methods=["GET"])
     def status(self, request: IRequest) -> bytes:
-        self._authorize(request)
-        up = self.upstreams
-        return _json(request, 200, {
+        runtime = self.runtime
+        self._authorize(request, runtime)
+        up = runtime.upstreams
+        return json_answer(request, 200, {
             "backends": {
                 name: {
                     "type": up.backends[name].config.type,
@@ -308,14 +211,16 @@ class ProxyApp:
             }
         })
 
-    @app.route("/v1/chat/completions", methods=["POST"])
-    async def chat_completions(self, request: Request) -> bytes | None:
-        body, raw = self._body(request, CHAT)
-        return await self._serve(request, body, raw, CHAT)
+    # the hot routes (see hot_routes)
 
-    @app.route("/v1/responses", methods=["POST"])
+    async def chat_completions(self, request: Request) -> bytes | None:
+        runtime = self.runtime
+        body, raw = self._body(request, CHAT, runtime)
+        return await self._serve(request, runtime, Call(CHAT, body, raw))
+
     async def responses(self, request: Request) -> bytes | None:
-        body, raw = self._body(request, RESPONSES)
+        runtime = self.runtime
+        body, raw = self._body(request, RESPONSES, runtime)
         history: tuple[Mapping[str, Any], ...] | None = ()
         previous = body.get("previous_response_id")
         if previous is not None:
@@ -327,24 +232,23 @@ class ProxyApp:
         def on_response(data: bytes) -> None:
             self.store.remember(body, history or (), data)
 
-        return await self._serve(request, body, raw, RESPONSES, history, on_response)
+        return await self._serve(request, runtime,
+                                 Call(RESPONSES, body, raw, history, on_response))
 
-    async def _serve(
-        self, request: Request, body: dict[str, Any], raw: bytes, dialect: str,
-        history: tuple[Mapping[str, Any], ...] | None = (), on_response: Any = None,
-    ) -> bytes | None:
-        route = self.router.resolve(body, dialect)
+    async def _serve(self, request: Request, runtime: Runtime, call: Call) -> bytes | None:
+        route = runtime.router.resolve(call.body, call.frontend)
         for target in route.targets:
             for warning in target.warnings:
                 self.log.warn("{note}", note=warning)
-        exchange = Exchange(request, self.config, self.upstreams, self.clock, dialect,
-                            body, raw, history, on_response)
+        exchange = Exchange(request, call, runtime, self.events)
+        if isinstance(request, ProxyRequest):
+            request.note = exchange.note
         try:
             out = await exchange.run(route)
         except CancelledError:
             raise
         except RecursionError:
-            raise _too_deep()
+            raise too_deep()
         except ProxyError as e:
             if exchange.write_late_error(e):
                 return None
@@ -353,45 +257,24 @@ class ProxyApp:
             request.setHeader(b"content-length", str(len(out)).encode())
         return out
 
-    # errors
-
-    def render_failure(self, request: IRequest, failure: Failure) -> bytes | None:
-        """
-        The body for a failed handler, as the Klein error handlers below
-        would render it.
-        """
-        if failure.check(ProxyError):
-            return self.proxy_error(request, failure)
-        return self.internal_error(request, failure)
+    # errors, for Klein's routes (the hot routes' are rendered by Root)
 
     @app.handle_errors(ProxyError)
     def proxy_error(self, request: IRequest, failure: Failure) -> bytes:
-        error = cast(ProxyError, failure.value)  # registered for ProxyError only
-        for name, value in error.headers.items():
-            request.setHeader(name.encode(), value.encode())
-        return _json(request, error.status, error.to_json())
+        # registered for ProxyError only
+        return errors.proxy_error(request, cast(ProxyError, failure.value))
 
     @app.handle_errors(NotFound)
     def not_found(self, request: IRequest, failure: Failure) -> bytes:
-        path = request.path.decode("utf-8", "replace")
-        return _json(request, 404, ProxyError(
-            f"Unknown path {path}", type="invalid_request_error", code="unknown_url"
-        ).to_json())
+        return errors.unknown_path(request)
 
     @app.handle_errors(MethodNotAllowed)
     def not_allowed(self, request: IRequest, failure: Failure) -> bytes:
-        method = request.method.decode("ascii", "replace")
-        return _json(request, 405, ProxyError(
-            f"Method {method} is not allowed here", type="invalid_request_error",
-            code="method_not_allowed",
-        ).to_json())
+        return errors.method_not_allowed(request)
 
     @app.handle_errors(Exception)  # = the bare form, which klein's overloads mistype
     def internal_error(self, request: IRequest, failure: Failure) -> bytes | None:
-        if failure.check(CancelledError):
-            return None
-        ident = "req_" + secrets.token_hex(8)
-        self.log.failure("internal error in request {ident}", failure, ident=ident)
-        return _json(request, 500, ProxyError(
-            f"Internal error in llmproxy (request id {ident})", code="internal_error"
-        ).to_json())
+        return errors.internal_error(request, failure, self.log)
+
+
+__all__ = ["ProxyApp"]

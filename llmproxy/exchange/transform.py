@@ -1,0 +1,87 @@
+# -*- test-case-name: tests.test_events -*-
+"""
+Which stream transform relays an attempt's answer: byte for byte when the
+client and the backend speak the same dialect, translating otherwise; and
+L{UsageTap}, which notes the upstream's usage on the way when someone
+observes the exchange's events.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any, Mapping
+
+from twisted.internet.interfaces import IReactorTime
+
+from llmproxy.dialects import CHAT
+from llmproxy.errors import ProxyError
+from llmproxy.exchange.events import USAGE_KEY, find_usage
+from llmproxy.translate import transforms
+from llmproxy.translate.transforms import Transform
+
+
+def token() -> str:
+    """
+    A fresh random identifier suffix.
+    """
+    return secrets.token_hex(12)
+
+
+def response_id() -> str:
+    """
+    A fresh Responses API response id.
+    """
+    return "resp_" + token()
+
+
+def choose_transform(
+    frontend: str, backend_dialect: str, model: str, body: Mapping[str, Any],
+    clock: IReactorTime,
+) -> Transform:
+    """
+    The transform for a C{backend_dialect} stream answering a C{frontend}
+    client's C{body} with C{model}.
+    """
+    if frontend == backend_dialect:
+        return transforms.passthrough(frontend)
+    now = int(clock.seconds())
+    if frontend == CHAT:
+        include = bool((body.get("stream_options") or {}).get("include_usage"))
+        return transforms.ResponsesToChat(model, include, "chatcmpl-" + token(), now)
+    return transforms.ChatToResponses(response_id(), now, body)
+
+
+class UsageTap:
+    """
+    A transform that relays through another and keeps the last usage
+    object the upstream's events carried.
+    """
+
+    def __init__(self, inner: Transform) -> None:
+        self.inner = inner
+        self.usage: dict[str, Any] | None = None
+
+    def events(self, raw: list[bytes]) -> bytes:
+        for item in reversed(raw):
+            if USAGE_KEY in item:
+                usage = find_usage(item)
+                if usage is not None:
+                    self.usage = usage
+                break
+        return self.inner.events(raw)
+
+    def end(self) -> bytes:
+        return self.inner.end()
+
+    @property
+    def finished(self) -> bool:
+        return self.inner.finished
+
+    def error(self, error: ProxyError) -> bytes:
+        return self.inner.error(error)
+
+    def final(self) -> dict[str, Any] | None:
+        return self.inner.final()
+
+
+__all__ = ["UsageTap", "choose_transform", "response_id", "token"]

@@ -1,0 +1,117 @@
+# -*- test-case-name: tests.test_hot_routes -*-
+"""
+The site's root: the two hot routes (the POSTs that carry the traffic) are
+declared once, in one table, and dispatched straight to their handlers,
+since Klein's per-request URL matching costs more than it gives there.
+Every other request goes to Klein; another method on a hot path gets the
+same JSON 405 Klein gives elsewhere.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Coroutine, Mapping, cast
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from llmproxy.errors import InvalidRequest, ProxyError
+from llmproxy.frontends.errors import json_answer, method_not_allowed, render_failure
+from llmproxy.translate.transforms import in_band_error
+
+_SLASHES = re.compile(rb"/{2,}")
+
+#: A hot route's handler: the body to write, or L{None} when it wrote it.
+Handler = Callable[[Request], Coroutine[Any, Any, "bytes | None"]]
+
+
+@dataclass(frozen=True)
+class HotRoute:
+    """
+    A POST route served without Klein, and the dialect its errors take
+    once its event stream started.
+    """
+
+    dialect: str
+    handler: Handler
+
+
+def _gone(request: Request) -> bool:
+    """
+    Whether nothing more can be written: finished, or the client left (a
+    request loses its channel when its connection is lost).
+    """
+    return bool(request.finished) or request.channel is None
+
+
+class Root(Resource):
+    """
+    Dispatch the hot routes of C{hot} (by exact path) directly, and every
+    other request to C{fallback} (Klein).  Before anything, a request that
+    already went through llmproxy is refused.
+    """
+
+    isLeaf = True
+
+    def __init__(self, hot: Mapping[bytes, HotRoute], fallback: IResource, log: Logger) -> None:
+        super().__init__()
+        self.hot = hot
+        self.fallback = fallback
+        self.log = log
+
+    def render(self, request: Request) -> bytes | int:
+        if request.getHeader(b"x-llmproxy-loop-guard") is not None:
+            # Before auth: a proxy pointed at itself must not mark its own
+            # key invalid, and no route (models included) may recurse.
+            return json_answer(request, 400, InvalidRequest(
+                "This request already passed through llmproxy (proxy loop)",
+                code="proxy_loop_detected").to_json())
+        route = self.hot.get(request.path) or self._merged(request.path)
+        if route is None:
+            # KleinResource.render returns bytes or NOT_DONE_YET, never the
+            # other renderables its annotation allows.
+            return cast("bytes | int", self.fallback.render(request))
+        if request.method != b"POST":
+            self._done(method_not_allowed(request), request)
+            return NOT_DONE_YET
+        d = Deferred.fromCoroutine(route.handler(request))
+        request.notifyFinish().addErrback(lambda _: d.cancel())
+        d.addCallbacks(self._done, self._failed, callbackArgs=(request,),
+                       errbackArgs=(request, route))
+        return NOT_DONE_YET
+
+    def _merged(self, path: bytes) -> HotRoute | None:
+        """
+        The hot route of a path with repeated slashes, which Klein's URL
+        map (merging them) would have matched.
+        """
+        if b"//" not in path:
+            return None
+        return self.hot.get(_SLASHES.sub(b"/", path))
+
+    def _done(self, body: bytes | None, request: Request) -> None:
+        if _gone(request):
+            return
+        if body:
+            request.write(body)
+        request.finish()
+
+    def _failed(self, failure: Failure, request: Request, route: HotRoute) -> None:
+        if _gone(request):
+            if not failure.check(CancelledError):
+                self.log.failure("after the client left", failure)
+            return
+        body = render_failure(request, failure, self.log)
+        if request.startedWriting:
+            # The event stream is already out: the error goes in-band.
+            error = failure.value if isinstance(failure.value, ProxyError) else ProxyError(
+                "Internal error in llmproxy", code="internal_error")
+            body = in_band_error(route.dialect, error)
+        self._done(body, request)
+
+
+__all__ = ["Handler", "HotRoute", "Root"]
