@@ -32,6 +32,7 @@ from bench.adversary.verdicts import (
 from bench.adversary.wire import (
     dechunk, is_openai_error, parse_response, sse_events, summarize_stream,
 )
+from llmproxy.backends import REGISTRY
 from llmproxy.config import Overrides, build_config
 
 ERROR = json.dumps({"error": {"message": "bad", "type": "invalid_request_error",
@@ -367,7 +368,8 @@ class ProxyConfigTests(SynchronousTestCase):
         timeouts the verdicts assume and one backend per fault.
         """
         data: dict[str, Any] = yaml.safe_load(config_text(8000, 9000))
-        config = build_config(data, Overrides(), {}, source="adversary.yaml")
+        config = build_config(data, Overrides(), {}, source="adversary.yaml",
+                              kinds=REGISTRY.kinds)
         self.assertTrue(config.auth_enabled)
         self.assertEqual(config.failure.total_timeout_budget, BUDGET)
         for fault in FAULTS:
