@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import given, settings, strategies as st
 from treq.testing import StubTreq
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
@@ -95,17 +95,17 @@ class ArbitraryBodiesTests(SynchronousTestCase):
             self.assertIsInstance(error["message"], str)
             self.assertEqual(set(error), {"message", "type", "param", "code"})
 
-    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=150)
     @given(chat_bodies)
     def test_chat_never_500(self, body: dict[str, Any]) -> None:
         self._check(*self._post("/v1/chat/completions", body))
 
-    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=150)
     @given(responses_bodies)
     def test_responses_never_500(self, body: dict[str, Any]) -> None:
         self._check(*self._post("/v1/responses", body))
 
-    @settings(max_examples=50, deadline=None, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=50)
     @given(json_values)
     def test_any_json_document(self, body: Any) -> None:
         self._check(*self._post("/v1/chat/completions", body))
