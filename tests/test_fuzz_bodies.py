@@ -16,9 +16,9 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import HTTPConnectionPool
 
-from llmproxy.config import build_config
 from llmproxy.service import build_upstreams
 from llmproxy.frontends import ProxyApp
+from llmproxy.testing import config_data, make_config
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
@@ -59,8 +59,7 @@ responses_bodies = st.fixed_dictionaries(
 class ArbitraryBodiesTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
-        config = build_config({"default_backend": "mock", "backends": {"mock": {"type": "mock"}}},
-                              environ={})
+        config = make_config(config_data({"mock": {"type": "mock"}}))
         pool = HTTPConnectionPool(self.clock, persistent=False)
         app = ProxyApp(config, build_upstreams(config, pool, self.clock, self.clock), self.clock)
         self.stub = StubTreq(app.site().resource)
