@@ -138,11 +138,11 @@ def chat_tool_completion(model: str, name: str, arguments: str,
 
 
 def chat_chunk(model: str, delta: Mapping[str, Any], finish: str | None = None,
-               ident: str = "chatcmpl-fake") -> dict[str, Any]:
+               ident: str = "chatcmpl-fake", created: int = CREATED) -> dict[str, Any]:
     """
     One chat.completion.chunk: a single choice carrying C{delta}.
     """
-    return {"id": ident, "object": "chat.completion.chunk", "created": CREATED, "model": model,
+    return {"id": ident, "object": "chat.completion.chunk", "created": created, "model": model,
             "choices": [{"index": 0, "delta": dict(delta), "logprobs": None,
                          "finish_reason": finish}]}
 

@@ -31,13 +31,6 @@ DOWN = Reply(500, {"error": {"message": "boom", "type": "server_error", "param":
                              "code": None}})
 
 
-def keyed(upstream: str, keys: list[str], **extra: Any) -> dict[str, Any]:
-    """
-    One openai backend at C{upstream} with C{keys}.
-    """
-    return openai_config(upstream, keys, **extra)
-
-
 async def until(predicate: Any, tries: int = 100) -> None:
     """
     Let the real reactor run (network only) until C{predicate()} holds.
@@ -66,7 +59,7 @@ async def started(case: TestCase, make: Any, clock: Any = None) -> Any:
 
 class KeyRotationTests(SynchronousTestCase):
     def test_rate_limited_key_skipped_every_request_succeeds(self) -> None:
-        proxy = MemoryProxy(lambda u: keyed(u, ["sk-limited", "sk-good"]))
+        proxy = MemoryProxy(lambda u: openai_config(u, ["sk-limited", "sk-good"]))
         proxy.fake.by_key["sk-limited"] = [RATE_LIMITED]
         results = [proxy.chat() for _ in range(6)]
         self.assertEqual([r[0] for r in results], [200] * 6)
@@ -76,7 +69,7 @@ class KeyRotationTests(SynchronousTestCase):
         self.assertEqual(results[0][1]["x-llmproxy-attempts"], "2")
 
     def test_round_robin(self) -> None:
-        proxy = MemoryProxy(lambda u: keyed(u, ["k1", "k2", "k3"]))
+        proxy = MemoryProxy(lambda u: openai_config(u, ["k1", "k2", "k3"]))
         for _ in range(6):
             proxy.chat()
         used = [r.headers["authorization"][7:] for r in proxy.fake.requests]
@@ -84,7 +77,7 @@ class KeyRotationTests(SynchronousTestCase):
         self.assertEqual(len(set(used[:3])), 3)
 
     def test_instance_pins_one_key(self) -> None:
-        proxy = MemoryProxy(lambda u: keyed(u, ["k1", "k2", "k3"]))
+        proxy = MemoryProxy(lambda u: openai_config(u, ["k1", "k2", "k3"]))
         for _ in range(3):
             status, headers, _ = proxy.chat(model="openai.2:gpt-4o")
             self.assertEqual((status, headers["x-llmproxy-key"]), (200, "openai#2"))
@@ -110,14 +103,14 @@ class KeyRotationTests(SynchronousTestCase):
         self.assertEqual(used, {"Bearer e1", "Bearer e3"}, "the bare key stays out of the pool")
 
     def test_pinned_key_rate_limited_does_not_switch_keys(self) -> None:
-        proxy = MemoryProxy(lambda u: keyed(u, ["k1", "k2"]))
+        proxy = MemoryProxy(lambda u: openai_config(u, ["k1", "k2"]))
         proxy.fake.by_key["k2"] = [RATE_LIMITED]
         status, _, _ = proxy.chat(model="openai.2:gpt-4o")
         self.assertEqual(status, 429)
         self.assertEqual({r.headers["authorization"] for r in proxy.fake.requests}, {"Bearer k2"})
 
     def test_invalid_key_marked_and_skipped(self) -> None:
-        proxy = MemoryProxy(lambda u: keyed(u, ["sk-bad", "sk-good"]))
+        proxy = MemoryProxy(lambda u: openai_config(u, ["sk-bad", "sk-good"]))
         proxy.fake.by_key["sk-bad"] = [Reply(401, {"error": {"message": "Incorrect API key",
                                                              "type": "invalid_request_error",
                                                              "param": None,
@@ -132,7 +125,7 @@ class KeyRotationTests(SynchronousTestCase):
         self.assertNotIn(b"sk-good", raw)
 
     def test_quota_on_every_key_is_503(self) -> None:
-        proxy = MemoryProxy(lambda u: keyed(u, ["q1", "q2"]))
+        proxy = MemoryProxy(lambda u: openai_config(u, ["q1", "q2"]))
         proxy.fake.by_key["q1"] = [QUOTA]
         proxy.fake.by_key["q2"] = [QUOTA]
         status, _, content = proxy.chat()
@@ -143,7 +136,7 @@ class KeyRotationTests(SynchronousTestCase):
         self.assertEqual(len(proxy.fake.requests), 2, "exhausted keys are not retried")
 
     def test_all_cooling_waits_then_succeeds(self) -> None:
-        proxy = MemoryProxy(lambda u: keyed(u, ["only"]))
+        proxy = MemoryProxy(lambda u: openai_config(u, ["only"]))
         proxy.fake.by_key["only"] = [Reply(429, RATE_LIMITED.body, {"retry-after": "3"}),
                                      Reply(200, {"ok": True})]
         d = proxy.chat_d()
@@ -157,7 +150,7 @@ class KeyRotationTests(SynchronousTestCase):
         self.assertEqual(headers["x-llmproxy-attempts"], "2")
 
     def test_all_cooling_beyond_max_wait_is_429_with_retry_after(self) -> None:
-        proxy = MemoryProxy(lambda u: keyed(u, ["a", "b"]))
+        proxy = MemoryProxy(lambda u: openai_config(u, ["a", "b"]))
         proxy.fake.by_key["a"] = [RATE_LIMITED]
         proxy.fake.by_key["b"] = [Reply(429, RATE_LIMITED.body, {"retry-after": "20"})]
         status, headers, content = proxy.chat()
@@ -172,7 +165,7 @@ class KeyRotationTests(SynchronousTestCase):
 
 class FailoverTests(SynchronousTestCase):
     def test_inline_failover_serves_from_second(self) -> None:
-        proxy = MemoryProxy(lambda u: keyed(u, ["k"]))
+        proxy = MemoryProxy(lambda u: openai_config(u, ["k"]))
         proxy.fake.by_model["gpt-4"] = [DOWN]
         status, headers, content = proxy.chat(model="openai:gpt-4|openai:gpt-3.5-turbo")
         self.assertEqual(status, 200)
@@ -181,14 +174,14 @@ class FailoverTests(SynchronousTestCase):
         self.assertEqual([r.model for r in proxy.fake.requests], ["gpt-4", "gpt-3.5-turbo"])
 
     def test_client_errors_are_not_retried(self) -> None:
-        proxy = MemoryProxy(lambda u: keyed(u, ["k1", "k2"]))
+        proxy = MemoryProxy(lambda u: openai_config(u, ["k1", "k2"]))
         proxy.fake.script.append(Reply(400, {"error": {"message": "bad", "type": "x",
                                                        "param": None, "code": None}}))
         status, _, _ = proxy.chat(model="openai:gpt-4|openai:gpt-3.5-turbo")
         self.assertEqual((status, len(proxy.fake.requests)), (400, 1))
 
     def test_everything_down_lists_attempts(self) -> None:
-        proxy = MemoryProxy(lambda u: keyed(u, ["k"]))
+        proxy = MemoryProxy(lambda u: openai_config(u, ["k"]))
         proxy.fake.by_model["a"] = [DOWN]
         proxy.fake.by_model["b"] = [Reply(503, {"error": {"message": "overloaded",
                                                           "type": "server_error",
@@ -230,14 +223,14 @@ class FailoverTests(SynchronousTestCase):
         self.assertEqual(len(set(order)), 4)
 
     def test_max_attempts_bounds_the_loop(self) -> None:
-        proxy = MemoryProxy(lambda u: keyed(u, ["a", "b", "c", "d"],
+        proxy = MemoryProxy(lambda u: openai_config(u, ["a", "b", "c", "d"],
                                             failure_handling={"max_attempts": 2}))
         proxy.fake.script.extend([DOWN] * 4)
         status, _, _ = proxy.chat()
         self.assertEqual((status, len(proxy.fake.requests)), (500, 2))
 
     def test_total_budget_bounds_slow_attempts(self) -> None:
-        proxy = MemoryProxy(lambda u: keyed(u, ["a", "b"], failure_handling={
+        proxy = MemoryProxy(lambda u: openai_config(u, ["a", "b"], failure_handling={
             "total_timeout_budget": 10}))
         proxy.fake.script.extend([Stall(), Stall()])
         d = proxy.chat_d()
@@ -263,7 +256,7 @@ class FailoverTests(SynchronousTestCase):
 
 class RedactionTests(SynchronousTestCase):
     def test_keys_never_reach_the_client_in_errors(self) -> None:
-        proxy = MemoryProxy(lambda u: keyed(u, ["sk-secret-value-1"]))
+        proxy = MemoryProxy(lambda u: openai_config(u, ["sk-secret-value-1"]))
         proxy.fake.script.append(Reply(401, {"error": {
             "message": "Incorrect API key provided: sk-secr*****ue-1 (sk-secret-value-1).",
             "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}}))
@@ -279,7 +272,7 @@ class RedactionTests(SynchronousTestCase):
         self.assertNotIn(b"sk-secret", content)
 
     def test_client_error_echoing_a_key_is_redacted(self) -> None:
-        proxy = MemoryProxy(lambda u: keyed(u, ["sk-secret-value-1"]))
+        proxy = MemoryProxy(lambda u: openai_config(u, ["sk-secret-value-1"]))
         proxy.fake.script.append(Reply(400, {"error": {
             "message": "bad request for key sk-secret-value-1", "type": "invalid_request_error",
             "param": None, "code": None}}))
@@ -290,7 +283,7 @@ class RedactionTests(SynchronousTestCase):
 
 class StreamingFailureTests(TestCase):
     async def test_stream_cut_midway_is_an_error_event_not_a_retry(self) -> None:
-        proxy = await started(self, lambda u: keyed(u, ["k1", "k2"]))
+        proxy = await started(self, lambda u: openai_config(u, ["k1", "k2"]))
         proxy.fake.script.append(Stream(chat_chunks("gpt-4o", ["par", "tial"])[:2], delay=0.05,
                                         end="drop"))
         status, _, content = await _chat(proxy, {"stream": True, "model": "openai:a|openai:b"})
@@ -302,7 +295,7 @@ class StreamingFailureTests(TestCase):
         self.assertEqual(sum(1 for e in events if e and "\"par\"" in e), 1)
 
     async def test_stream_failing_before_any_event_fails_over(self) -> None:
-        proxy = await started(self, lambda u: keyed(u, ["k1"]))
+        proxy = await started(self, lambda u: openai_config(u, ["k1"]))
         proxy.fake.by_model["a"] = [Stream([], end="drop")]
         status, headers, content = await _chat(proxy, {"stream": True, "model": "openai:a|openai:b"})
         self.assertEqual((status, headers["x-llmproxy-route"]), (200, "openai:b"))
@@ -313,7 +306,7 @@ class StreamingFailureTests(TestCase):
         clock = Clock()
 
         def config(u: str) -> dict[str, Any]:
-            data = keyed(u, ["k"])
+            data = openai_config(u, ["k"])
             data["backends"]["openai"]["idle_timeout"] = 20
             return data
 
@@ -335,7 +328,7 @@ class StreamingFailureTests(TestCase):
         answer.
         """
         clock = Clock()
-        proxy = await started(self, lambda u: keyed(u, ["only"], failure_handling={
+        proxy = await started(self, lambda u: openai_config(u, ["only"], failure_handling={
             "keepalive_after": 5, "keepalive_interval": 2, "max_wait": 30}), clock)
         proxy.fake.by_key["only"] = [Reply(429, RATE_LIMITED.body, {"retry-after": "9"}),
                                      Stream(chat_chunks("gpt-4o", ["late"]))]
@@ -367,7 +360,7 @@ class StreamingFailureTests(TestCase):
 
     async def test_error_after_keepalive_is_in_band(self) -> None:
         clock = Clock()
-        proxy = await started(self, lambda u: keyed(u, ["only"], failure_handling={
+        proxy = await started(self, lambda u: openai_config(u, ["only"], failure_handling={
             "keepalive_after": 1, "keepalive_interval": 1, "max_wait": 30}), clock)
         proxy.fake.by_key["only"] = [Reply(429, RATE_LIMITED.body, {"retry-after": "3"}),
                                      DOWN]
@@ -409,20 +402,20 @@ class ReviewRegressionTests(SynchronousTestCase):
     """
 
     def test_same_model_twice_with_different_pins(self) -> None:
-        proxy = MemoryProxy(lambda u: keyed(u, ["k1", "k2"]))
+        proxy = MemoryProxy(lambda u: openai_config(u, ["k1", "k2"]))
         proxy.fake.script.extend([DOWN, DOWN])
         proxy.chat(model="openai.1:gpt-4o|openai.2:gpt-4o")
         self.assertEqual([r.headers["authorization"] for r in proxy.fake.requests],
                          ["Bearer k1", "Bearer k2"])
 
     def test_same_model_twice_with_different_params(self) -> None:
-        proxy = MemoryProxy(lambda u: keyed(u, ["k1"]))
+        proxy = MemoryProxy(lambda u: openai_config(u, ["k1"]))
         proxy.fake.script.extend([DOWN])
         proxy.chat(model="openai:gpt-4o?temperature=0.1|openai:gpt-4o?temperature=0.9")
         self.assertEqual([r.body.get("temperature") for r in proxy.fake.requests], [0.1, 0.9])
 
     def test_round_robin_with_one_backend_twice_in_a_route(self) -> None:
-        proxy = MemoryProxy(lambda u: keyed(u, ["k1", "k2"], failover_routes={
+        proxy = MemoryProxy(lambda u: openai_config(u, ["k1", "k2"], failover_routes={
             "gpt-x": {"policy": "m", "elements": ["openai:gpt-4o", "openai:gpt-4o-mini"]}}))
         for _ in range(4):
             proxy.chat(model="gpt-x")
@@ -430,7 +423,7 @@ class ReviewRegressionTests(SynchronousTestCase):
         self.assertEqual(sorted(used), ["Bearer k1", "Bearer k1", "Bearer k2", "Bearer k2"])
 
     def test_waits_for_the_earliest_rate_limited_key(self) -> None:
-        proxy = MemoryProxy(lambda u: keyed(u, ["a", "b"]))
+        proxy = MemoryProxy(lambda u: openai_config(u, ["a", "b"]))
         proxy.fake.by_key["a"] = [Reply(429, RATE_LIMITED.body, {"retry-after": "8"}),
                                   Reply(200, {"ok": "a"})]
         proxy.fake.by_key["b"] = [Reply(429, RATE_LIMITED.body, {"retry-after": "30"})]
@@ -456,7 +449,7 @@ class ReviewRegressionTests(SynchronousTestCase):
         self.assertEqual((status, len(proxy.fake.requests)), (200, 2))
 
     def test_broken_streams_open_the_circuit(self) -> None:
-        proxy = MemoryProxy(lambda u: keyed(u, ["k"], failure_handling={
+        proxy = MemoryProxy(lambda u: openai_config(u, ["k"], failure_handling={
             "circuit_threshold": 2, "circuit_cooldown": 600}))
         for _ in range(2):
             proxy.fake.script.append(Stream(chat_chunks("gpt-4o", ["x", "y"])[:2], delay=0.05,
@@ -480,19 +473,19 @@ class ReviewRegressionTests(SynchronousTestCase):
                          (502, "upstream_invalid_response"))
 
     def test_loop_guard_on_every_route_before_auth(self) -> None:
-        proxy = MemoryProxy(lambda u: keyed(u, ["k"], proxy_keys=["pk"]))
+        proxy = MemoryProxy(lambda u: openai_config(u, ["k"], proxy_keys=["pk"]))
         response = proxy.get("/v1/models", headers={"x-llmproxy-loop-guard": "1"})
         self.assertEqual(response.status, 400)
         self.assertEqual(response.json()["error"]["code"], "proxy_loop_detected")
 
     def test_stream_options_must_be_an_object(self) -> None:
-        proxy = MemoryProxy(lambda u: keyed(u, ["k"]))
+        proxy = MemoryProxy(lambda u: openai_config(u, ["k"]))
         status, _, content = proxy.chat(stream=True, stream_options="x")
         self.assertEqual((status, json.loads(content)["error"]["param"]), (400, "stream_options"))
         self.assertEqual(proxy.fake.requests, [])
 
     def test_quota_retry_after_comes_from_the_pool(self) -> None:
-        proxy = MemoryProxy(lambda u: keyed(u, ["sk-quota"], failure_handling={
+        proxy = MemoryProxy(lambda u: openai_config(u, ["sk-quota"], failure_handling={
             "quota_cooldown": 120}))
         proxy.fake.by_key["sk-quota"] = [QUOTA]
         status, headers, content = proxy.chat()
@@ -507,13 +500,13 @@ class ReviewRegressionTests(SynchronousTestCase):
         key whose value occurs in the upstream's error code (here "quota")
         does not turn a quota error into a rate limit.
         """
-        proxy = MemoryProxy(lambda u: keyed(u, ["quota"]))
+        proxy = MemoryProxy(lambda u: openai_config(u, ["quota"]))
         proxy.fake.by_key["quota"] = [QUOTA]
         status, _, content = proxy.chat()
         self.assertEqual((status, json.loads(content)["error"]["code"]), (503, "quota_exceeded"))
 
     def test_key_level_answer_closes_a_half_open_circuit(self) -> None:
-        proxy = MemoryProxy(lambda u: keyed(u, ["a", "b"], failure_handling={
+        proxy = MemoryProxy(lambda u: openai_config(u, ["a", "b"], failure_handling={
             "circuit_threshold": 1, "circuit_cooldown": 30}))
         proxy.fake.script.extend([DOWN, DOWN, RATE_LIMITED])
         proxy.chat()
@@ -540,7 +533,7 @@ class StreamingRegressionTests(TestCase):
 
     async def test_stream_broken_before_first_event_fails_over_after_keepalive(self) -> None:
         clock = Clock()
-        proxy = await started(self, lambda u: keyed(u, ["k"], failure_handling={
+        proxy = await started(self, lambda u: openai_config(u, ["k"], failure_handling={
             "keepalive_after": 1, "keepalive_interval": 1}), clock)
         proxy.fake.by_model["a"] = [Stream([b": still thinking\n\n"], delay=0.01, end="drop")]
         d = _chat(proxy, {"stream": True, "model": "openai:a|openai:b"})

@@ -303,9 +303,10 @@ class HelperTests(SynchronousTestCase):
             "model_x": 1})
 
     def test_chat_chunk(self) -> None:
-        chunk = chat_chunk("m", {"content": "x"}, "stop", ident="c1")
+        self.assertEqual(chat_chunk("m", {})["created"], 1700000000)
+        chunk = chat_chunk("m", {"content": "x"}, "stop", ident="c1", created=7)
         self.assertEqual(chunk, {"id": "c1", "object": "chat.completion.chunk",
-                                 "created": 1700000000, "model": "m",
+                                 "created": 7, "model": "m",
                                  "choices": [{"index": 0, "delta": {"content": "x"},
                                               "logprobs": None, "finish_reason": "stop"}]})
 
