@@ -1,11 +1,18 @@
 # -*- test-case-name: tests.test_testing -*-
 """
-Test doubles: an in-process fake OpenAI upstream that records what it
-receives and can answer, pace, fail, stall and drop on demand, and a
-helper that runs llmproxy itself on port 0 against it.
+Test doubles and builders for code that talks to (or is) llmproxy:
 
-Used by llmproxy's own tests and the benchmark; usable by anyone testing
-code that talks to llmproxy.
+ - L{FakeOpenAI}, an in-process fake OpenAI upstream that records what it
+   receives and can answer, pace, fail, stall and drop on demand, served on
+   a real port by L{listen_fake} or in memory through a L{MemoryAgent};
+ - canned bodies and event streams: L{chat_request}, L{chat_completion},
+   L{chat_chunk}, L{chat_chunks}, L{chat_tool_completion},
+   L{chat_tool_chunks}, L{responses_object}, L{responses_events},
+   L{function_call_response}, L{function_call_events};
+ - reading an SSE body: L{sse_events}, L{sse_data}, L{sse_json};
+ - configurations: L{backend_data}, L{config_data}, L{openai_config} (the
+   data a YAML file holds) and L{make_config} (the frozen L{Config});
+ - L{MemoryAgent}, an L{IAgent} served in memory by a given L{Site}.
 """
 
 from __future__ import annotations
@@ -16,11 +23,25 @@ from typing import Any, Callable, Mapping, Sequence, cast
 
 from twisted.internet import endpoints
 from twisted.internet.address import IPv4Address
-from twisted.internet.interfaces import IListeningPort, IReactorTCP, IReactorTime, ITCPTransport
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import (
+    IListeningPort, IReactorTCP, IReactorTime, IStreamClientEndpoint, ITCPTransport,
+)
+from twisted.internet.testing import MemoryReactorClock
+from twisted.test import iosim
+from twisted.web.client import URI, Agent
+from twisted.web.iweb import IAgent, IAgentEndpointFactory, IBodyProducer, IResponse
+from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
+from zope.interface import implementer
 
-from llmproxy.sse import DONE, encode_event
+from llmproxy.backends import REGISTRY
+from llmproxy.config import Config, Overrides, build_config
+from llmproxy.sse import DONE, Event, SSEParser, encode_event
+
+#: The C{created} time of every canned body.
+CREATED = 1700000000
 
 
 @dataclass(frozen=True)
@@ -82,12 +103,19 @@ class Drop:
 Behaviour = Reply | Stream | Stall | Drop
 
 
+def chat_request(text: str = "hi", model: str = "gpt-4o", **fields: Any) -> dict[str, Any]:
+    """
+    A Chat Completions request: one user message, then C{fields}.
+    """
+    return {"model": model, "messages": [{"role": "user", "content": text}], **fields}
+
+
 def chat_completion(model: str, text: str, ident: str = "chatcmpl-fake") -> dict[str, Any]:
     """
     A minimal, valid chat.completion.
     """
     return {
-        "id": ident, "object": "chat.completion", "created": 1700000000, "model": model,
+        "id": ident, "object": "chat.completion", "created": CREATED, "model": model,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": text,
                                              "refusal": None},
                      "logprobs": None, "finish_reason": "stop"}],
@@ -96,27 +124,60 @@ def chat_completion(model: str, text: str, ident: str = "chatcmpl-fake") -> dict
     }
 
 
+def chat_tool_completion(model: str, name: str, arguments: str,
+                         call_id: str = "call_1") -> dict[str, Any]:
+    """
+    A chat.completion whose answer is one call of tool C{name}.
+    """
+    answer = chat_completion(model, "")
+    answer["choices"][0]["message"] = {
+        "role": "assistant", "content": None,
+        "tool_calls": [{"id": call_id, "type": "function",
+                        "function": {"name": name, "arguments": arguments}}]}
+    answer["choices"][0]["finish_reason"] = "tool_calls"
+    return answer
+
+
+def chat_chunk(model: str, delta: Mapping[str, Any], finish: str | None = None,
+               ident: str = "chatcmpl-fake", created: int = CREATED) -> dict[str, Any]:
+    """
+    One chat.completion.chunk: a single choice carrying C{delta}.
+    """
+    return {"id": ident, "object": "chat.completion.chunk", "created": created, "model": model,
+            "choices": [{"index": 0, "delta": dict(delta), "logprobs": None,
+                         "finish_reason": finish}]}
+
+
 def chat_chunks(model: str, pieces: Sequence[str], ident: str = "chatcmpl-fake",
                 usage: bool = False) -> list[bytes]:
     """
     The SSE events of a streamed chat completion of C{pieces}, C{[DONE]}
-    included.
+    included; with C{usage}, a final usage chunk (no choices) before it.
     """
-    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
-        return encode_event({"id": ident, "object": "chat.completion.chunk",
-                             "created": 1700000000, "model": model,
-                             "choices": [{"index": 0, "delta": delta, "logprobs": None,
-                                          "finish_reason": finish}]})
-    out = [chunk({"role": "assistant", "content": ""})]
-    out += [chunk({"content": p}) for p in pieces]
-    out.append(chunk({}, "stop"))
+    out = [chat_chunk(model, {"role": "assistant", "content": ""}, ident=ident)]
+    out += [chat_chunk(model, {"content": p}, ident=ident) for p in pieces]
+    out.append(chat_chunk(model, {}, "stop", ident=ident))
     if usage:
-        out.append(encode_event({"id": ident, "object": "chat.completion.chunk",
-                                 "created": 1700000000, "model": model, "choices": [],
-                                 "usage": {"prompt_tokens": 3, "completion_tokens": len(pieces),
-                                           "total_tokens": 3 + len(pieces)}}))
-    out.append(DONE)
-    return out
+        out.append({**chat_chunk(model, {}, ident=ident), "choices": [],
+                    "usage": {"prompt_tokens": 3, "completion_tokens": len(pieces),
+                              "total_tokens": 3 + len(pieces)}})
+    return [encode_event(c) for c in out] + [DONE]
+
+
+def chat_tool_chunks(model: str, name: str, arguments: Sequence[str], call_id: str = "call_1",
+                     ident: str = "chatcmpl-fake") -> list[bytes]:
+    """
+    The SSE events of a streamed chat completion that calls tool C{name},
+    its arguments in the given pieces, C{[DONE]} included.
+    """
+    out = [chat_chunk(model, {"role": "assistant", "content": None}, ident=ident),
+           chat_chunk(model, {"tool_calls": [{"index": 0, "id": call_id, "type": "function",
+                                               "function": {"name": name, "arguments": ""}}]},
+                      ident=ident)]
+    out += [chat_chunk(model, {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]},
+                       ident=ident) for piece in arguments]
+    out.append(chat_chunk(model, {}, "tool_calls", ident=ident))
+    return [encode_event(c) for c in out] + [DONE]
 
 
 def responses_object(model: str, text: str, ident: str = "resp_fake") -> dict[str, Any]:
@@ -124,7 +185,7 @@ def responses_object(model: str, text: str, ident: str = "resp_fake") -> dict[st
     A minimal, valid Responses API response object.
     """
     return {
-        "id": ident, "object": "response", "created_at": 1700000000, "model": model,
+        "id": ident, "object": "response", "created_at": CREATED, "model": model,
         "status": "completed", "error": None, "incomplete_details": None,
         "instructions": None, "metadata": {}, "parallel_tool_calls": True,
         "temperature": None, "tool_choice": "auto", "tools": [], "top_p": None,
@@ -144,13 +205,10 @@ def responses_events(model: str, pieces: Sequence[str], ident: str = "resp_fake"
     """
     text = "".join(pieces)
     final = responses_object(model, text, ident)
-    started = {**final, "status": "in_progress", "output": [], "usage": None}
     item = {"type": "message", "id": "msg_fake", "status": "in_progress", "role": "assistant",
             "content": []}
     part = {"type": "output_text", "text": "", "annotations": []}
     events: list[dict[str, Any]] = [
-        {"type": "response.created", "response": started},
-        {"type": "response.in_progress", "response": started},
         {"type": "response.output_item.added", "output_index": 0, "item": item},
         {"type": "response.content_part.added", "item_id": "msg_fake", "output_index": 0,
          "content_index": 0, "part": part},
@@ -163,9 +221,122 @@ def responses_events(model: str, pieces: Sequence[str], ident: str = "resp_fake"
         {"type": "response.content_part.done", "item_id": "msg_fake", "output_index": 0,
          "content_index": 0, "part": {**part, "text": text}},
         {"type": "response.output_item.done", "output_index": 0, "item": final["output"][0]},
-        {"type": "response.completed", "response": final},
     ]
+    return _response_stream(final, events)
+
+
+def function_call_response(model: str, name: str, arguments: str, call_id: str = "call_1",
+                           ident: str = "resp_fake") -> dict[str, Any]:
+    """
+    A Responses API response object whose output is one call of tool
+    C{name} (item id C{fc_1}).
+    """
+    data = responses_object(model, "", ident)
+    data["output"] = [{"type": "function_call", "id": "fc_1", "call_id": call_id,
+                       "name": name, "arguments": arguments, "status": "completed"}]
+    return data
+
+
+def function_call_events(model: str, name: str, arguments: Sequence[str],
+                         call_id: str = "call_1", ident: str = "resp_fake") -> list[bytes]:
+    """
+    The SSE events of a streamed Responses answer that calls tool C{name},
+    its arguments in the given pieces.
+    """
+    final = function_call_response(model, name, "".join(arguments), call_id, ident)
+    call = final["output"][0]
+    events: list[dict[str, Any]] = [
+        {"type": "response.output_item.added", "output_index": 0,
+         "item": {**call, "arguments": "", "status": "in_progress"}},
+    ]
+    events += [{"type": "response.function_call_arguments.delta", "item_id": call["id"],
+                "output_index": 0, "delta": piece} for piece in arguments]
+    events += [
+        {"type": "response.function_call_arguments.done", "item_id": call["id"],
+         "output_index": 0, "name": name, "arguments": call["arguments"]},
+        {"type": "response.output_item.done", "output_index": 0, "item": call},
+    ]
+    return _response_stream(final, events)
+
+
+def _response_stream(final: Mapping[str, Any], middle: Sequence[Mapping[str, Any]]) -> list[bytes]:
+    """
+    C{middle} between the C{created}/C{in_progress} events and the
+    C{completed} one of response C{final}, numbered and encoded.
+    """
+    started = {**final, "status": "in_progress", "output": [], "usage": None}
+    events = [{"type": "response.created", "response": started},
+              {"type": "response.in_progress", "response": started},
+              *middle,
+              {"type": "response.completed", "response": final}]
     return [encode_event({**e, "sequence_number": i}, e["type"]) for i, e in enumerate(events)]
+
+
+def sse_events(body: bytes) -> list[Event]:
+    """
+    Every event of a whole SSE body (a last one without its blank line
+    included); comments are left out.
+    """
+    parser = SSEParser()
+    return parser.feed(body) + parser.close()
+
+
+def sse_data(body: bytes) -> list[str]:
+    """
+    The data of every event of a whole SSE body that has data, C{[DONE]}
+    included.
+    """
+    return [e.data for e in sse_events(body) if e.data is not None]
+
+
+def sse_json(body: bytes) -> list[Any]:
+    """
+    The data of every event of a whole SSE body decoded as JSON, but for
+    C{[DONE]}; raises L{ValueError} if any is not JSON.
+    """
+    return [json.loads(data) for data in sse_data(body) if data != "[DONE]"]
+
+
+def backend_data(base_url: str, *keys: str, type: str = "openai",
+                 **fields: Any) -> dict[str, Any]:
+    """
+    One backend's configuration: its type, its base URL, its C{keys} (none:
+    keyless, or the environment's for C{openai}) and other C{fields}.
+    """
+    data: dict[str, Any] = {"type": type, "base_url": base_url}
+    if keys:
+        data["api_keys"] = list(keys)
+    data.update(fields)
+    return data
+
+
+def config_data(backends: Mapping[str, Mapping[str, Any]], default: str | None = None,
+                **extra: Any) -> dict[str, Any]:
+    """
+    A configuration file's data: C{backends} by name (the first is the
+    default backend unless C{default} names another) and C{extra} top-level
+    keys.
+    """
+    return {"default_backend": default or next(iter(backends), None),
+            "backends": {name: dict(b) for name, b in backends.items()}, **extra}
+
+
+def openai_config(base_url: str, keys: Sequence[str] = ("sk-test-1",),
+                  **extra: Any) -> dict[str, Any]:
+    """
+    A configuration with one C{openai} backend at C{base_url}, with C{keys}.
+    """
+    return config_data({"openai": backend_data(base_url, *keys)}, **extra)
+
+
+def make_config(data: Mapping[str, Any], environ: Mapping[str, str] | None = None,
+                source: str = "test.yaml", **overrides: Any) -> Config:
+    """
+    The L{Config} for C{data}, with command-line C{overrides}, reading
+    C{environ} only (never the process's environment).
+    """
+    return build_config(data, Overrides(**overrides), environ or {}, source=source,
+                        kinds=REGISTRY.kinds)
 
 
 class FakeOpenAI(Resource):
@@ -210,7 +381,7 @@ class FakeOpenAI(Resource):
             return self._perform(request, self.models_reply, recorded)
         if request.path.endswith(b"/models"):
             return self._json(request, 200, {"object": "list", "data": [
-                {"id": m, "object": "model", "created": 1700000000, "owned_by": "fake"}
+                {"id": m, "object": "model", "created": CREATED, "owned_by": "fake"}
                 for m in self.models]})
         return self._json(request, 404, {"error": {"message": "no such path",
                                                    "type": "invalid_request_error",
@@ -351,7 +522,78 @@ async def listen_fake(reactor: IReactorTCP, clock: IReactorTime | None = None) -
     return fake, port, f"http://127.0.0.1:{address.port}/v1"
 
 
+@implementer(IAgentEndpointFactory)
+class _MemoryEndpoints:
+    """
+    An endpoint on the memory reactor for every URI (only its port is
+    recorded; L{MemoryAgent} connects whatever was asked to its site).
+    """
+
+    def __init__(self, reactor: MemoryReactorClock) -> None:
+        self.reactor = reactor
+
+    def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
+        return endpoints.TCP4ClientEndpoint(self.reactor, "127.0.0.1", uri.port)
+
+
+@implementer(IAgent)
+class MemoryAgent:
+    """
+    An L{IAgent} whose every request is served by C{site} over an in-memory
+    connection: no socket, and nothing moves until L{flush}.
+
+    Like treq's C{RequestTraversalAgent}, but for a given L{Site}, so its own
+    request factory (body limits and all) serves; the site's connection
+    timers are moved onto a memory clock of the agent's, so they never
+    reach the global reactor.  Request bodies must be written at once
+    (treq's C{FileBodyProducer} waits for the global reactor's cooperator).
+    Disconnections are clean (iosim's C{abortConnection} loses no buffered
+    data) and flow control is not modelled.
+    """
+
+    def __init__(self, site: Site) -> None:
+        self._reactor = MemoryReactorClock()
+        site.reactor = self._reactor
+        self._site = site
+        self._agent = Agent.usingEndpointFactory(self._reactor, _MemoryEndpoints(self._reactor))
+        self._pumps: list[iosim.IOPump] = []
+
+    def request(self, method: bytes, uri: bytes, headers: Headers | None = None,
+                bodyProducer: IBodyProducer | None = None) -> Deferred[IResponse]:
+        d = self._agent.request(method, uri, headers, bodyProducer)
+        if not self._reactor.tcpClients:
+            return d  # failed before connecting (a bad URI)
+        factory = self._reactor.tcpClients.pop()[2]
+        client_address = IPv4Address("TCP", "127.0.0.1", 31337)
+        server_address = IPv4Address("TCP", "127.0.0.1", 80)
+        server = self._site.buildProtocol(client_address)
+        client = factory.buildProtocol(server_address)
+        assert server is not None and client is not None
+        self._pumps.append(iosim.connect(
+            server, iosim.FakeTransport(server, True, server_address, client_address),
+            client, iosim.FakeTransport(client, False, client_address, server_address),
+            greet=False))
+        return d
+
+    def flush(self) -> bool:
+        """
+        Move every pending byte and disconnection, both ways, until none is
+        left.
+
+        @return: whether anything moved.
+        """
+        moved = False
+        for pump in list(self._pumps):
+            moved = pump.flush() or moved
+            if pump.clientIO.disconnected and pump.serverIO.disconnected:
+                self._pumps.remove(pump)
+        return moved
+
+
 __all__ = [
-    "Drop", "FakeOpenAI", "Recorded", "Reply", "Stall", "Stream", "chat_chunks",
-    "chat_completion", "listen_fake", "responses_events", "responses_object",
+    "CREATED", "Drop", "FakeOpenAI", "MemoryAgent", "Recorded", "Reply", "Stall", "Stream",
+    "backend_data", "chat_chunk", "chat_chunks", "chat_completion", "chat_request",
+    "chat_tool_chunks", "chat_tool_completion", "config_data", "function_call_events",
+    "function_call_response", "listen_fake", "make_config", "openai_config",
+    "responses_events", "responses_object", "sse_data", "sse_events", "sse_json",
 ]

@@ -1,24 +1,40 @@
 """
-Shared fixtures: the fake upstream and llmproxy, both in-process on port 0,
-and clients (treq, and the OpenAI SDK in a thread).
+Shared fixtures: llmproxy and its fake upstream either in memory on one
+L{Clock} (L{MemoryProxy}: no socket, no real time) or in-process on port 0
+(L{start}), and clients (treq, and the OpenAI SDK in a thread).
+
+Use L{MemoryProxy} for what llmproxy decides (statuses, error shapes,
+routing, failover, what the upstream receives); use L{start} for what
+depends on real connections (streaming pace, backpressure, disconnects,
+the SDK end to end).
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, Callable, Mapping, NamedTuple, TypeVar
 
 from treq.client import HTTPClient
+from twisted.application.service import Service
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IConsumer
 from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
+from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import Agent, HTTPConnectionPool, readBody
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IBodyProducer
+from twisted.web.server import Site
+from zope.interface import implementer
 
 from llmproxy.backends import REGISTRY
+from llmproxy.backends.openai import OpenAIBackend
 from llmproxy.config import Config, build_config
 from llmproxy.service import ProxyService
-from llmproxy.testing import FakeOpenAI, listen_fake
+from llmproxy.testing import FakeOpenAI, MemoryAgent, chat_request, listen_fake, openai_config
 
 T = TypeVar("T")
 
@@ -41,14 +57,10 @@ class Proxy:
 
 def base_config(upstream: str, **extra: Any) -> dict[str, Any]:
     """
-    A config with one openai backend at the fake and one key.
+    A config with one openai backend at the fake and one key,
+    C{sk-test-1} (L{openai_config}'s default).
     """
-    data: dict[str, Any] = {
-        "default_backend": "openai",
-        "backends": {"openai": {"type": "openai", "base_url": upstream, "api_key": "sk-test-1"}},
-    }
-    data.update(extra)
-    return data
+    return openai_config(upstream, **extra)
 
 
 async def start(
@@ -96,6 +108,171 @@ async def post(case: TestCase, url: str, body: Any, headers: Mapping[str, str] |
     content = await treq.content(response)
     got = {k.decode().lower(): v[-1].decode() for k, v in response.headers.getAllRawHeaders()}
     return response.code, got, content
+
+
+@implementer(IBodyProducer)
+class BytesBody:
+    """
+    A request body written at once (treq's bodies wait for the global
+    reactor's cooperator, which a memory test never runs).
+    """
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.length = len(data)
+
+    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
+        consumer.write(self.data)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class Answer(NamedTuple):
+    """
+    A whole HTTP answer: status, headers (lower-cased names, last value)
+    and body.
+    """
+
+    status: int
+    headers: Mapping[str, str]
+    content: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+
+#: The base URL of a L{MemoryProxy}'s fake upstream.
+MEMORY_UPSTREAM = "http://upstream.test/v1"
+
+
+class MemoryProxy:
+    """
+    llmproxy, assembled as in production, and its fake upstream, both in
+    memory on one L{Clock}: requests travel through L{MemoryAgent}s, so
+    nothing moves until L{pump} (or L{advance}), and no time passes but the
+    clock's.
+
+    The configuration is C{make_config(upstream)} (default: one openai
+    backend with one key), where C{upstream} is L{MEMORY_UPSTREAM}; every
+    openai backend's requests go to the fake, whatever its base URL.
+    """
+
+    def __init__(
+        self,
+        make_config: Callable[[str], Mapping[str, Any]] | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self.clock = Clock()
+        self.fake = FakeOpenAI(self.clock)
+        data = (make_config or base_config)(MEMORY_UPSTREAM)
+        config = build_config(data, environ=environ or {}, source="test.yaml",
+                              kinds=REGISTRY.kinds)
+        sites: list[Site] = []
+
+        def listener(site: Site) -> Service:
+            sites.append(site)
+            return Service()
+
+        self.service = ProxyService(config, self.clock, clock=self.clock, listener=listener)
+        self._upstream = MemoryAgent(Site(self.fake))
+        for backend in self.service.app.runtime.upstreams.backends.values():
+            if isinstance(backend, OpenAIBackend):
+                # The backend's one way out to the network.
+                backend.agent = self._upstream  # type: ignore[assignment]
+        self._client = MemoryAgent(sites[0])
+
+    @property
+    def config(self) -> Config:
+        return self.service.config
+
+    def request(self, method: str, path: str, body: Any = None,
+                headers: Mapping[str, str] | None = None) -> Deferred[Answer]:
+        """
+        Send a request (a JSON body, or raw bytes) and L{pump}; the
+        L{Deferred} fires with the whole answer once it has come (at once,
+        unless something waits for the clock).
+        """
+        data = body if body is None or isinstance(body, bytes) else json.dumps(body).encode()
+        h = Headers({"content-type": ["application/json"]})
+        for name, value in (headers or {}).items():
+            h.setRawHeaders(name, [value])
+
+        async def send() -> Answer:
+            response = await self._client.request(
+                method.encode(), b"http://llmproxy.test" + path.encode(), h,
+                None if data is None else BytesBody(data))
+            content = await readBody(response)
+            got = {k.decode().lower(): v[-1].decode()
+                   for k, v in response.headers.getAllRawHeaders()}
+            return Answer(response.code, got, content)
+
+        d = Deferred.fromCoroutine(send())
+        self.pump()
+        return d
+
+    def pump(self) -> None:
+        """
+        Move bytes both ways and run what is due on the clock now, until
+        nothing is left to do.
+        """
+        for _ in range(1000):
+            moved = self._client.flush() | self._upstream.flush()
+            due = [c for c in self.clock.getDelayedCalls() if c.getTime() <= self.clock.seconds()]
+            self.clock.advance(0)
+            if not moved and not due:
+                return
+        raise AssertionError("llmproxy is still busy after 1000 rounds")
+
+    def advance(self, seconds: float) -> None:
+        """
+        Let C{seconds} pass on the clock, then L{pump}.
+        """
+        self.clock.advance(seconds)
+        self.pump()
+
+    def result(self, d: Deferred[T]) -> T:
+        """
+        L{pump}, then the result of C{d}, which must have one.
+        """
+        self.pump()
+        results: list[T | Failure] = []
+        d.addBoth(results.append)
+        if not results:
+            raise AssertionError(f"no result yet from {d!r}")
+        if isinstance(results[0], Failure):
+            results[0].raiseException()
+        return results[0]
+
+    def post(self, path: str, body: Any, headers: Mapping[str, str] | None = None) -> Answer:
+        """
+        POST and return the whole answer (which must come without time
+        passing).
+        """
+        return self.result(self.request("POST", path, body, headers))
+
+    def get(self, path: str, headers: Mapping[str, str] | None = None) -> Answer:
+        return self.result(self.request("GET", path, None, headers))
+
+    def chat(self, **fields: Any) -> Answer:
+        """
+        POST a chat completion (L{chat_request}, C{fields} on top).
+        """
+        return self.post("/v1/chat/completions", chat_request(**fields))
+
+    def chat_d(self, **fields: Any) -> Deferred[Answer]:
+        """
+        Start a chat completion (L{chat_request}, C{fields} on top); its
+        answer comes as the test pumps and advances.
+        """
+        return self.request("POST", "/v1/chat/completions", chat_request(**fields))
 
 
 def in_thread(fn: Callable[[], T]) -> Any:

@@ -9,17 +9,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import given, settings, strategies as st
 from treq.testing import StubTreq
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import HTTPConnectionPool
 
-from llmproxy.backends import REGISTRY
-from llmproxy.config import build_config
 from llmproxy.service import build_upstreams
 from llmproxy.frontends import ProxyApp
+from llmproxy.testing import config_data, make_config
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
@@ -60,8 +59,7 @@ responses_bodies = st.fixed_dictionaries(
 class ArbitraryBodiesTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
-        config = build_config({"default_backend": "mock", "backends": {"mock": {"type": "mock"}}},
-                              environ={}, kinds=REGISTRY.kinds)
+        config = make_config(config_data({"mock": {"type": "mock"}}))
         pool = HTTPConnectionPool(self.clock, persistent=False)
         app = ProxyApp(config, build_upstreams(config, pool, self.clock, self.clock), self.clock)
         self.stub = StubTreq(app.site().resource)
@@ -96,17 +94,17 @@ class ArbitraryBodiesTests(SynchronousTestCase):
             self.assertIsInstance(error["message"], str)
             self.assertEqual(set(error), {"message", "type", "param", "code"})
 
-    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=150)
     @given(chat_bodies)
     def test_chat_never_500(self, body: dict[str, Any]) -> None:
         self._check(*self._post("/v1/chat/completions", body))
 
-    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=150)
     @given(responses_bodies)
     def test_responses_never_500(self, body: dict[str, Any]) -> None:
         self._check(*self._post("/v1/responses", body))
 
-    @settings(max_examples=50, deadline=None, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=50)
     @given(json_values)
     def test_any_json_document(self, body: Any) -> None:
         self._check(*self._post("/v1/chat/completions", body))

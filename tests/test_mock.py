@@ -21,7 +21,7 @@ from llmproxy.backends.mock import MOCK_MODELS, STREAM_DELAY, MockBackend, reply
 from llmproxy.backends.body import collect_body
 from llmproxy.config import BackendConfig
 from llmproxy.errors import InvalidRequest
-from llmproxy.sse import SSEParser
+from llmproxy.testing import sse_events
 
 TOOLS = [
     {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}},
@@ -62,8 +62,7 @@ class MockTestCase(SynchronousTestCase):
         if stream and response.code == 200:
             self.assertEqual(response.headers.getRawHeaders(b"content-type"),
                              [b"text/event-stream"])
-            parser = SSEParser()
-            return response.code, parser.feed(raw) + parser.close()
+            return response.code, sse_events(raw)
         self.assertEqual(response.headers.getRawHeaders(b"content-type"), [b"application/json"])
         return response.code, json.loads(raw)
 

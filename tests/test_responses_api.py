@@ -2,7 +2,7 @@
 Every frontend × backend pair through the unmodified OpenAI SDK:
 chat→openai (test_sdk), chat→openai-responses, responses→openai-responses
 and responses→openai, streaming and not, with text, tools and structured
-output.
+output; and C{previous_response_id} handling, in memory.
 """
 
 from __future__ import annotations
@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from llmproxy.sse import encode_event
-from llmproxy.testing import Reply, Stream, chat_completion, responses_object
-from tests.harness import in_thread, post, sdk, start
+from llmproxy.testing import (
+    Reply, Stream, backend_data, chat_chunks, chat_completion, chat_tool_chunks,
+    chat_tool_completion, config_data, function_call_events, function_call_response,
+)
+from tests.harness import MemoryProxy, in_thread, post, sdk, start
 
 FLAT_TOOL = {"type": "function", "name": "get_weather", "description": "Weather",
              "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
@@ -28,51 +30,11 @@ SCHEMA = {"type": "object", "properties": {"answer": {"type": "integer"}},
 
 
 def both(upstream: str) -> dict[str, Any]:
-    return {
-        "default_backend": "chat",
-        "backends": {
-            "chat": {"type": "openai", "base_url": upstream, "api_key": "sk-chat"},
-            "resp": {"type": "openai-responses", "base_url": upstream, "api_key": "sk-resp"},
-        },
-    }
+    return config_data({"chat": backend_data(upstream, "sk-chat"),
+                        "resp": backend_data(upstream, "sk-resp", type="openai-responses")})
 
 
-def function_call_response(model: str) -> dict[str, Any]:
-    data = responses_object(model, "")
-    data["output"] = [{"type": "function_call", "id": "fc_1", "call_id": "call_9",
-                       "name": "get_weather", "arguments": '{"city":"Paris"}',
-                       "status": "completed"}]
-    return data
-
-
-def function_call_events(model: str) -> list[bytes]:
-    final = function_call_response(model)
-    started = {**final, "status": "in_progress", "output": [], "usage": None}
-    item = {**final["output"][0], "arguments": "", "status": "in_progress"}
-    events = [
-        {"type": "response.created", "response": started},
-        {"type": "response.in_progress", "response": started},
-        {"type": "response.output_item.added", "output_index": 0, "item": item},
-        {"type": "response.function_call_arguments.delta", "item_id": "fc_1", "output_index": 0,
-         "delta": '{"city":'},
-        {"type": "response.function_call_arguments.delta", "item_id": "fc_1", "output_index": 0,
-         "delta": '"Paris"}'},
-        {"type": "response.function_call_arguments.done", "item_id": "fc_1", "output_index": 0,
-         "name": "get_weather", "arguments": '{"city":"Paris"}'},
-        {"type": "response.output_item.done", "output_index": 0, "item": final["output"][0]},
-        {"type": "response.completed", "response": final},
-    ]
-    return [encode_event({**e, "sequence_number": i}, e["type"]) for i, e in enumerate(events)]
-
-
-def chat_tool_completion(model: str) -> dict[str, Any]:
-    answer = chat_completion(model, "")
-    answer["choices"][0]["message"] = {
-        "role": "assistant", "content": None,
-        "tool_calls": [{"id": "call_9", "type": "function",
-                        "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}]}
-    answer["choices"][0]["finish_reason"] = "tool_calls"
-    return answer
+WEATHER = ("get_weather", '{"city":"Paris"}', "call_9")
 
 
 class ResponsesFrontendTests(TestCase):
@@ -124,10 +86,13 @@ class ResponsesFrontendTests(TestCase):
 
     async def test_tools_both_backends(self) -> None:
         proxy = await start(self, both)
-        proxy.fake.by_model["gpt-4o"] = [Reply(200, function_call_response("gpt-4o")),
-                                         Reply(200, chat_tool_completion("gpt-4o")),
-                                         Stream(function_call_events("gpt-4o")),
-                                         Stream([encode_event(c) for c in _chat_tool_chunks()])]
+        name, arguments, call_id = WEATHER
+        proxy.fake.by_model["gpt-4o"] = [
+            Reply(200, function_call_response("gpt-4o", name, arguments, call_id)),
+            Reply(200, chat_tool_completion("gpt-4o", name, arguments, call_id)),
+            Stream(function_call_events("gpt-4o", name, ['{"city":', '"Paris"}'], call_id)),
+            Stream(chat_tool_chunks("gpt-4o", name, [arguments], call_id)),
+        ]
 
         def call() -> list[Any]:
             out = []
@@ -202,24 +167,8 @@ class ResponsesFrontendTests(TestCase):
         self.assertEqual(messages[1]["content"], "fake: my name is Ada")
         self.assertNotIn("previous_response_id", proxy.fake.requests[1].body)
 
-    async def test_unknown_previous_response_id(self) -> None:
-        proxy = await start(self, both)
-        status, _, content = await post(self, proxy.url + "/v1/responses", {
-            "model": "chat:gpt-4o", "input": "x", "previous_response_id": "resp_nope"})
-        self.assertEqual(status, 404)
-        self.assertEqual(json.loads(content)["error"]["code"], "previous_response_not_found")
-        self.assertEqual(proxy.fake.requests, [])
-
-    async def test_previous_response_id_passes_to_responses_backend(self) -> None:
-        proxy = await start(self, both)
-        status, _, _ = await post(self, proxy.url + "/v1/responses", {
-            "model": "resp:gpt-4o", "input": "x", "previous_response_id": "resp_upstream"})
-        self.assertEqual(status, 200)
-        self.assertEqual(proxy.fake.requests[0].body["previous_response_id"], "resp_upstream")
-
     async def test_stream_failure_is_response_failed(self) -> None:
         proxy = await start(self, both)
-        from llmproxy.testing import chat_chunks
         proxy.fake.script.append(Stream(chat_chunks("gpt-4o", ["a", "b"])[:2], delay=0.05,
                                         end="drop"))
         status, _, content = await post(self, proxy.url + "/v1/responses", {
@@ -229,27 +178,31 @@ class ResponsesFrontendTests(TestCase):
         self.assertNotIn(b"response.completed", content)
 
 
-def _chat_tool_chunks() -> list[Any]:
-    base = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o"}
+class PreviousResponseIdTests(SynchronousTestCase):
+    def test_unknown_previous_response_id(self) -> None:
+        proxy = MemoryProxy(both)
+        status, _, content = proxy.post("/v1/responses", {
+            "model": "chat:gpt-4o", "input": "x", "previous_response_id": "resp_nope"})
+        self.assertEqual(status, 404)
+        self.assertEqual(json.loads(content)["error"]["code"], "previous_response_not_found")
+        self.assertEqual(proxy.fake.requests, [])
 
-    def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-        return {**base, "choices": [{"index": 0, "delta": delta, "logprobs": None,
-                                     "finish_reason": finish}]}
-    return [
-        chunk({"role": "assistant", "content": None}),
-        chunk({"tool_calls": [{"index": 0, "id": "call_9", "type": "function",
-                               "function": {"name": "get_weather", "arguments": ""}}]}),
-        chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"city":"Paris"}'}}]}),
-        chunk({}, "tool_calls"),
-        "[DONE]",
-    ]
+    def test_previous_response_id_passes_to_responses_backend(self) -> None:
+        proxy = MemoryProxy(both)
+        status, _, _ = proxy.post("/v1/responses", {
+            "model": "resp:gpt-4o", "input": "x", "previous_response_id": "resp_upstream"})
+        self.assertEqual(status, 200)
+        self.assertEqual(proxy.fake.requests[0].body["previous_response_id"], "resp_upstream")
 
 
 class ChatFrontendToResponsesBackendTests(TestCase):
     async def test_plain_stream_and_tools(self) -> None:
         proxy = await start(self, both)
-        proxy.fake.by_model["tooly"] = [Reply(200, function_call_response("tooly")),
-                                        Stream(function_call_events("tooly"))]
+        name, arguments, call_id = WEATHER
+        proxy.fake.by_model["tooly"] = [
+            Reply(200, function_call_response("tooly", name, arguments, call_id)),
+            Stream(function_call_events("tooly", name, ['{"city":', '"Paris"}'], call_id)),
+        ]
 
         def call() -> tuple[Any, str, Any, Any]:
             with sdk(proxy.url) as client:

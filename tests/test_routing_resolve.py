@@ -10,18 +10,16 @@ from typing import Any
 from hypothesis import given, settings, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from llmproxy.backends import REGISTRY
-from llmproxy.config import build_config
 from llmproxy.errors import InvalidRequest
 from llmproxy.routing.resolve import DEFAULT_POLICY, Router, resolve
+from llmproxy.testing import config_data, make_config
 
-CONFIG = build_config({
-    "default_backend": "a",
-    "backends": {"a": {"type": "mock"}, "b": {"type": "mock"}},
-    "model_aliases": [{"pattern": "^cheap$", "replacement": "b:small?temperature=0.1"}],
-    "model_defaults": {"big": {"top_p": 0.5}},
-    "failover_routes": {"safe": {"policy": "mk", "elements": ["a:one", "b:two"]}},
-}, environ={}, kinds=REGISTRY.kinds)
+CONFIG = make_config(config_data(
+    {"a": {"type": "mock"}, "b": {"type": "mock"}},
+    model_aliases=[{"pattern": "^cheap$", "replacement": "b:small?temperature=0.1"}],
+    model_defaults={"big": {"top_p": 0.5}},
+    failover_routes={"safe": {"policy": "mk", "elements": ["a:one", "b:two"]}},
+))
 
 models = st.sampled_from(["big", "small", "cheap", "safe", "a:big", "b:x?top_p=0.3",
                           "a:m|b:m", "zz:m", "m?temperature=9", "m?nope=1"])

@@ -10,7 +10,9 @@ from typing import Any
 
 from twisted.trial.unittest import TestCase
 
-from llmproxy.testing import Reply, Stream, chat_chunks, chat_completion
+from llmproxy.testing import (
+    Reply, Stream, chat_chunks, chat_completion, chat_tool_chunks, chat_tool_completion,
+)
 from tests.harness import base_config, in_thread, sdk, start
 
 MESSAGES = [{"role": "user", "content": "hello sdk"}]
@@ -18,25 +20,6 @@ TOOLS = [{"type": "function", "function": {
     "name": "get_weather", "description": "Weather for a city",
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
                    "required": ["city"]}}}]
-
-
-def _tool_chunks(model: str) -> list[bytes]:
-    from llmproxy.sse import DONE, encode_event
-
-    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
-        return encode_event({"id": "c1", "object": "chat.completion.chunk", "created": 1,
-                             "model": model, "choices": [{"index": 0, "delta": delta,
-                                                          "logprobs": None,
-                                                          "finish_reason": finish}]})
-    return [
-        chunk({"role": "assistant", "content": None}),
-        chunk({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
-                               "function": {"name": "get_weather", "arguments": ""}}]}),
-        chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"city": '}}]}),
-        chunk({"tool_calls": [{"index": 0, "function": {"arguments": '"Paris"}'}}]}),
-        chunk({}, "tool_calls"),
-        DONE,
-    ]
 
 
 class ChatSDKTests(TestCase):
@@ -82,14 +65,10 @@ class ChatSDKTests(TestCase):
 
     async def test_tools_non_stream_and_stream(self) -> None:
         proxy = await start(self)
-        message = {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "call_1", "type": "function",
-             "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]}
-        answer = chat_completion("gpt-4o", "")
-        answer["choices"][0]["message"] = message
-        answer["choices"][0]["finish_reason"] = "tool_calls"
-        proxy.fake.script.append(Reply(200, answer))
-        proxy.fake.script.append(Stream(_tool_chunks("gpt-4o")))
+        proxy.fake.script.append(
+            Reply(200, chat_tool_completion("gpt-4o", "get_weather", '{"city": "Paris"}')))
+        proxy.fake.script.append(
+            Stream(chat_tool_chunks("gpt-4o", "get_weather", ['{"city": ', '"Paris"}'])))
 
         def call() -> tuple[Any, Any]:
             with sdk(proxy.url) as client:

@@ -115,7 +115,6 @@ class ChunkingPropertyTests(SynchronousTestCase):
     Framing and parsing do not depend on where chunk boundaries fall.
     """
 
-    @settings(max_examples=100)
     @given(_streams, st.data())
     def test_raw_events_independent_of_chunking(self, stream: list[Any], data: Any) -> None:
         """
@@ -129,7 +128,6 @@ class ChunkingPropertyTests(SynchronousTestCase):
         self.assertEqual(framed, raw)
         self.assertEqual(b"".join(framed), whole)
 
-    @settings(max_examples=100)
     @given(_streams, st.data())
     def test_events_independent_of_chunking(self, stream: list[Any], data: Any) -> None:
         """
