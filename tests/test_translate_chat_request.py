@@ -551,7 +551,7 @@ class ChatToResponsesRequestTests(SynchronousTestCase):
         with self.assertRaises(InvalidRequest):
             _to_responses(messages=[{"role": "wizard", "content": "x"}])
 
-    @settings(max_examples=40, deadline=None)
+    @settings(max_examples=40)
     @given(chat_requests())
     def test_inputNotModifiedOrShared(self, chat: dict[str, Any]) -> None:
         """
@@ -568,7 +568,6 @@ class ChatToResponsesRequestTests(SynchronousTestCase):
             text["schema"]["mutated"] = True
         self.assertEqual(chat, before)
 
-    @settings(max_examples=100, deadline=None)
     @given(chat_requests())
     def test_roundTrip(self, chat: dict[str, Any]) -> None:
         """

@@ -17,7 +17,7 @@ import copy
 import typing
 from typing import Any, Callable
 
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from openai._models import construct_type
 from openai._types import omit
@@ -590,7 +590,6 @@ class ChatToResponsesStreamTests(SynchronousTestCase):
         final = reduce_events(self, events)
         self.assertEqual(final["output"][0]["summary"], [{"type": "summary_text", "text": "hmm"}])
 
-    @settings(max_examples=100, deadline=None)
     @given(chat_streams(), responses_requests())
     def test_matchesNonStreamed(
         self,

@@ -407,7 +407,6 @@ class UsageTests(SynchronousTestCase):
         )
         self.assertIsNone(responses_usage_to_chat(None))
 
-    @settings(deadline=None)
     @given(chat_usages())
     def test_roundTrip(self, usage: dict[str, Any]) -> None:
         """
@@ -588,7 +587,7 @@ class ResponsesToChatCompletionTests(SynchronousTestCase):
         self.assertEqual(caught.exception.message, "boom")
         self.assertEqual(caught.exception.code, "server_error")
 
-    @settings(max_examples=75, deadline=None)
+    @settings(max_examples=75)
     @given(responses_objects())
     def test_validChatCompletion(self, resp: dict[str, Any]) -> None:
         """
@@ -841,7 +840,7 @@ class ChatCompletionToResponseTests(SynchronousTestCase):
             chat_completion_to_response(chat, response_id="resp_2")["output"][0]["id"],
         )
 
-    @settings(max_examples=75, deadline=None)
+    @settings(max_examples=75)
     @given(chat_completions(), responses_requests())
     def test_validResponse(self, chat: dict[str, Any], request: dict[str, Any] | None) -> None:
         """

@@ -420,7 +420,7 @@ class ResponsesToChatRequestTests(SynchronousTestCase):
                 ]
             )
 
-    @settings(max_examples=40, deadline=None)
+    @settings(max_examples=40)
     @given(chat_requests())
     def test_inputNotModified(self, chat: dict[str, Any]) -> None:
         """

@@ -571,7 +571,6 @@ class ResponsesToChatStreamTests(SynchronousTestCase):
             [{"id": "call_9", "type": "function", "function": {"name": "f", "arguments": "{}"}}],
         )
 
-    @settings(max_examples=100, deadline=None)
     @given(responses_objects(), st.booleans(), st.data())
     def test_matchesNonStreamed(
         self, resp: dict[str, Any], include_usage: bool, data: st.DataObject
@@ -628,7 +627,7 @@ class RoundTripTests(SynchronousTestCase):
     Chat chunks → Responses events → Chat chunks.
     """
 
-    @settings(max_examples=80, deadline=None)
+    @settings(max_examples=80)
     @given(chat_streams())
     def test_chatThroughResponses(
         self, stream_case: tuple[dict[str, Any], list[dict[str, Any]]]

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_failover -*-
+# -*- test-case-name: tests.test_attempts,tests.test_failover -*-
 """
 The attempts of one request: its route's targets × keys, in the failover
 policy's order, with the key bookkeeping that makes one bad key never fail

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_responses_api -*-
+# -*- test-case-name: tests.test_store,tests.test_responses_api -*-
 """
 Recent Responses-API conversations, so C{previous_response_id} works on
 backends that store nothing (chat backends, or C{store: false}).
