@@ -17,8 +17,7 @@ from typing import Any, Callable, Mapping, NamedTuple, TypeVar
 from treq.client import HTTPClient
 from twisted.application.service import Service
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IConsumer
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
@@ -26,12 +25,10 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IBodyProducer
 from twisted.web.server import Site
-from zope.interface import implementer
 
 from llmproxy.backends import REGISTRY
-from llmproxy.backends.openai import OpenAIBackend
+from llmproxy.backends.openai import BytesProducer, OpenAIBackend
 from llmproxy.config import Config, build_config
 from llmproxy.service import ProxyService
 from llmproxy.testing import FakeOpenAI, MemoryAgent, chat_request, listen_fake, openai_config
@@ -110,31 +107,6 @@ async def post(case: TestCase, url: str, body: Any, headers: Mapping[str, str] |
     return response.code, got, content
 
 
-@implementer(IBodyProducer)
-class BytesBody:
-    """
-    A request body written at once (treq's bodies wait for the global
-    reactor's cooperator, which a memory test never runs).
-    """
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.length = len(data)
-
-    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
-        consumer.write(self.data)
-        return succeed(None)
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
-
-
 class Answer(NamedTuple):
     """
     A whole HTTP answer: status, headers (lower-cased names, last value)
@@ -208,7 +180,7 @@ class MemoryProxy:
         async def send() -> Answer:
             response = await self._client.request(
                 method.encode(), b"http://llmproxy.test" + path.encode(), h,
-                None if data is None else BytesBody(data))
+                None if data is None else BytesProducer(data))
             content = await readBody(response)
             got = {k.decode().lower(): v[-1].decode()
                    for k, v in response.headers.getAllRawHeaders()}
