@@ -34,7 +34,7 @@ from llmproxy.testing import (
     config_data, function_call_events, function_call_response, make_config, openai_config,
     responses_events, responses_object, sse_data, sse_events, sse_json,
 )
-from tests.harness import BytesBody
+from llmproxy.backends.openai import BytesProducer
 
 URL = "http://fake/v1"
 
@@ -439,7 +439,7 @@ class MemoryAgentTests(SynchronousTestCase):
         forgotten (C{flush} has nothing left to move).
         """
         agent = MemoryAgent(Site(_Echo(), requestFactory=_Marked))
-        d = agent.request(b"POST", b"http://anywhere:1234/echo", None, BytesBody(b"hello"))
+        d = agent.request(b"POST", b"http://anywhere:1234/echo", None, BytesProducer(b"hello"))
         self.assertNoResult(d)
         response, body = self._call(agent, d)
         self.assertEqual((response.code, body), (200, b"got hello"))
@@ -456,7 +456,7 @@ class MemoryAgentTests(SynchronousTestCase):
         fake.script = [Stall()]
         agent = MemoryAgent(Site(fake))
         d = agent.request(b"POST", b"http://fake/v1/chat/completions", None,
-                          BytesBody(json.dumps(chat_request()).encode()))
+                          BytesProducer(json.dumps(chat_request()).encode()))
         self.assertEqual(set(cast(IReactorTime, reactor).getDelayedCalls()), before)
         agent.flush()
         self.assertEqual(len(fake.open), 1)
@@ -472,7 +472,7 @@ class MemoryAgentTests(SynchronousTestCase):
         fake.script = [Stream(chunks, delay=1)]
         agent = MemoryAgent(Site(fake))
         d = agent.request(b"POST", b"http://fake/v1/chat/completions", None,
-                          BytesBody(json.dumps(chat_request(stream=True)).encode()))
+                          BytesProducer(json.dumps(chat_request(stream=True)).encode()))
         agent.flush()
         response = self.successResultOf(d)
         received: list[bytes] = []
