@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping
 
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from bench.adversary.typecheck import rejection
 from llmproxy.testing import Reply
 from tests.harness import Proxy, post, start
 
@@ -328,3 +329,29 @@ class FieldTypes(Checks):
         sent = await self.send(CHAT_PATH, raw)
         self.assertEqual((sent.status, sent.upstream), (400, [raw]))
         self.assertEqual(sent.error["param"], "temperature")
+
+
+class AdversaryUpstream(SynchronousTestCase):
+    """
+    The adversarial run's healthy upstream judges the pass-through fields as
+    OpenAI does (bench/adversary/typecheck.py), so its field-type cases
+    measure what a client gets through the proxy in production.
+    """
+
+    def test_wrong_types_get_openais_400(self) -> None:
+        for name, value in [("temperature", "hot"), ("temperature", True), ("max_tokens", 1.5),
+                            ("n", "2"), ("tools", [1]), ("tool_choice", 5), ("stop", 5),
+                            ("user", 5), ("response_format", "json"), ("seed", "s")]:
+            answer = rejection({"model": "m", name: value})
+            assert answer is not None, name
+            head, _, body = answer.partition(b"\r\n\r\n")
+            self.assertTrue(head.startswith(b"HTTP/1.1 400 "), head)
+            error = json.loads(body)["error"]
+            self.assertEqual((error["param"], error["code"]), (name, "invalid_type"))
+
+    def test_right_types_and_nulls_pass(self) -> None:
+        for name, value in [("temperature", 0), ("temperature", 0.5), ("max_tokens", 5),
+                            ("stop", "x"), ("stop", ["x"]), ("tools", [{}]),
+                            ("tool_choice", "auto"), ("tool_choice", {}), ("seed", None),
+                            ("stream", None), ("n", None)]:
+            self.assertIsNone(rejection({"model": "m", name: value}), name)
