@@ -109,8 +109,9 @@ class Limits(SynchronousTestCase):
         """
         Wrong types still get their own answer.
         """
-        for model, code in [(None, "missing_required_parameter"), ("  ", "missing_required_parameter"),
-                            (5, "invalid_type"), (["a"], "invalid_type")]:
+        missing = "missing_required_parameter"
+        for model, code in [(None, missing), ("  ", missing), (5, "invalid_type"),
+                            (["a"], "invalid_type")]:
             with self.assertRaises(InvalidRequest) as caught:
                 resolve(CONFIG, {"model": model, "messages": USER})
             self.assertEqual(caught.exception.code, code)

@@ -33,8 +33,8 @@ MAX_MODEL_LENGTH = 4096
 
 #: The longest model string whose plan a L{Router} remembers; longer ones
 #: are planned on every request (within L{MAX_MODEL_LENGTH} and
-#: L{MAX_ROUTE_ELEMENTS}, that stays cheap), so that no client can fill the
-#: cache with big plans.
+#: L{llmproxy.routing.selector.MAX_ROUTE_ELEMENTS}, that stays cheap), so
+#: that no client can fill the cache with big plans.
 MAX_CACHED_MODEL_LENGTH = 256
 
 
