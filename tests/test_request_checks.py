@@ -141,6 +141,26 @@ class NullMeansNotSet(Checks):
             self.assertEqual(sent.forwarded, {"model": "gpt-4o", "input": "hi", name: None})
             self.assertIsNone(sent.dropped, name)
 
+    async def test_all_null_at_once(self) -> None:
+        """
+        Every optional field null in one request, on both frontends, both
+        upstream dialects, plain and reasoning models: served, nothing
+        reported dropped, and between the same dialects the client's bytes.
+        """
+        for path, fields, base, same in [
+            (CHAT_PATH, CHAT_OPTIONAL, {"messages": USER}, "c"),
+            (RESPONSES_PATH, RESPONSES_OPTIONAL, {"input": "hi"}, "r"),
+        ]:
+            for backend in ("c", "r"):
+                for model in ("gpt-4o", "o3", "o1-mini"):
+                    body = {"model": f"{backend}:{model}", **base,
+                            **{name: None for name in fields}}
+                    sent = await self.send(path, body)
+                    self.assertEqual(sent.status, 200, (path, backend, model, sent.body))
+                    self.assertIsNone(sent.dropped)
+                    if backend == same:
+                        self.assertEqual(sent.forwarded, {**body, "model": model})
+
     async def test_null_fields_are_not_reported_as_dropped_by_translation(self) -> None:
         """
         A null field translation has no equivalent for is not worth a
