@@ -2,8 +2,9 @@
 The fault-injecting upstream: an asyncio TCP server on 127.0.0.1 that
 reads HTTP/1.1 requests itself and answers each with the script of the
 fault named by the first path segment (C{/<fault>/v1/chat/completions});
-C{/ok/...} answers healthily (model C{lots}: a long, fast stream), and
-every C{.../models} lists one model.
+C{/ok/...} answers healthily (model C{lots}: a long, fast stream; a field
+of the wrong type: OpenAI's 400, L{bench.adversary.typecheck}), and every
+C{.../models} lists one model.
 
 Every connection it serves is tracked and cut at L{FaultUpstream.close}
 and after L{LIFETIME} seconds, so nothing it starts outlives the run.
@@ -22,6 +23,7 @@ from bench.adversary.faults import (
     Close, Ctx, Drip, Repeat, Reset, Send, Sleep, Stall, Step, fault_named, healthy, lots,
     response,
 )
+from bench.adversary.typecheck import rejection
 
 #: The longest any upstream connection lives.
 LIFETIME = 30.0
@@ -128,7 +130,7 @@ class FaultUpstream:
             elif stream and request.payload.get("model") == "lots":
                 steps = lots(LOTS)
             else:
-                steps = [Send(healthy(Ctx(stream, self.port)))]
+                steps = [Send(rejection(request.payload) or healthy(Ctx(stream, self.port)))]
             if not await play(steps, reader, writer):
                 return
 

@@ -91,6 +91,10 @@ def _adapt_fields(
     """
     Drop unsupported fields and rename C{max_tokens}, keeping key order.
 
+    A null field is not set: it is dropped without a report (a null
+    C{max_tokens} is not renamed), and a null C{max_completion_tokens}
+    leaves the place to C{max_tokens}.
+
     @param body: the request body.
     @param unsupported: the field names to drop.
     @return: the adapted top-level fields (values are shared, not copied).
@@ -98,14 +102,18 @@ def _adapt_fields(
     result: dict[str, Any] = {}
     dropped: list[str] = []
     renamed: list[tuple[str, str]] = []
+    capped = body.get("max_completion_tokens") is not None
     for key, value in body.items():
-        if key in unsupported:
-            dropped.append(key)
-        elif key == "max_tokens" and "max_completion_tokens" in body:
-            dropped.append(key)
-        elif key == "max_tokens":
-            result["max_completion_tokens"] = value
-            renamed.append(("max_tokens", "max_completion_tokens"))
+        if key in unsupported or key == "max_tokens":
+            if value is None:
+                continue
+            if key in unsupported or capped:
+                dropped.append(key)
+            else:
+                result["max_completion_tokens"] = value
+                renamed.append(("max_tokens", "max_completion_tokens"))
+        elif key == "max_completion_tokens" and not capped:
+            continue
         else:
             result[key] = value
     return Adaptation(result, tuple(dropped), tuple(renamed))
@@ -230,7 +238,8 @@ def adapt_chat_for_reasoning(
     dropped.  For o1-preview and o1-mini, C{reasoning_effort} is dropped
     too and the text of all C{system}/C{developer} messages is merged into
     the first C{user} message; for newer models C{system} becomes
-    C{developer}.
+    C{developer}.  Null fields are not set: the ones it would drop go
+    without a report, and a null C{max_tokens} is not renamed.
 
     @param body: the request body; never mutated.
     @param model: the bare upstream model name.
@@ -257,13 +266,15 @@ def shape_for_reasoning(body: Mapping[str, Any], context: Context) -> Shaped:
     and its backend's C{reasoning_models} pattern.
 
     @return: unchanged unless the model is a reasoning model and the
-        adaptation removed, renamed or rewrote something.
+        adaptation removed, renamed or rewrote something that was set: a
+        body whose only unsupported fields are null goes as it came.
     """
     pattern = context.reasoning_models
     if not is_reasoning_model(context.model, pattern):
         return Shaped(body)
     adapted = adapt_chat_for_reasoning(body, context.model, pattern)
-    if adapted.dropped or adapted.renamed or adapted.body != body:
+    if (adapted.dropped or adapted.renamed
+            or adapted.body.get("messages") != body.get("messages")):
         return Shaped(adapted.body, adapted.dropped, True)
     return Shaped(body)
 

@@ -2,7 +2,7 @@
 """
 The HTTP surface: the OpenAI endpoints (the two hot POSTs in one table,
 L{hot_routes}; Klein for every other route), client auth, body parsing
-(once per request) and OpenAI-shaped errors for everything.
+(once per request, L{llmproxy.frontends.body}) and OpenAI-shaped errors for everything.
 
 The application reads its L{Runtime} once per request; assigning a new one
 to C{runtime} serves the requests to come with it, while the requests in
@@ -12,7 +12,6 @@ flight keep theirs.
 from __future__ import annotations
 
 import hmac
-import json
 from typing import Any, Mapping, cast
 
 from klein import Klein
@@ -32,33 +31,12 @@ from llmproxy.exchange.exchange import Call, Exchange
 from llmproxy.exchange.runtime import Runtime, Upstreams
 from llmproxy.frontends import errors
 from llmproxy.frontends.access import AccessLog
+from llmproxy.frontends.body import check_fields, parse_body
 from llmproxy.frontends.errors import json_answer, too_deep
 from llmproxy.frontends.hot import HotRoute, Root
 from llmproxy.frontends.site import ProxyRequest, ProxySite
 from llmproxy.frontends.store import ResponseStore
 from llmproxy.routing.aliases import alias_targets
-
-
-def _check_fields(body: Mapping[str, Any], dialect: str) -> None:
-    if "stream" in body and not isinstance(body["stream"], bool):
-        raise InvalidRequest("'stream' must be a boolean", param="stream", code="invalid_type")
-    options = body.get("stream_options")
-    if options is not None and not isinstance(options, dict):
-        raise InvalidRequest("'stream_options' must be an object", param="stream_options",
-                             code="invalid_type")
-    if dialect == CHAT:
-        messages = body.get("messages")
-        if messages is None:
-            raise InvalidRequest("you must provide a messages parameter", param="messages",
-                                 code="missing_required_parameter")
-        if not isinstance(messages, list) or not messages or not all(
-            isinstance(m, dict) for m in messages
-        ):
-            raise InvalidRequest("'messages' must be a non-empty array of message objects",
-                                 param="messages", code="invalid_type")
-    elif "input" not in body and "messages" not in body and not body.get("previous_response_id"):
-        raise InvalidRequest("you must provide an input parameter", param="input",
-                             code="missing_required_parameter")
 
 
 class ProxyApp:
@@ -135,18 +113,8 @@ class ProxyApp:
         assert request.content is not None  # gotLength() made it
         request.content.seek(0)
         raw = request.content.read()
-        try:
-            body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            raise InvalidRequest(
-                "We could not parse the JSON body of your request. The body must be valid JSON.",
-                code="invalid_json",
-            )
-        except RecursionError:
-            raise too_deep()
-        if not isinstance(body, dict):
-            raise InvalidRequest("The request body must be a JSON object", code="invalid_json")
-        _check_fields(body, dialect)
+        body = parse_body(raw)
+        check_fields(body, dialect)
         return body, raw
 
     # Klein routes

@@ -21,9 +21,10 @@ from llmproxy.routing.aliases import (
 )
 from llmproxy.routing.params import URI_PARAMS, ParamResult, ParamSpec, validate_params
 from llmproxy.routing.precedence import apply_precedence
-from llmproxy.routing.selector import Selector, parse_failover, parse_selector
+from llmproxy.routing.selector import MAX_ROUTE_ELEMENTS, Selector, parse_failover, parse_selector
 
 __all__ = [
+    "MAX_ROUTE_ELEMENTS",
     "Selector",
     "parse_selector",
     "parse_failover",

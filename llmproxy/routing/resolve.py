@@ -27,6 +27,16 @@ from llmproxy.routing.selector import Selector, parse_failover
 #: every key of each element in turn, so one bad key never fails a request.
 DEFAULT_POLICY = "km"
 
+#: The longest model string a client may send: room for a long failover
+#: list of long selectors, and a bound on what aliases and parsing read.
+MAX_MODEL_LENGTH = 4096
+
+#: The longest model string whose plan a L{Router} remembers; longer ones
+#: are planned on every request (within L{MAX_MODEL_LENGTH} and
+#: L{llmproxy.routing.selector.MAX_ROUTE_ELEMENTS}, that stays cheap), so
+#: that no client can fill the cache with big plans.
+MAX_CACHED_MODEL_LENGTH = 256
+
 
 @dataclass(frozen=True)
 class Target:
@@ -137,6 +147,10 @@ class _Element:
     key: str | None = None
 
 
+#: A model string's plan: its elements, in order, and the failover policy.
+_Plan = tuple[tuple[_Element, ...], str]
+
+
 _INSTANCE = re.compile(r"^(?P<backend>.+)\.(?P<n>[1-9][0-9]*)$")
 _ENV_NUMBER = re.compile(r"_(?P<n>[0-9]+)$")
 
@@ -189,36 +203,80 @@ def _element(config: Config, selector: Selector) -> _Element:
     return _Element(backend, selector.model, result.values, defaults, result.warnings, key)
 
 
-def _target(element: _Element, body: Mapping[str, Any], dialect: str) -> Target:
+def _body(element: _Element, body: Mapping[str, Any], dialect: str
+          ) -> tuple[Mapping[str, Any], bool]:
+    """
+    The body C{element} gets, and whether it differs from the client's.
+    """
     e = element
     if not e.params and not e.defaults:
         if body.get("model") == e.model:
-            return Target(e.backend, e.model, body, False, e.warnings, e.key)
+            return body, False
         built = dict(body)
         built["model"] = e.model
-        return Target(e.backend, e.model, built, True, e.warnings, e.key)
+        return built, True
     uri = _merge_nested(body, _dialect_params(e.params, dialect))
     built = apply_precedence(body, uri, e.defaults)
     built["model"] = e.model
-    return Target(e.backend, e.model, built, built != body, e.warnings, e.key)
+    return built, built != body
+
+
+def _route(plan: _Plan, body: Mapping[str, Any], dialect: str) -> Route:
+    """
+    The route of a plan for one body.  Elements that get the same body
+    share it: one body per distinct model among the plain elements (any
+    backend), one per distinct element among the others.
+    """
+    elements, policy = plan
+    if len(elements) == 1:
+        e = elements[0]
+        return Route((Target(e.backend, e.model, *_body(e, body, dialect), e.warnings, e.key),),
+                     policy)
+    bodies: dict[object, tuple[Mapping[str, Any], bool]] = {}
+    targets = []
+    for e in elements:
+        recipe: object = e.model if not e.params and not e.defaults else id(e)
+        built = bodies.get(recipe)
+        if built is None:
+            built = bodies[recipe] = _body(e, body, dialect)
+        targets.append(Target(e.backend, e.model, *built, e.warnings, e.key))
+    return Route(tuple(targets), policy)
 
 
 def _model_of(body: Mapping[str, Any]) -> str:
     model = body.get("model")
-    if not isinstance(model, str) or not model.strip():
+    if model is None:
+        raise InvalidRequest(
+            "you must provide a model parameter", param="model", code="missing_required_parameter"
+        )
+    if not isinstance(model, str):
+        raise InvalidRequest("'model' must be a string", param="model", code="invalid_type")
+    if len(model) > MAX_MODEL_LENGTH:
+        raise InvalidRequest(
+            f"Invalid 'model': string too long. Expected a string with maximum length "
+            f"{MAX_MODEL_LENGTH}, but got a string with length {len(model)} instead.",
+            param="model", code="string_above_max_length",
+        )
+    if not model.strip():
         raise InvalidRequest(
             "you must provide a model parameter", param="model", code="missing_required_parameter"
         )
     return model
 
 
-def plan_model(config: Config, model: str) -> tuple[tuple[_Element, ...], str]:
+def plan_model(config: Config, model: str) -> _Plan:
     """
     The body-independent part of routing a model string: its elements and
-    the failover policy.
+    the failover policy.  A repeated element is planned once (its repeats
+    are the same L{_Element}).
     """
     text, policy = _route_text(config, model)
-    return tuple(_element(config, s) for s in parse_failover(text)), policy
+    selectors = parse_failover(text)
+    planned: dict[Selector, _Element] = {}
+    for selector in selectors:
+        if selector not in planned:
+            planned[selector] = _element(config, selector)
+    return tuple(planned[s] for s in selectors), policy
 
 
 def resolve(config: Config, body: Mapping[str, Any], dialect: str = "chat") -> Route:
@@ -228,26 +286,40 @@ def resolve(config: Config, body: Mapping[str, Any], dialect: str = "chat") -> R
 
     @param dialect: C{"chat"} or C{"responses"}, the frontend's body shape.
     """
-    elements, policy = plan_model(config, _model_of(body))
-    return Route(tuple(_target(e, body, dialect) for e in elements), policy)
+    return _route(plan_model(config, _model_of(body)), body, dialect)
 
 
 class Router:
     """
     L{resolve} with the body-independent work remembered per model string
     (the config is frozen, so the answer for a model never changes).
+
+    The memory is bounded twice, oldest plans out first: at most C{size}
+    model strings, and at most C{elements} route elements in all (four
+    per string on average by default, when most routes have one); model
+    strings longer than L{MAX_CACHED_MODEL_LENGTH} are never remembered.
+    Failed plans are not remembered either.
     """
 
-    def __init__(self, config: Config, size: int = 1024) -> None:
+    def __init__(self, config: Config, size: int = 1024, elements: int | None = None) -> None:
         self.config = config
         self.size = size
-        self._plans: OrderedDict[str, tuple[tuple[_Element, ...], str]] = OrderedDict()
+        self.elements = 4 * size if elements is None else elements
+        self._plans: OrderedDict[str, _Plan] = OrderedDict()
+        self._weight = 0
 
     def __len__(self) -> int:
         """
         How many model strings are remembered.
         """
         return len(self._plans)
+
+    @property
+    def weight(self) -> int:
+        """
+        How many route elements the remembered plans hold.
+        """
+        return self._weight
 
     def resolve(self, body: Mapping[str, Any], dialect: str = "chat") -> Route:
         """
@@ -257,8 +329,16 @@ class Router:
         plan = self._plans.get(model)
         if plan is None:
             plan = plan_model(self.config, model)
-            self._plans[model] = plan
-            if len(self._plans) > self.size:
-                self._plans.popitem(last=False)
-        elements, policy = plan
-        return Route(tuple(_target(e, body, dialect) for e in elements), policy)
+            if len(model) <= MAX_CACHED_MODEL_LENGTH:
+                self._remember(model, plan)
+        return _route(plan, body, dialect)
+
+    def _remember(self, model: str, plan: _Plan) -> None:
+        weight = len(plan[0])
+        if weight > self.elements:
+            return
+        self._plans[model] = plan
+        self._weight += weight
+        while len(self._plans) > self.size or self._weight > self.elements:
+            _, (gone, _) = self._plans.popitem(last=False)
+            self._weight -= len(gone)

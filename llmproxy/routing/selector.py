@@ -20,9 +20,13 @@ from urllib.parse import quote_plus, unquote_plus
 
 from llmproxy.errors import InvalidRequest
 
-__all__ = ["Selector", "parse_selector", "parse_failover"]
+__all__ = ["MAX_ROUTE_ELEMENTS", "Selector", "parse_selector", "parse_failover"]
 
 ERROR_CODE = "invalid_model_selector"
+
+#: The most elements a failover list C{a|b|...} may have.  Real routes have
+#: a handful; the cap bounds the work and memory one request can ask for.
+MAX_ROUTE_ELEMENTS = 64
 
 _BACKEND_NAME = re.compile(r"[A-Za-z0-9_.-]+", re.ASCII)
 _RESERVED_BACKENDS = frozenset({"alias", "auto"})
@@ -230,12 +234,25 @@ def parse_failover(text: str) -> tuple[Selector, ...]:
     one-element tuple.
 
     @param text: the failover text.
-    @return: the selectors in failover order.
-    @raise InvalidRequest: if an element is empty or not a valid selector.
+    @return: the selectors in failover order; a repeated element is parsed
+        once, and repeats are the same L{Selector}.
+    @raise InvalidRequest: if the list has more than L{MAX_ROUTE_ELEMENTS}
+        elements (refused before any is looked at), or an element is empty
+        or not a valid selector.
     """
     if not text.strip():
         raise _invalid(text, "the model name is empty")
+    count = text.count(_FAILOVER_SEPARATOR) + 1
+    if count > MAX_ROUTE_ELEMENTS:
+        raise _invalid(
+            text,
+            f"a failover list may have at most {MAX_ROUTE_ELEMENTS} elements, not {count}",
+        )
     elements = text.split(_FAILOVER_SEPARATOR)
     if any(not element.strip() for element in elements):
         raise _invalid(text.strip(), "a failover list has an empty element")
-    return tuple(parse_selector(element) for element in elements)
+    parsed: dict[str, Selector] = {}
+    for element in elements:
+        if element not in parsed:
+            parsed[element] = parse_selector(element)
+    return tuple(parsed[element] for element in elements)

@@ -152,7 +152,8 @@ for every occurrence of its field, null or not, in the order of the request.
 class FieldTable:
     """
     How the top-level fields of one request shape translate.  A field that is
-    in none of these is unknown: it is dropped and reported, even when null.
+    in none of these is unknown: it is dropped, and reported unless null (a
+    null field was not set: there is nothing to report).
 
     @ivar same_name: the fields kept under the same name and value (deep
         copied); null ones are left out.
@@ -192,7 +193,7 @@ def translate_fields(fields: FieldTable, draft: Draft, handled: frozenset[str]) 
                 draft.dropped.append(key)
         elif key in fields.converters:
             fields.converters[key](value, draft)
-        else:
+        elif value is not None:
             draft.dropped.append(key)
 
 

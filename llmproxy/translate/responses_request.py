@@ -407,8 +407,9 @@ def responses_to_chat_request(
     @raise InvalidRequest: for a missing or malformed C{input}, hosted
         tools, and items Chat cannot carry.
     """
-    # Given "input", a "messages" field is unknown: dropped and reported.
-    source = "input" if "input" in resp else "messages"
+    # Given "input", a "messages" field is unknown: dropped and reported.  A
+    # null "input" is not given: the input comes from "messages" then.
+    source = "input" if resp.get("input") is not None else "messages"
     items = _responses_input_items(resp.get(source))
     start = _leading_messages(resp.get("instructions"), history)
     draft = Draft.begin(resp)
