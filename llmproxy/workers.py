@@ -34,6 +34,7 @@ from twisted.python.failure import Failure
 from twisted.web.server import Site
 
 from llmproxy.config import TCPAddress
+from llmproxy.startup import StartupError, cannot_listen
 
 
 def reuseport_socket(address: TCPAddress) -> socket.socket:
@@ -66,9 +67,16 @@ class ReusePortService(Service):
         self.site = site
         self.port: IListeningPort | None = None
 
+    log = Logger()
+
     def startService(self) -> None:
         super().startService()
-        sock = reuseport_socket(self.address)
+        try:
+            sock = reuseport_socket(self.address)
+        except OSError as e:
+            message = cannot_listen(f"{self.address.host}:{self.address.port}", e)
+            self.log.critical("llmproxy: {problem}", problem=message)
+            raise StartupError(message, logged=True)
         try:
             # A Site is a ServerFactory; its protocol type (a proxyForInterface)
             # is opaque to mypy.
