@@ -61,13 +61,13 @@ class ReusePortService(Service):
     @ivar port: the listening port, once started.
     """
 
+    log = Logger()
+
     def __init__(self, reactor: IReactorSocket, address: TCPAddress, site: Site) -> None:
         self.reactor = reactor
         self.address = address
         self.site = site
         self.port: IListeningPort | None = None
-
-    log = Logger()
 
     def startService(self) -> None:
         super().startService()
