@@ -8,11 +8,10 @@ from __future__ import annotations
 
 from typing import Callable, cast
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IReactorCore, IReactorTime
 from twisted.logger import Logger
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.server import Site
@@ -22,6 +21,7 @@ from llmproxy.backends.base import IUpstreamReactor
 from llmproxy.config import Config
 from llmproxy.exchange.runtime import BackendFactory, Runtime, Upstreams, live_upstreams
 from llmproxy.frontends import ProxyApp
+from llmproxy.startup import ListenService
 
 
 def build_upstreams(
@@ -95,7 +95,8 @@ class ProxyService(MultiService):
         PoolService(self.pool).setServiceParent(self)
         if listener is None:
             endpoint = endpoints.serverFromString(reactor, config.listen)
-            self.endpoint_service: Service = StreamServerEndpointService(endpoint, self.app.site())
+            self.endpoint_service: Service = ListenService(
+                endpoint, self.app.site(), config.listen, IReactorCore(reactor, None))
         else:
             self.endpoint_service = listener(self.app.site())
         self.endpoint_service.setServiceParent(self)

@@ -5,9 +5,10 @@ The C{twistd llmproxy} command line: options, and C{makeService}.
 
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import replace
-from typing import cast
+from typing import Callable, cast
 
 from twisted.internet.interfaces import IReactorProcess, IReactorSocket
 from twisted.python import usage
@@ -16,6 +17,8 @@ from llmproxy import service
 from llmproxy.backends import REGISTRY
 from llmproxy.backends.base import IUpstreamReactor
 from llmproxy.config import Config, ConfigError, Overrides, load_config, parse_tcp
+from llmproxy.config.reader import did_you_mean
+from llmproxy.startup import StartupError
 from llmproxy.workers import IWatchReactor, ParentWatch, ReusePortService, WorkerChildren
 
 
@@ -26,6 +29,19 @@ class IProxyReactor(IUpstreamReactor, IWatchReactor, IReactorSocket, IReactorPro
     (L{ReusePortService}), child processes (L{WorkerChildren}) and C{stop}
     (L{ParentWatch}).
     """
+
+
+def _integer(option: str) -> Callable[[str], int]:
+    """
+    A coercer for an integer option whose error names the option.
+    """
+    def coerce(text: str) -> int:
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError(f"{option}: expected a whole number, got {text!r}") from None
+
+    return coerce
 
 
 class Options(usage.Options):
@@ -43,14 +59,15 @@ class Options(usage.Options):
         ["listen", "l", None, "Twisted endpoint to listen on, e.g. tcp:8000:interface=127.0.0.1 "
                               "(default; cannot be combined with --host/--port)."],
         ["host", None, None, "Interface to listen on (shorthand; env APP_HOST)."],
-        ["port", "p", None, "TCP port to listen on (shorthand; env APP_PORT).", int],
+        ["port", "p", None, "TCP port to listen on (shorthand; env APP_PORT).",
+         _integer("--port")],
         ["default-backend", "b", None, "Backend for models without a backend: prefix "
                                        "(env LLM_BACKEND)."],
         ["force-model", None, None, "Send every request to this selector, e.g. gpt-4o or "
                                     "openai:gpt-4o?temperature=0.2 (env STATIC_ROUTE)."],
         ["log-level", None, None, "debug, info, warn or error."],
         ["workers", None, None, "Processes serving the (tcp:) listening port together, "
-                                "via SO_REUSEPORT.", int],
+                                "via SO_REUSEPORT.", _integer("--workers")],
         ["worker-index", None, None, "Internal: set by --workers in the processes it spawns.", int],
         ["worker-port", None, None, "Internal: the port a spawned worker shares.", int],
     ]
@@ -65,9 +82,30 @@ class Options(usage.Options):
         self.argv: list[str] = []
 
     def parseOptions(self, options: list[str] | None = None) -> None:
+        """
+        Parse, check and load the configuration.
+
+        @raise StartupError: for any mistake, in one line (a L{UsageError}
+            would make twistd print the whole usage text before it).
+        """
         # Kept so --workers can start its siblings with the same options.
         self.argv = list(sys.argv[1:] if options is None else options)
-        super().parseOptions(options)
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            raise StartupError(self._usage_problem(str(e)))
+
+    def _usage_problem(self, problem: str) -> str:
+        """
+        A command-line syntax error, in one line, with the closest option
+        when the one given is unknown.
+        """
+        problem = problem.removeprefix("Parameter type enforcement failed: ")
+        unknown = re.fullmatch(r"option (--?[\w-]+) not recognized", problem)
+        if unknown:
+            names = [f"--{name.rstrip('=')}" for name in self.longOpt]
+            problem += did_you_mean(unknown.group(1), names)
+        return f"{problem} (see --help)"
 
     def opt_proxy_key(self, key: str) -> None:
         """
@@ -103,18 +141,15 @@ class Options(usage.Options):
         )
 
     def postOptions(self) -> None:
-        if self["listen"] and (self["host"] or self["port"]):
-            raise usage.UsageError("--listen cannot be combined with --host/--port")
         try:
             self.config: Config = load_config(self.overrides(), kinds=REGISTRY.kinds)
         except ConfigError as e:
-            raise usage.UsageError(str(e))
+            raise StartupError(str(e))
         self._apply_log_level()
         if self.config.workers > 1 and parse_tcp(self.config.listen) is None:
-            raise usage.UsageError(
-                f"--workers needs a plain tcp: listen endpoint, not {self.config.listen!r}"
+            raise StartupError(
+                f"workers: needs a plain tcp: listen endpoint, not {self.config.listen!r}"
             )
-
 
     def _apply_log_level(self) -> None:
         """
@@ -126,8 +161,8 @@ class Options(usage.Options):
         if parent is None or parent.get("logger") or (level == "info" and not self["log-level"]):
             return
         if not parent.get("nodaemon") or parent.get("logfile") not in (None, "", "-"):
-            raise usage.UsageError("--log-level applies to foreground logging on standard "
-                                   "output (twistd -n, or python -m llmproxy)")
+            raise StartupError("--log-level: applies to foreground logging on standard "
+                               "output only (twistd -n, or python -m llmproxy)")
         parent["logger"] = f"llmproxy.logs.{level}"
 
 

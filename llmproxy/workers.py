@@ -34,6 +34,7 @@ from twisted.python.failure import Failure
 from twisted.web.server import Site
 
 from llmproxy.config import TCPAddress
+from llmproxy.startup import StartupError, cannot_listen
 
 
 def reuseport_socket(address: TCPAddress) -> socket.socket:
@@ -60,6 +61,8 @@ class ReusePortService(Service):
     @ivar port: the listening port, once started.
     """
 
+    log = Logger()
+
     def __init__(self, reactor: IReactorSocket, address: TCPAddress, site: Site) -> None:
         self.reactor = reactor
         self.address = address
@@ -68,7 +71,12 @@ class ReusePortService(Service):
 
     def startService(self) -> None:
         super().startService()
-        sock = reuseport_socket(self.address)
+        try:
+            sock = reuseport_socket(self.address)
+        except OSError as e:
+            message = cannot_listen(f"{self.address.host}:{self.address.port}", e)
+            self.log.critical("llmproxy: {problem}", problem=message)
+            raise StartupError(message, logged=True)
         try:
             # A Site is a ServerFactory; its protocol type (a proxyForInterface)
             # is opaque to mypy.

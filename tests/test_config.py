@@ -348,20 +348,19 @@ class ProxyKeyTests(ConfigTestCase):
         add proxy keys, without duplicates; auth is then on.
         """
         config = _build({"proxy_keys": ["y1", "${PK}"]},
-                        {"PK": "y2", "LLMPROXY_KEYS": " e1, ,e2,y1"}, proxy_keys=("c1",))
+                        {"PK": "y2", "LLMPROXY_KEYS": " e1 ,e2,y1"}, proxy_keys=("c1",))
         self.assertEqual(config.proxy_keys, ("y1", "y2", "e1", "e2", "c1"))
         self.assertTrue(config.auth_enabled)
         self.assertFalse(_build({}).auth_enabled)
         self.assertFalse(_build({}, proxy_keys=("k",), disable_auth=True).auth_enabled)
 
-    def test_unset_variable_is_no_key(self) -> None:
+    def test_unset_variable_is_an_error(self) -> None:
         """
-        A YAML proxy key whose variable is unset is left out: an empty key
-        would let an empty bearer token in.
+        A YAML proxy key whose variable is unset stops startup: leaving it
+        out could leave no key, and auth off.
         """
-        config = _build({"proxy_keys": ["${UNSET_PROXY_KEY}", "k"]})
-        self.assertEqual(config.proxy_keys, ("k",))
-        self.assertFalse(_build({"proxy_keys": ["${UNSET_PROXY_KEY}"]}).auth_enabled)
+        self.assertConfigError({"proxy_keys": ["${UNSET_PROXY_KEY}", "k"]},
+                               "proxy_keys[0]", "${UNSET_PROXY_KEY} is not set")
 
     def test_expansion_uses_given_environ(self) -> None:
         """

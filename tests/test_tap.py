@@ -12,10 +12,10 @@ from typing import Any, Mapping
 from twisted.application.service import IServiceMaker, MultiService
 from twisted.internet.testing import MemoryReactor
 from twisted.plugin import getPlugins
-from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
 from llmproxy import tap
+from llmproxy.startup import StartupError
 from llmproxy.tap import Options, makeService
 
 
@@ -77,20 +77,20 @@ class OptionsTests(TapTestCase):
                          "tcp:9102:interface=127.0.0.1")
 
     def test_port_must_be_int(self) -> None:
-        self.assertRaises(UsageError, self.parse, "--port", "http")
+        self.assertRaises(StartupError, self.parse, "--port", "http")
 
     def test_listen_with_port(self) -> None:
-        with self.assertRaises(UsageError) as caught:
+        with self.assertRaises(StartupError) as caught:
             self.parse("--listen", "tcp:1:interface=127.0.0.1", "--port", "2")
         self.assertIn("--listen", str(caught.exception))
-        self.assertRaises(UsageError, self.parse, "--listen", "unix:/x", "--host", "127.0.0.1")
+        self.assertRaises(StartupError, self.parse, "--listen", "unix:/x", "--host", "127.0.0.1")
 
     def test_default_backend(self) -> None:
         config = self.parse("--default-backend", "openai").config
         self.assertEqual(config.default_backend, "openai")
         config = self.parse("-b", "mock", environ={"LLM_BACKEND": "openai"}).config
         self.assertEqual(config.default_backend, "mock")
-        self.assertRaises(UsageError, self.parse, "--default-backend", "nope")
+        self.assertRaises(StartupError, self.parse, "--default-backend", "nope")
 
     def test_force_model(self) -> None:
         self.assertEqual(self.parse("--force-model", "openai:gpt-4o").config.force_model,
@@ -111,10 +111,10 @@ class OptionsTests(TapTestCase):
                             "--model-alias", "^smart$=openai:gpt-4o").config
         self.assertEqual([a.replacement for a in config.model_aliases],
                          ["mock:mock-echo", "openai:gpt-4o"])
-        self.assertRaises(UsageError, self.parse, "--model-alias", "no-equals-sign")
+        self.assertRaises(StartupError, self.parse, "--model-alias", "no-equals-sign")
 
     def test_disable_auth(self) -> None:
-        self.assertRaises(UsageError, self.parse, "--host", "0.0.0.0")
+        self.assertRaises(StartupError, self.parse, "--host", "0.0.0.0")
         config = self.parse("--host", "0.0.0.0", "--disable-auth").config
         self.assertTrue(config.disable_auth)
         self.assertEqual(config.listen, "tcp:8000:interface=0.0.0.0")
@@ -122,7 +122,7 @@ class OptionsTests(TapTestCase):
 
     def test_log_level(self) -> None:
         self.assertEqual(self.parse("--log-level", "debug").config.log_level, "debug")
-        self.assertRaises(UsageError, self.parse, "--log-level", "chatty")
+        self.assertRaises(StartupError, self.parse, "--log-level", "chatty")
 
     def test_workers(self) -> None:
         self.assertEqual(self.parse("--workers", "3").config.workers, 3)
@@ -144,14 +144,14 @@ class OptionsTests(TapTestCase):
 
     def test_bad_config_file(self) -> None:
         """
-        A config error is a L{UsageError} naming the key and the file.
+        A config error is a L{StartupError} naming the key and the file.
         """
         path = self.write("backends:\n  openai:\n    api_kye: x\n")
-        with self.assertRaises(UsageError) as caught:
+        with self.assertRaises(StartupError) as caught:
             self.parse("--config", path)
         self.assertIn(path, str(caught.exception))
         self.assertIn("backends.openai.api_kye", str(caught.exception))
-        with self.assertRaises(UsageError) as caught:
+        with self.assertRaises(StartupError) as caught:
             self.parse("--config", path + ".missing")
         self.assertIn(path + ".missing", str(caught.exception))
 
@@ -228,9 +228,8 @@ class LogLevelTests(SynchronousTestCase):
         self.assertIs(config["logger"], logs.warn)
 
     def test_daemon_log_file_refused(self) -> None:
-        from twisted.python.usage import UsageError
-
-        with self.assertRaises(UsageError):
+        
+        with self.assertRaises(StartupError):
             self._server_options("--logfile", "x.log", "llmproxy", "--default-backend", "mock",
                                  "--log-level", "debug")
 

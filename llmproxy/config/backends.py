@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from types import MappingProxyType
 from typing import Any, Mapping
+from urllib.parse import urlsplit
 
 from llmproxy.config.model import (
     OPENAI_BACKEND,
@@ -18,7 +19,7 @@ from llmproxy.config.model import (
     ConfigError,
     Overrides,
 )
-from llmproxy.config.reader import Reader, env_refs
+from llmproxy.config.reader import Reader, did_you_mean, env_refs, unset_refs
 
 MAX_ENV_KEYS = 99
 
@@ -125,8 +126,8 @@ def _default_backend(
     name = requested.split("|")[0].split(":")[0]
     if name not in backends:
         raise ConfigError(
-            f"{source}: default_backend: unknown backend {name!r}; "
-            f"known: {', '.join(sorted(backends))}"
+            f"{source}: default_backend: unknown backend {name!r} "
+            f"(known: {', '.join(sorted(backends))}){did_you_mean(name, backends)}"
         )
     return requested
 
@@ -173,7 +174,8 @@ def _backend_kind(name: str, reader: Reader, kinds: Mapping[str, BackendKind]) -
         raise reader.fail("type", f"conflicts with connector {connector!r}")
     btype = raw_type or connector or (name if name in kinds else next(iter(kinds)))
     if btype not in kinds:
-        raise reader.fail("type", f"unknown type {btype!r}; known: {', '.join(kinds)}")
+        raise reader.fail("type", f"unknown type {btype!r} (known: {', '.join(kinds)})"
+                          + did_you_mean(btype, kinds))
     return kinds[btype]
 
 
@@ -191,10 +193,30 @@ def _base_url(
     api_url = reader.get("api_url", str)
     if base_url and api_url and base_url != api_url:
         raise reader.fail("api_url", "conflicts with base_url")
-    url = base_url or api_url
+    url, setting = (base_url, "base_url") if base_url else (api_url, "api_url")
     if not url and name == OPENAI_BACKEND and kind.openai_env:
-        url = environ.get("OPENAI_API_BASE_URL") or environ.get("OPENAI_BASE_URL")
-    return (url or kind.default_url).rstrip("/")
+        setting = "OPENAI_API_BASE_URL" if environ.get("OPENAI_API_BASE_URL") else "OPENAI_BASE_URL"
+        url = environ.get(setting)
+    if not url:
+        return kind.default_url.rstrip("/")
+    if kind.uses_url and not _is_http_url(url):
+        problem = f"expected an http:// or https:// URL, got {url!r}"
+        if setting in ("base_url", "api_url"):
+            raise reader.fail(setting, problem)
+        raise ConfigError(f"{setting} (for backend {name!r}): {problem}")
+    return url.rstrip("/")
+
+
+def _is_http_url(url: str) -> bool:
+    """
+    Whether C{url} is an absolute C{http} or C{https} URL with a host.
+    """
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and port != 0
 
 
 def _options(kind: BackendKind, reader: Reader) -> Mapping[str, Any]:
@@ -235,23 +257,43 @@ def _keys(
     texts, values = _key_entries(reader)
     if implicit and not texts:
         return _openai_env_keys(environ), "OPENAI_API_KEY"
+    _warn_unset_keys(reader, environ)
     return _named_keys(name, texts, values), _first_env_ref(texts)
 
 
 def _key_entries(reader: Reader) -> tuple[list[str], list[str]]:
     """
-    Read C{api_key} then C{api_keys}.
+    Read C{api_key} then C{api_keys}.  An entry whose variable is unset is
+    no key (several backends may share a file whose keys each environment
+    sets only in part), not an error.
 
     @return: each entry as written (with its C{${VAR}} references), and the
         same entries expanded.
     """
     raw_one = reader.data.get("api_key")
-    one = reader.get("api_key", str)
-    many = reader.strings("api_keys")
+    one = reader.get("api_key", str, allow_unset=True)
+    many = reader.strings("api_keys", allow_unset=True)
     raw_many = reader.data.get("api_keys") or []
     if one is None:
         return list(raw_many), list(many)
     return [raw_one, *raw_many], [one, *many]
+
+
+def _warn_unset_keys(reader: Reader, environ: Mapping[str, str]) -> None:
+    """
+    Note, for the startup log, the key variables that are not set: those
+    keys are left out (and a backend left with none answers each request
+    with an error naming its variable).
+    """
+    for setting in ("api_key", "api_keys"):
+        raw = reader.data.get(setting)
+        texts = raw if isinstance(raw, list) else [raw]
+        unset = [n for t in texts if isinstance(t, str) for n in unset_refs(t, environ)]
+        if len(unset) == 1:
+            reader.warn(setting, f"${{{unset[0]}}} is not set: that key is left out")
+        elif unset:
+            names = ", ".join(f"${{{name}}}" for name in dict.fromkeys(unset))
+            reader.warn(setting, f"{names} are not set: those keys are left out")
 
 
 def _named_keys(name: str, texts: list[str], values: list[str]) -> tuple[ApiKey, ...]:

@@ -14,7 +14,10 @@ from types import MappingProxyType
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
+from twisted.internet.endpoints import serverFromString
+
 from llmproxy.config.model import OPENAI_BACKEND, BackendConfig, BackendKind, Config, ConfigError
+from llmproxy.config.reader import did_you_mean
 
 _TCP = re.compile(r"^tcp6?:(?P<port>\d+)(?P<rest>(?::[^:]+=[^:]*)*)$")
 _LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "0.0.0.0", "::"})
@@ -50,6 +53,57 @@ def parse_tcp(description: str) -> TCPAddress | None:
     host = options.get("interface", default).replace("\x00", ":")
     backlog = int(options.get("backlog", "1024"))
     return TCPAddress(host, int(match.group("port")), backlog)
+
+
+MAX_PORT = 65535
+_TCP_OPTIONS = ("interface", "backlog")
+
+
+def port_problem(port: int) -> str | None:
+    """
+    What is wrong with a TCP port number, if anything.
+    """
+    if not 0 <= port <= MAX_PORT:
+        return f"{port} is not a port number (0-{MAX_PORT})"
+    return None
+
+
+def listen_problem(description: str) -> str | None:
+    """
+    What is wrong with a Twisted server endpoint string, if anything:
+    L{_tcp_problem} for C{tcp:}/C{tcp6:}, then whatever Twisted's own
+    parser refuses (it builds the endpoint without touching a reactor; an
+    C{ssl:} one reads its certificate files).
+    """
+    kind = description.partition(":")[0]
+    problem = _tcp_problem(description) if kind in ("tcp", "tcp6") else None
+    if problem is not None:
+        return f"{description!r}: {problem}"
+    try:
+        serverFromString(None, description)
+    except Exception as e:  # an endpoint parser (a plugin's too) may raise anything
+        return f"{description!r} is not a valid endpoint: {e}"
+    return None
+
+
+def _tcp_problem(description: str) -> str | None:
+    """
+    The usual mistakes in a C{tcp:PORT[:interface=HOST][:backlog=N]}
+    string, in plainer words than Twisted's parser has for them.
+    """
+    port, *options = description.replace("\\:", "\x00").split(":")[1:] or [""]
+    if not (port.isascii() and port.isdigit()):
+        return f"port {port!r} is not a number"
+    if int(port) > MAX_PORT:
+        return f"port {port} is out of range (0-{MAX_PORT})"
+    for option in options:
+        name, eq, value = option.partition("=")
+        if eq and name not in _TCP_OPTIONS:
+            return (f"unknown option {name!r} (known: {', '.join(_TCP_OPTIONS)})"
+                    + did_you_mean(name, _TCP_OPTIONS))
+        if name == "backlog" and not (value.isascii() and value.isdigit() and int(value) > 0):
+            return f"backlog {value!r} is not a positive number"
+    return None
 
 
 def _is_loopback_address(iface: str) -> bool:

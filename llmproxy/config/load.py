@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Mapping, Sequence
@@ -19,7 +20,7 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from llmproxy.config.backends import backends_and_default
-from llmproxy.config.listen import check_exposure, without_self_loop
+from llmproxy.config.listen import check_exposure, listen_problem, port_problem, without_self_loop
 from llmproxy.config.model import (
     AliasRule,
     BackendKind,
@@ -72,9 +73,9 @@ def _routes(reader: Reader, data: Mapping[str, Any]) -> Mapping[str, FailoverRou
         if policy not in ("k", "m", "km", "mk", "ordered"):
             raise sub.fail("policy", f"unknown policy {policy!r}; known: k, m, km, mk, ordered")
         elements = sub.strings("elements")
+        sub.finish()
         if not elements:
             raise sub.fail("elements", "needs at least one selector")
-        sub.finish()
         routes[str(key)] = FailoverRoute(policy, elements)
     return MappingProxyType(routes)
 
@@ -102,15 +103,31 @@ def _aliases(reader: Reader, raw: list[Any]) -> list[AliasRule]:
 
 def load_yaml(path: str) -> Mapping[str, Any]:
     """
-    Read a YAML config file; an empty file is an empty mapping.
+    Read a YAML config file; an empty file is an empty mapping.  Every
+    problem is a one-line L{ConfigError} naming the file (and the line).
     """
     try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+        with open(path, "rb") as f:
+            raw = f.read()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror}")
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML: {e}")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise ConfigError(f"{path}: line {line}: not UTF-8 (byte 0x{raw[e.start]:02x})")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = " ".join(str(e.problem or e.context or "cannot parse").split())
+        raise ConfigError(f"{path}: {where}invalid YAML: {problem}")
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid YAML: nested too deeply")
+    except (yaml.YAMLError, ValueError) as e:
+        # ValueError: from a constructor, for a timestamp like 2024-13-45.
+        raise ConfigError(f"{path}: invalid YAML: {' '.join(str(e).split()) or type(e).__name__}")
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -140,9 +157,12 @@ def _top_level(top: Reader) -> _TopLevel:
     overridden by the command line or the environment still counts as
     known.
     """
+    port = top.get("port", int)
+    if port is not None and (problem := port_problem(port)):
+        raise top.fail("port", problem)
     return _TopLevel(
         host=top.get("host", str),
-        port=top.get("port", int),
+        port=port,
         listen=top.get("listen", str),
         force_model=top.get("force_model", str),
         log_level=top.get("log_level", str, "info"),
@@ -150,24 +170,70 @@ def _top_level(top: Reader) -> _TopLevel:
         workers=top.integer("workers", 1, minimum=1),
     )
 
-def _listen(yaml_values: _TopLevel, overrides: Overrides, env: Mapping[str, str]) -> str:
+
+def _listen(
+    top: Reader, yaml_values: _TopLevel, overrides: Overrides, env: Mapping[str, str]
+) -> str:
     """
     The endpoint to listen on: C{--listen}, else YAML C{listen}, unless host
     or port come from the command line or there is no C{listen}; then
     C{tcp:PORT:interface=HOST} from host and port (command line >
-    C{APP_HOST}/C{APP_PORT} > YAML > 127.0.0.1 and 8000).
+    C{APP_HOST}/C{APP_PORT} > YAML > 127.0.0.1 and 8000).  Whichever
+    setting gave it is named if the endpoint is not valid.
     """
-    env_port = env.get("APP_PORT")
-    if env_port and not (env_port.isascii() and env_port.isdigit()):
-        raise ConfigError(f"APP_PORT: expected a port number, got {env_port!r}")
-    host = overrides.host or env.get("APP_HOST") or yaml_values.host
-    port = overrides.port or (int(env_port) if env_port else None) or yaml_values.port
-    if overrides.listen and (overrides.host or overrides.port):
+    if overrides.listen and (overrides.host or overrides.port is not None):
         raise ConfigError("--listen cannot be combined with --host/--port")
-    listen = overrides.listen or yaml_values.listen
-    if listen and not (overrides.host or overrides.port):
-        return listen
-    return f"tcp:{port or 8000}:interface={host or '127.0.0.1'}"
+    if overrides.listen:
+        return _checked_listen(overrides.listen, "--listen")
+    if yaml_values.listen and not (overrides.host or overrides.port is not None):
+        return _checked_listen(yaml_values.listen, f"{top.source}: listen")
+    host, host_setting = _first_set(
+        (overrides.host, "--host"), (env.get("APP_HOST"), "APP_HOST"),
+        (yaml_values.host, f"{top.source}: host"), ("127.0.0.1", "the default host"))
+    port = _port(overrides, env, yaml_values)
+    # Twisted's endpoint syntax needs an IPv6 address's colons escaped.
+    interface = re.sub(r"(?<!\\):", r"\\:", host.removeprefix("[").removesuffix("]"))
+    return _checked_listen(f"tcp:{port}:interface={interface}", host_setting)
+
+
+def _first_set(*candidates: tuple[str | None, str]) -> tuple[str, str]:
+    """
+    The first candidate value that is set, and the setting it came from.
+    """
+    for value, setting in candidates:
+        if value:
+            return value, setting
+    raise AssertionError("the last candidate is a default")
+
+
+def _port(overrides: Overrides, env: Mapping[str, str], yaml_values: _TopLevel) -> int:
+    """
+    The port: C{--port}, else C{APP_PORT}, else YAML C{port}, else 8000;
+    C{0} (any free port) counts as set.
+    """
+    if overrides.port is not None:
+        if problem := port_problem(overrides.port):
+            raise ConfigError(f"--port: {problem}")
+        return overrides.port
+    env_port = env.get("APP_PORT")
+    if env_port:
+        if not (env_port.isascii() and env_port.isdigit()):
+            raise ConfigError(f"APP_PORT: expected a port number, got {env_port!r}")
+        if problem := port_problem(int(env_port)):
+            raise ConfigError(f"APP_PORT: {problem}")
+        return int(env_port)
+    return 8000 if yaml_values.port is None else yaml_values.port
+
+
+def _checked_listen(listen: str, setting: str) -> str:
+    """
+    C{listen}, if it is a valid endpoint string; else a L{ConfigError}
+    naming the C{setting} it came from.
+    """
+    problem = listen_problem(listen)
+    if problem is not None:
+        raise ConfigError(f"{setting}: {problem}")
+    return listen
 
 
 def _model_aliases(
@@ -179,7 +245,7 @@ def _model_aliases(
     C{{"pattern", "replacement"}}), then the file's.
     """
     rules = [_alias_flag(text) for text in overrides.model_aliases]
-    rules += _env_aliases(env.get("MODEL_ALIASES"))
+    rules += _env_aliases(env.get("MODEL_ALIASES"), env)
     rules += _aliases(top, top.get("model_aliases", list, []))
     return tuple(rules)
 
@@ -194,7 +260,7 @@ def _alias_flag(text: str) -> AliasRule:
         raise ConfigError(f"--model-alias: {e}")
 
 
-def _env_aliases(text: str | None) -> list[AliasRule]:
+def _env_aliases(text: str | None, env: Mapping[str, str]) -> list[AliasRule]:
     """
     Rules from C{MODEL_ALIASES}; a malformed value stops startup.
     """
@@ -206,7 +272,7 @@ def _env_aliases(text: str | None) -> list[AliasRule]:
         raise ConfigError(f"MODEL_ALIASES: not JSON: {e}")
     if not isinstance(data, list):
         raise ConfigError("MODEL_ALIASES: expected a JSON list of {pattern, replacement}")
-    return _aliases(Reader({"model_aliases": data}, "", "MODEL_ALIASES"), data)
+    return _aliases(Reader({"model_aliases": data}, "", "MODEL_ALIASES", env), data)
 
 
 def _model_defaults(top: Reader) -> Mapping[str, Mapping[str, Any]]:
@@ -235,12 +301,35 @@ def _proxy_keys(top: Reader, overrides: Overrides, env: Mapping[str, str]) -> tu
     """
     The proxy keys from YAML, C{LLMPROXY_KEYS} (comma-separated) and the
     command line, all combined, in that order, without duplicates.
+
+    An empty key, from any of them, is an error: it can only come from a
+    mistake (an unset variable, a stray comma), and dropping it could
+    leave no key at all, turning auth off.
     """
-    # An entry whose variable is unset expands to "": never a valid key.
-    proxy_keys = [k for k in top.strings("proxy_keys") if k]
-    proxy_keys += [k.strip() for k in env.get("LLMPROXY_KEYS", "").split(",") if k.strip()]
-    proxy_keys += list(overrides.proxy_keys)
-    return tuple(dict.fromkeys(proxy_keys))
+    proxy_keys = list(top.strings("proxy_keys"))
+    for i, key in enumerate(proxy_keys):
+        if problem := _proxy_key_problem(key):
+            raise top.fail(f"proxy_keys[{i}]", problem)
+    env_text = env.get("LLMPROXY_KEYS", "")
+    env_keys = [k.strip() for k in env_text.split(",")] if env_text.strip() else []
+    for i, key in enumerate(env_keys, start=1):
+        if not key:
+            raise ConfigError(f"LLMPROXY_KEYS: key {i} of {len(env_keys)} is empty")
+    for key in overrides.proxy_keys:
+        if problem := _proxy_key_problem(key):
+            raise ConfigError(f"--proxy-key: {problem}")
+    return tuple(dict.fromkeys(proxy_keys + env_keys + list(overrides.proxy_keys)))
+
+
+def _proxy_key_problem(key: str) -> str | None:
+    """
+    What makes C{key} a key no client can send, if anything.
+    """
+    if not key:
+        return "the key is empty"
+    if key != key.strip():
+        return "a key cannot start or end with whitespace (a client's token is stripped)"
+    return None
 
 
 def _log_level(top: Reader, overrides: Overrides, yaml_level: str) -> str:
@@ -250,8 +339,22 @@ def _log_level(top: Reader, overrides: Overrides, yaml_level: str) -> str:
     """
     log_level = overrides.log_level or yaml_level
     if log_level not in ("debug", "info", "warn", "error"):
-        raise top.fail("log_level", "must be one of debug, info, warn, error")
+        problem = "must be one of debug, info, warn, error"
+        if overrides.log_level:
+            raise ConfigError(f"--log-level: {problem}, not {log_level!r}")
+        raise top.fail("log_level", problem)
     return log_level
+
+
+def _workers(overrides: Overrides, yaml_workers: int) -> int:
+    """
+    The number of processes: C{--workers}, else YAML C{workers}.
+    """
+    if overrides.workers is None:
+        return yaml_workers
+    if overrides.workers < 1:
+        raise ConfigError(f"--workers: must be at least 1, not {overrides.workers}")
+    return overrides.workers
 
 
 def _responses_store(top: Reader) -> tuple[int, float]:
@@ -290,7 +393,7 @@ def build_config(
     top = Reader(data, "", source, env)
     backends, default_backend = backends_and_default(top, overrides, env, by_name)
     yaml_values = _top_level(top)
-    listen = _listen(yaml_values, overrides, env)
+    listen = _listen(top, yaml_values, overrides, env)
     model_aliases = _model_aliases(top, overrides, env)
     model_defaults = _model_defaults(top)
     uri_params = _uri_params(top)
@@ -303,7 +406,8 @@ def build_config(
         proxy_keys=proxy_keys,
         disable_auth=overrides.disable_auth or yaml_values.disable_auth,
         default_backend=default_backend,
-        force_model=overrides.force_model or env.get("STATIC_ROUTE") or yaml_values.force_model,
+        force_model=(overrides.force_model or env.get("STATIC_ROUTE") or yaml_values.force_model
+                     or None),
         backends=backends,
         model_aliases=model_aliases,
         model_defaults=model_defaults,
@@ -315,8 +419,8 @@ def build_config(
         access_log=bool(top.get("access_log", bool, False)),
         responses_store_size=store_size,
         responses_store_ttl=store_ttl,
-        workers=overrides.workers or yaml_values.workers,
-        warnings=warnings,
+        workers=_workers(overrides, yaml_values.workers),
+        warnings=(*top.warnings, *warnings),
     )
     top.finish()
     check_exposure(config)
