@@ -351,7 +351,75 @@ async def listen_fake(reactor: IReactorTCP, clock: IReactorTime | None = None) -
     return fake, port, f"http://127.0.0.1:{address.port}/v1"
 
 
+# Fault modes beyond the fake's own (issue #10): answers of any shape, and
+# the connections they came on.
+
+
+@dataclass
+class Raw:
+    """
+    Answer with a status, these bytes as the body and these headers, with
+    no Content-Type unless the headers give one (L{Reply} always says JSON).
+    """
+
+    status: int = 200
+    body: bytes = b""
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+class FaultyOpenAI(FakeOpenAI):
+    """
+    A L{FakeOpenAI} that can also answer L{Raw}, and notes the connection
+    each request came on.
+
+    @ivar channels: the connection (its L{HTTPChannel}) of each request, in
+        order; C{len(set(map(id, ...)))} is how many connections served them.
+    """
+
+    def __init__(self, clock: IReactorTime) -> None:
+        super().__init__(clock)
+        self.channels: list[Any] = []
+
+    @property
+    def connections(self) -> int:
+        """
+        How many connections the requests so far came on.
+        """
+        return len({id(channel) for channel in self.channels})
+
+    def render(self, request: Request) -> bytes | int:
+        self.channels.append(request.channel)
+        return super().render(request)
+
+    def _perform(self, request: Request, behaviour: Any, recorded: Recorded) -> bytes | int:
+        if not isinstance(behaviour, Raw):
+            return super()._perform(request, behaviour, recorded)
+        request.defaultContentType = None
+        request.setResponseCode(behaviour.status)
+        for k, v in behaviour.headers.items():
+            request.setHeader(k, v)
+        self.completed += 1
+        return behaviour.body
+
+
+async def listen_faulty(
+    reactor: IReactorTCP, clock: IReactorTime | None = None
+) -> tuple[FaultyOpenAI, IListeningPort, str]:
+    """
+    Start a L{FaultyOpenAI} on 127.0.0.1, port 0 (see L{listen_fake}).
+    """
+    fake = FaultyOpenAI(clock or cast(IReactorTime, reactor))
+    site = Site(fake)
+    site.noisy = False
+    port: IListeningPort = await endpoints.TCP4ServerEndpoint(
+        reactor, 0, interface="127.0.0.1"
+    ).listen(site)
+    address = cast(IPv4Address, port.getHost())
+    return fake, port, f"http://127.0.0.1:{address.port}/v1"
+
+
 __all__ = [
     "Drop", "FakeOpenAI", "Recorded", "Reply", "Stall", "Stream", "chat_chunks",
     "chat_completion", "listen_fake", "responses_events", "responses_object",
+    "FaultyOpenAI", "Raw", "listen_faulty",
 ]
