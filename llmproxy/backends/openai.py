@@ -177,6 +177,9 @@ class OpenAIBackend:
             b"host": [host_header(self.config.base_url)],
             b"content-type": [b"application/json"],
             b"accept": [accept],
+            # Without it any coding is acceptable (RFC 9110); llmproxy
+            # decodes none, and relays bodies as they come.
+            b"accept-encoding": [b"identity"],
             b"user-agent": [_USER_AGENT],
             b"x-llmproxy-loop-guard": [b"1"],
         })

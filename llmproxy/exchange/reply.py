@@ -165,6 +165,20 @@ class ClientReply:
         if dropped:
             request.setHeader(b"x-llmproxy-dropped-params", ",".join(dropped).encode())
 
+    def forget_route(self) -> None:
+        """
+        A failed attempt's route headers (and the upstream headers it kept)
+        say nothing of the request's answer: remove them.
+        """
+        if self.committed:
+            return
+        headers = self.request.responseHeaders
+        for name, _ in list(headers.getAllRawHeaders()):
+            lower = name.lower()
+            if lower.startswith(b"x-llmproxy-") or lower in PASS_HEADERS \
+                    or lower.startswith(_RATELIMIT):
+                headers.removeHeader(name)
+
     def stream_headers(self) -> None:
         """
         Start a 200 event stream.

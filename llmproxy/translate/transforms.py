@@ -18,6 +18,52 @@ from llmproxy.translate.chat_to_responses import ChatToResponsesStream
 from llmproxy.translate.responses_to_chat import ResponsesToChatStream
 
 
+class BadStream(Exception):
+    """
+    The upstream's stream is not a valid answer: an event whose data is not
+    a JSON object (or not UTF-8), no event before the end marker, or an end
+    without the dialect's final event.  Its message says which, for the
+    client.
+    """
+
+
+#: The shape of nearly every upstream event: one JSON object on one data
+#: line (after an C{event:} line for Responses).  Events of this shape are
+#: taken as JSON without parsing them; any other shape is parsed.
+_PLAIN_EVENT = re.compile(rb"(?:event: [^\r\n]*\n)?data: \{[^\r\n]*\}\n\n")
+#: What L{_kind} says of an event.
+_NOTHING, _DATA, _END = 0, 1, 2
+
+
+def _kind(item: bytes) -> int:
+    """
+    Whether a raw event carries data (a JSON object), is C{data: [DONE]}
+    or carries nothing (comments, a lone C{event:}); cheap for the usual
+    shape.
+
+    @raise BadStream: for data that is not a JSON object, or bytes that are
+        not UTF-8.
+    """
+    if _PLAIN_EVENT.fullmatch(item) is not None and item.isascii():
+        return _DATA
+    try:
+        item.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadStream("upstream sent an event that is not UTF-8")
+    event = parse_event(item)
+    if event is None or event.data is None:
+        return _NOTHING
+    if event.done:
+        return _END
+    try:
+        data = event.json()
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        raise BadStream("upstream sent an event whose data is not a JSON object")
+    return _DATA
+
+
 def stream_error_payload(error: ProxyError) -> dict[str, Any]:
     """
     The C{error} object of an in-band stream error, with its status.
@@ -55,10 +101,15 @@ class _Passthrough:
     its dialect's stream, and renders its dialect's in-band error.
     """
 
+    #: What the client is told when the stream ends without its final event.
+    missing = "the stream's final event"
+
     def __init__(self) -> None:
         self.finished = False
 
     def end(self) -> bytes:
+        if not self.finished:
+            raise BadStream(f"upstream stream ended without {self.missing}")
         return b""
 
     def error(self, error: ProxyError) -> bytes:
@@ -76,12 +127,25 @@ class _Passthrough:
 
 class ChatPassthrough(_Passthrough):
     """
-    Chat events from a chat upstream.
+    Chat events from a chat upstream.  A C{[DONE]} before any chunk is an
+    empty answer, not a stream.
     """
 
+    missing = "data: [DONE]"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = False
+
     def events(self, raw: list[bytes]) -> bytes:
-        if b"[DONE]" in raw[-1] and parse_event(raw[-1]) == _DONE_EVENT:
-            self.finished = True
+        for item in raw:
+            kind = _kind(item)
+            if kind == _DATA:
+                self.seen = True
+            elif kind == _END:
+                if not self.seen:
+                    raise BadStream("upstream stream ended before its first event")
+                self.finished = True
         return raw[0] if len(raw) == 1 else b"".join(raw)
 
     def _error_event(self, error: ProxyError) -> bytes:
@@ -94,14 +158,18 @@ class ResponsesPassthrough(_Passthrough):
     an error event can carry the next sequence number.
     """
 
+    missing = "response.completed"
+
     def __init__(self) -> None:
         super().__init__()
         self.count = 0
 
     def events(self, raw: list[bytes]) -> bytes:
         self.count += len(raw)
-        if _TERMINAL.search(raw[-1]) and _event_type(raw[-1]) in _RESPONSES_TERMINAL:
-            self.finished = True
+        for item in raw:
+            _kind(item)
+            if _TERMINAL.search(item) and _event_type(item) in _RESPONSES_TERMINAL:
+                self.finished = True
         return raw[0] if len(raw) == 1 else b"".join(raw)
 
     def _error_event(self, error: ProxyError) -> bytes:
@@ -136,10 +204,11 @@ def _event_type(raw: bytes) -> str | None:
     return kind if isinstance(kind, str) else None
 
 
-def _parsed(raw: list[bytes]) -> list[Any]:
+def _parsed(raw: list[bytes]) -> list[dict[str, Any]]:
     """
-    The JSON payloads of raw events, skipping comments and C{[DONE]};
-    a payload that is not JSON is skipped too.
+    The JSON payloads of raw events, skipping comments and C{[DONE]}.
+
+    @raise BadStream: for a payload that is not a JSON object.
     """
     out = []
     for item in raw:
@@ -147,9 +216,12 @@ def _parsed(raw: list[bytes]) -> list[Any]:
         if event is None or event.data is None or event.done:
             continue
         try:
-            out.append(event.json())
+            data = event.json()
         except ValueError:
-            continue
+            data = None
+        if not isinstance(data, dict):
+            raise BadStream("upstream sent an event whose data is not a JSON object")
+        out.append(data)
     return out
 
 
@@ -175,7 +247,9 @@ class ResponsesToChat:
         return b"".join(out)
 
     def end(self) -> bytes:
-        return b"" if self.state.finished else DONE
+        if not self.state.finished:
+            raise BadStream("upstream stream ended without response.completed")
+        return b""
 
     @property
     def finished(self) -> bool:
@@ -207,14 +281,21 @@ class ChatToResponses:
         return [encode_event(e, e["type"]) for e in events]
 
     def events(self, raw: list[bytes]) -> bytes:
+        chunks = _parsed(raw)
+        done = b"[DONE]" in raw[-1] and parse_event(raw[-1]) == _DONE_EVENT
         out = []
         if not self.started:
+            if not chunks:
+                # Comments before the first chunk are no answer yet; an end
+                # marker before it is an empty answer.
+                if done:
+                    raise BadStream("upstream stream ended before its first event")
+                return b""
             self.started = True
             out += self._encode(self.state.start())
-        if b"[DONE]" in raw[-1] and parse_event(raw[-1]) == _DONE_EVENT:
-            self.finished = True
-        for chunk in _parsed(raw):
-            if isinstance(chunk, dict) and "error" in chunk:
+        self.finished = self.finished or done
+        for chunk in chunks:
+            if isinstance(chunk.get("error"), dict):
                 self.closed = True
                 out += self._encode(self.state.fail(chunk["error"]))
                 break
@@ -224,6 +305,9 @@ class ChatToResponses:
     def end(self) -> bytes:
         if self.closed:
             return b""
+        if not self.finished:
+            # Never a response.completed for an answer that was cut.
+            raise BadStream("upstream stream ended without data: [DONE]")
         self.closed = True
         head = [] if self.started else self._encode(self.state.start())
         return b"".join(head + self._encode(self.state.finish()))
