@@ -15,7 +15,6 @@ import gzip
 import json
 from typing import Any, Callable, Mapping
 
-import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
@@ -32,7 +31,7 @@ from llmproxy.exchange.relay import StreamRelay
 from llmproxy.service import ProxyService
 from llmproxy.sse import DONE, encode_event
 from llmproxy.testing import FaultyOpenAI, Raw, Stream, chat_chunks, chat_completion, listen_faulty
-from tests.harness import Proxy, client, post
+from tests.harness import Proxy, post
 
 USER = [{"role": "user", "content": "hi"}]
 CHAT = {"model": "gpt-4o", "messages": USER}
