@@ -203,6 +203,26 @@ class WholeAnswerTests(TestCase):
         self.assertEqual((headers["x-llmproxy-key"], headers["x-llmproxy-attempts"]),
                          ("openai#2", "2"))
 
+    async def test_no_error_status_is_a_502(self) -> None:
+        """
+        A redirect (never followed) or a status beyond 599 is no answer and
+        no error status a client knows: the request fails over, and when
+        nothing serves it the client gets a 502.
+        """
+        proxy = await start_faulty(self, config)
+        moved = Raw(302, b"", {"location": proxy.upstream + "/elsewhere"})
+        for answer in (moved, Raw(999, COMPLETION, {"content-type": "application/json"})):
+            faulty(proxy).script.append(answer)
+            status, headers, content = await post(self, proxy.url + "/v1/chat/completions", CHAT)
+            self.assertEqual((status, error_of(content)["type"]), (502, "server_error"))
+            self.assertNotIn("location", headers)
+        self.assertEqual(breaker(proxy).consecutive_failures, 2)
+
+        proxy = await start_faulty(self, lambda u: config(u, keys=2))
+        faulty(proxy).by_key["k1"] = [moved]
+        status, headers, _ = await post(self, proxy.url + "/v1/chat/completions", CHAT)
+        self.assertEqual((status, headers["x-llmproxy-key"]), (200, "openai#2"))
+
     async def test_asks_for_no_content_coding(self) -> None:
         """
         llmproxy decodes nothing, so it says so: C{Accept-Encoding:
