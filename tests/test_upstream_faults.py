@@ -223,6 +223,19 @@ class WholeAnswerTests(TestCase):
         status, headers, _ = await post(self, proxy.url + "/v1/chat/completions", CHAT)
         self.assertEqual((status, headers["x-llmproxy-key"]), (200, "openai#2"))
 
+    async def test_coded_error_body_is_not_relayed(self) -> None:
+        """
+        An error status whose body is content-coded keeps its status, but
+        the coded bytes never reach the client as its message.
+        """
+        proxy = await start_faulty(self, config)
+        faulty(proxy).script.append(Raw(503, gzip.compress(ERROR_OBJECT * 20),
+                                        {"content-type": "application/json",
+                                         "content-encoding": "gzip"}))
+        status, _, content = await post(self, proxy.url + "/v1/chat/completions", CHAT)
+        self.assertEqual(status, 503)
+        self.assertIn("gzip content coding", error_of(content)["message"])
+
     async def test_asks_for_no_content_coding(self) -> None:
         """
         llmproxy decodes nothing, so it says so: C{Accept-Encoding:

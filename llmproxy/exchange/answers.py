@@ -34,6 +34,17 @@ class InvalidAnswer(UpstreamError):
         super().__init__(message, code="upstream_invalid_response")
 
 
+def content_coding(response: IResponse) -> str | None:
+    """
+    The content coding of C{response}'s body, unless it has none
+    (C{identity}).
+    """
+    coding = response.headers.getRawHeaders(b"content-encoding")
+    if coding is None or all(v.strip().lower() in (b"", b"identity") for v in coding):
+        return None
+    return b", ".join(coding).decode("latin-1")[:80]
+
+
 def head_problem(response: IResponse, stream: bool) -> str | None:
     """
     What makes a 2xx's head unusable, or L{None}: a content coding
@@ -42,13 +53,11 @@ def head_problem(response: IResponse, stream: bool) -> str | None:
     request, a body declared as something other than an event stream (no
     C{Content-Type} at all is left to the stream's own checks).
     """
-    headers = response.headers
-    coding = headers.getRawHeaders(b"content-encoding")
-    if coding is not None and any(v.strip().lower() not in (b"", b"identity") for v in coding):
-        return "answered with a Content-Encoding (" + b", ".join(coding).decode(
-            "latin-1") + ") although llmproxy asked for none"
+    coding = content_coding(response)
+    if coding is not None:
+        return f"answered in the {coding} content coding although llmproxy asked for none"
     if stream:
-        kind = headers.getRawHeaders(b"content-type")
+        kind = response.headers.getRawHeaders(b"content-type")
         if kind is not None and not kind[-1].lstrip().lower().startswith(b"text/event-stream"):
             return ("answered a streaming request with " + kind[-1].decode("latin-1")[:80]
                     + " instead of an event stream")
@@ -82,4 +91,4 @@ def parse_answer(body: bytes, dialect: str) -> tuple[dict[str, Any] | None, str 
     return data, None
 
 
-__all__ = ["InvalidAnswer", "head_problem", "parse_answer"]
+__all__ = ["InvalidAnswer", "content_coding", "head_problem", "parse_answer"]

@@ -29,7 +29,7 @@ from llmproxy.backends.body import collect_body, drop_body
 from llmproxy.dialects import CHAT
 from llmproxy.errors import InvalidRequest, ProxyError
 from llmproxy.exchange import prepare
-from llmproxy.exchange.answers import InvalidAnswer, head_problem, parse_answer
+from llmproxy.exchange.answers import InvalidAnswer, content_coding, head_problem, parse_answer
 from llmproxy.exchange.attempts import AttemptQueue, Slot, keyed_route
 from llmproxy.exchange.events import (
     BROKEN, CANCELLED, CLIENT_ERROR, OK, AttemptNote, ExchangeEvents, ReplyNote,
@@ -288,11 +288,12 @@ class Exchange:
     ) -> Result:
         target, key = slot.target, slot.key
         upstreams = self.runtime.upstreams
-        problem = head_problem(response, False)
+        coding = content_coding(response)
         try:
-            if problem is not None:
+            if coding is not None:
                 drop_body(response, self.clock)
-                raise ProxyError(f"upstream status {response.code}; its body {problem}")
+                raise ProxyError(f"upstream status {response.code}, with a body in the "
+                                 f"{coding} content coding (not read)")
             body = await collect_body(response, self.clock,
                                       upstreams.backends[target.backend].config.idle_timeout,
                                       MAX_ERROR_BODY, self._deadline())
