@@ -590,8 +590,76 @@ class MemoryAgent:
         return moved
 
 
+# Fault modes beyond the fake's own (issue #10): answers of any shape, and
+# the connections they came on.
+
+
+@dataclass
+class Raw:
+    """
+    Answer with a status, these bytes as the body and these headers, with
+    no Content-Type unless the headers give one (L{Reply} always says JSON).
+    """
+
+    status: int = 200
+    body: bytes = b""
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+class FaultyOpenAI(FakeOpenAI):
+    """
+    A L{FakeOpenAI} that can also answer L{Raw}, and notes the connection
+    each request came on.
+
+    @ivar channels: the connection (its L{HTTPChannel}) of each request, in
+        order; C{len(set(map(id, ...)))} is how many connections served them.
+    """
+
+    def __init__(self, clock: IReactorTime) -> None:
+        super().__init__(clock)
+        self.channels: list[Any] = []
+
+    @property
+    def connections(self) -> int:
+        """
+        How many connections the requests so far came on.
+        """
+        return len({id(channel) for channel in self.channels})
+
+    def render(self, request: Request) -> bytes | int:
+        self.channels.append(request.channel)
+        return super().render(request)
+
+    def _perform(self, request: Request, behaviour: Any, recorded: Recorded) -> bytes | int:
+        if not isinstance(behaviour, Raw):
+            return super()._perform(request, behaviour, recorded)
+        request.defaultContentType = None
+        request.setResponseCode(behaviour.status)
+        for k, v in behaviour.headers.items():
+            request.setHeader(k, v)
+        self.completed += 1
+        return behaviour.body
+
+
+async def listen_faulty(
+    reactor: IReactorTCP, clock: IReactorTime | None = None
+) -> tuple[FaultyOpenAI, IListeningPort, str]:
+    """
+    Start a L{FaultyOpenAI} on 127.0.0.1, port 0 (see L{listen_fake}).
+    """
+    fake = FaultyOpenAI(clock or cast(IReactorTime, reactor))
+    site = Site(fake)
+    site.noisy = False
+    port: IListeningPort = await endpoints.TCP4ServerEndpoint(
+        reactor, 0, interface="127.0.0.1"
+    ).listen(site)
+    address = cast(IPv4Address, port.getHost())
+    return fake, port, f"http://127.0.0.1:{address.port}/v1"
+
+
 __all__ = [
-    "CREATED", "Drop", "FakeOpenAI", "MemoryAgent", "Recorded", "Reply", "Stall", "Stream",
+    "CREATED", "Drop", "FakeOpenAI", "FaultyOpenAI", "MemoryAgent", "Raw", "Recorded", "Reply",
+    "Stall", "Stream", "listen_faulty",
     "backend_data", "chat_chunk", "chat_chunks", "chat_completion", "chat_request",
     "chat_tool_chunks", "chat_tool_completion", "config_data", "function_call_events",
     "function_call_response", "listen_fake", "make_config", "openai_config",

@@ -369,7 +369,7 @@ class BackpressureTests(TestCase):
         everything arrives.
         """
         proxy = await start(self)
-        chunk = b"data: " + b"x" * 16_000 + b"\n\n"
+        chunk = b'data: {"x": "' + b"x" * 16_000 + b'"}\n\n'
         count = 1500  # 24 MB
         proxy.fake.script.append(Stream([chunk] * count + [b"data: [DONE]\n\n"]))
         response = await client(self).post(

@@ -156,6 +156,7 @@ class RelayTests(SynchronousTestCase):
         self.assertEqual(upstream.producerState, "producing")
         clock.advance(5)
         self.assertEqual(upstream.producerState, "stopped")
+        self.failureResultOf(relay.finished, StreamTimeout)
 
     def test_stop_producing_drops_upstream(self) -> None:
         """
@@ -243,7 +244,7 @@ class RelayTests(SynchronousTestCase):
         """
         relay, upstream, _, _, clock = _connected(idle=5)
         clock.advance(4)
-        relay.dataReceived(b": ping\n\n")
+        relay.dataReceived(EVENTS[0])
         clock.advance(4)
         self.assertEqual(upstream.producerState, "producing")
         clock.advance(1)

@@ -41,7 +41,12 @@ from llmproxy.backends.registry import BackendContext, BackendType
 from llmproxy.config import ApiKey, BackendConfig, BackendKind
 
 DEFAULT_URL = "https://api.openai.com/v1"
+#: How long an upstream's model list is kept.
 MODELS_TTL = 600.0
+#: How long, after the upstream failed to list its models, its configured
+#: models are used without asking again.
+MODELS_RETRY = 60.0
+#: The most one request for an upstream's models may take.
 MODELS_DEADLINE = 10.0
 MODELS_MAX_BYTES = 4 * 1024 * 1024
 _USER_AGENT = f"llmproxy/{__version__}".encode()
@@ -169,6 +174,8 @@ class OpenAIBackend:
         self._url = (config.base_url + PATHS[self.dialect]).encode()
         self._models: list[str] | None = None
         self._models_at = 0.0
+        self._failed_at: float | None = None
+        self._fetching: Deferred[None] | None = None
         # Headers per (key, stream); Agent copies them, so sharing is safe.
         self._header_cache: dict[tuple[str | None, bool], Headers] = {}
 
@@ -177,6 +184,9 @@ class OpenAIBackend:
             b"host": [host_header(self.config.base_url)],
             b"content-type": [b"application/json"],
             b"accept": [accept],
+            # Without it any coding is acceptable (RFC 9110); llmproxy
+            # decodes none, and relays bodies as they come.
+            b"accept-encoding": [b"identity"],
             b"user-agent": [_USER_AGENT],
             b"x-llmproxy-loop-guard": [b"1"],
         })
@@ -196,11 +206,40 @@ class OpenAIBackend:
         return with_timeout(d, self.clock, self.config.timeout if timeout is None else timeout)
 
     async def models(self) -> list[str]:
+        """
+        The upstream's models (kept for L{MODELS_TTL}), or the configured
+        ones when it cannot say: it failed less than L{MODELS_RETRY} ago,
+        or failed now.  Callers share one request to the upstream; a caller
+        that stops waiting (cancels) leaves it running for the others and
+        for the caches.
+        """
         if not self.config.keys and self.config.key_env:
             return list(self.config.models)
         now = self.clock.seconds()
         if self._models is not None and now - self._models_at < MODELS_TTL:
             return self._models
+        if self._failed_at is not None and now - self._failed_at < MODELS_RETRY:
+            return list(self.config.models)
+        if self._fetching is None:
+            fetching = Deferred.fromCoroutine(self._refresh())
+            if not fetching.called:
+                self._fetching = fetching
+                fetching.addBoth(self._fetched)
+        if self._fetching is not None:
+            waiter: Deferred[None] = Deferred()
+            self._fetching.addBoth(_wake, waiter)
+            await waiter
+        if self._models is not None and self._models_at >= now:
+            return self._models
+        return list(self.config.models)
+
+    def _fetched(self, result: object) -> None:
+        self._fetching = None
+
+    async def _refresh(self) -> None:
+        """
+        Ask the upstream and keep what it said, or when it failed.
+        """
         try:
             found = await self._fetch_models()
         except CancelledError:
@@ -208,9 +247,9 @@ class OpenAIBackend:
         except Exception as e:
             self.log.warn("{backend}: cannot list models upstream ({error}); using config",
                           backend=self.config.name, error=type(e).__name__)
-            return list(self.config.models)
-        self._models, self._models_at = found, now
-        return found
+            self._failed_at = self.clock.seconds()
+            return
+        self._models, self._models_at, self._failed_at = found, self.clock.seconds(), None
 
     async def _fetch_models(self) -> list[str]:
         """
@@ -237,6 +276,15 @@ class OpenAIBackend:
 
     def close(self) -> None:
         pass
+
+
+def _wake(result: object, waiter: Deferred[None]) -> object:
+    """
+    Fire C{waiter} (unless its caller gave up on it), passing C{result} on.
+    """
+    if not waiter.called:
+        waiter.callback(None)
+    return result
 
 
 def with_timeout(d: Deferred[Any], clock: IReactorTime, seconds: float) -> Deferred[Any]:

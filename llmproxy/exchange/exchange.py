@@ -25,13 +25,14 @@ from twisted.web.iweb import IResponse
 from twisted.web.server import Request
 
 from llmproxy.backends.base import Backend
-from llmproxy.backends.body import collect_body
+from llmproxy.backends.body import collect_body, drop_body
 from llmproxy.dialects import CHAT
-from llmproxy.errors import InvalidRequest, ProxyError, UpstreamError
+from llmproxy.errors import InvalidRequest, ProxyError
 from llmproxy.exchange import prepare
+from llmproxy.exchange.answers import InvalidAnswer, content_coding, head_problem, parse_answer
 from llmproxy.exchange.attempts import AttemptQueue, Slot, keyed_route
 from llmproxy.exchange.events import (
-    BROKEN, CANCELLED, CLIENT_ERROR, OK, AttemptNote, ExchangeEvents, ReplyNote, find_usage,
+    BROKEN, CANCELLED, CLIENT_ERROR, OK, AttemptNote, ExchangeEvents, ReplyNote,
 )
 from llmproxy.exchange.outcome import Outcome, classify_exception, classify_status, is_timeout
 from llmproxy.exchange.relay import StreamRelay
@@ -142,13 +143,18 @@ class Exchange:
             queue.failed(slot, result.outcome, result.retry_after)
         raise final_error(failure, self.tried, queue)
 
+    def _deadline(self) -> float:
+        """
+        When the request's total budget runs out, by its clock.
+        """
+        return self.started + self.runtime.config.failure.total_timeout_budget
+
     def _time_left(self, backend: Backend) -> float:
         """
         The first-byte timeout of this attempt: the backend's, within what
         is left of the request's total budget.
         """
-        left = self.runtime.config.failure.total_timeout_budget \
-            - (self.clock.seconds() - self.started)
+        left = self._deadline() - self.clock.seconds()
         return max(0.001, min(backend.config.timeout, left))
 
     # one attempt
@@ -194,6 +200,11 @@ class Exchange:
         note.status, note.headers_at = response.code, self.clock.seconds()
         if response.code // 100 != 2:
             return await self._upstream_failure(queue, slot, response, note)
+        problem = head_problem(response, self.call.stream)
+        if problem is not None:
+            drop_body(response, self.clock)
+            return self._broken(queue, slot, note, InvalidAnswer(
+                f"Upstream {target.backend}:{target.model} {problem}"))
         self.reply.route_headers(target, key, response, out.dropped, len(self.tried) + 1)
         return await self._answer(queue, slot, backend, response, out.transform, note)
 
@@ -214,11 +225,7 @@ class Exchange:
             raise
         except ProxyError as e:
             # Nothing reached the client: the next attempt may still serve it.
-            queue.record_failure(slot)
-            self.tried.append(Tried(label(target, slot.key), type(e).__name__))
-            note.outcome, note.error = BROKEN, type(e).__name__
-            self.note.route = self.note.key = None
-            return Failed(e)
+            return self._broken(queue, slot, note, e)
         if not ok:
             queue.record_failure(slot)
             note.outcome = BROKEN
@@ -226,6 +233,22 @@ class Exchange:
         queue.record_success(slot)
         note.outcome = OK
         return result
+
+    def _broken(
+        self, queue: AttemptQueue, slot: Slot, note: AttemptNote, error: ProxyError
+    ) -> Failed:
+        """
+        An attempt whose 2xx was no answer (or stopped before its first
+        event): the backend failed it, and nothing of it stays on the reply.
+        """
+        queue.record_failure(slot)
+        name = label(slot.target, slot.key)
+        self.tried.append(Tried(name, type(error).__name__))
+        note.outcome, note.error = BROKEN, type(error).__name__
+        self.note.route = self.note.key = None
+        self.reply.forget_route()
+        self.log.warn("{label}: {error}", label=name, error=error.message)
+        return Failed(error)
 
     def _prepare(self, target: Target, backend: Backend) -> tuple[bytes, tuple[str, ...]]:
         call = self.call
@@ -265,10 +288,15 @@ class Exchange:
     ) -> Result:
         target, key = slot.target, slot.key
         upstreams = self.runtime.upstreams
+        coding = content_coding(response)
         try:
+            if coding is not None:
+                drop_body(response, self.clock)
+                raise ProxyError(f"upstream status {response.code}, with a body in the "
+                                 f"{coding} content coding (not read)")
             body = await collect_body(response, self.clock,
                                       upstreams.backends[target.backend].config.idle_timeout,
-                                      MAX_ERROR_BODY)
+                                      MAX_ERROR_BODY, self._deadline())
         except CancelledError:
             raise
         except ProxyError as e:
@@ -293,19 +321,29 @@ class Exchange:
     # answers
 
     async def _collect(self, target: Target, backend: Backend, response: IResponse) -> bytes:
+        """
+        A whole answer, checked (see L{parse_answer}) and in the client's
+        dialect; read by the request's deadline.
+        """
         body = await collect_body(response, self.clock, backend.config.idle_timeout,
-                                  self.runtime.config.max_body_bytes * 2)
+                                  self.runtime.config.max_body_bytes * 2, self._deadline())
+        name = f"{target.backend}:{target.model}"
+        data, problem = parse_answer(body, backend.dialect)
+        if data is None:
+            # The upstream's words may reach the client: no key values.
+            said = redact(200, str(problem).encode(), self.runtime.upstreams.pools)
+            raise InvalidAnswer(f"Upstream {name} {said.decode()}")
         try:
             out = prepare.convert_body(self.call.frontend, backend.dialect, body,
-                                       response_id=response_id(), request=self.call.body)
+                                       response_id=response_id(), request=self.call.body,
+                                       parsed=data)
         except (ValueError, TypeError, KeyError, AttributeError):
-            raise UpstreamError(
-                f"Upstream {target.backend}:{target.model} answered with a body that is "
-                "not a valid response", code="upstream_invalid_response",
-            )
+            raise InvalidAnswer(
+                f"Upstream {name} answered with a body that is not a valid response")
         self.reply.json_headers(response.code)
         if self.events.observed:
-            self.note.usage = find_usage(body)
+            usage = data.get("usage")
+            self.note.usage = usage if isinstance(usage, dict) else None
         if self.call.on_response is not None:
             self.call.on_response(out)
         return out
@@ -329,7 +367,8 @@ class Exchange:
             reply.first_event()
 
         relay = StreamRelay(reply.request, tap or transform, self.clock,
-                            backend.config.idle_timeout, on_first_write=first_event)
+                            backend.config.idle_timeout, on_first_write=first_event,
+                            deadline=self._deadline())
         response.deliverBody(relay)
         try:
             await relay.finished

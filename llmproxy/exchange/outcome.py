@@ -7,7 +7,8 @@ failed with), decide what the exchange does next; no I/O.
 
  - L{Outcome.OK}: the upstream answered successfully.
  - L{Outcome.RETRY_NEXT}: a failover-eligible failure (network errors,
-   timeouts, 408, 5xx, 404 C{model_not_found}); move to the next attempt.
+   timeouts, 1xx and 3xx as answers, 408, 5xx and beyond, 404
+   C{model_not_found}); move to the next attempt.
  - L{Outcome.NEXT_KEY}: 401/403; the key is bad, move to the next key.
  - L{Outcome.RATE_LIMITED}: 429; cool the key down and move on.
  - L{Outcome.QUOTA}: 429 C{insufficient_quota}; the key is exhausted.
@@ -250,8 +251,12 @@ def _status_outcome(
     @param fields: the body's C{(code, type)}.
     @param extra: additional statuses to treat as failover-eligible.
     """
-    if 100 <= status < 400:
+    if 200 <= status < 300:
         return Outcome.OK
+    if status < 200 or 300 <= status < 400:
+        # An interim status as the answer, or a redirect (never followed):
+        # this upstream does not serve the request.
+        return Outcome.RETRY_NEXT
     if status == 429:
         if _INSUFFICIENT_QUOTA in fields:
             return Outcome.QUOTA

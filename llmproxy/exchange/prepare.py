@@ -98,14 +98,16 @@ def prepare_responses(
 
 def convert_body(
     frontend: str, backend_dialect: str, body: bytes, *, response_id: str,
-    request: Mapping[str, Any],
+    request: Mapping[str, Any], parsed: Mapping[str, Any] | None = None,
 ) -> bytes:
     """
     Convert a whole successful response body between dialects.
+
+    @param parsed: C{body} already parsed, if it was.
     """
     if frontend == backend_dialect:
         return body
-    data = json.loads(body)
+    data = json.loads(body) if parsed is None else parsed
     if frontend == CHAT:
         return _dumps(responses_to_chat_completion(data))
     return _dumps(chat_completion_to_response(data, response_id=response_id, request=request))

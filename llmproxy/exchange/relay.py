@@ -6,7 +6,20 @@ L{StreamRelay} is the body protocol for streamed responses and the
 L{IPushProducer} registered with the client's request: when the client's
 buffer fills, the client's channel pauses the relay, the relay pauses the
 upstream transport, and TCP pushes back on the upstream.  A client that
-goes away stops the upstream; an idle upstream is cut after a timeout.
+goes away stops the upstream.
+
+One timer (L{Watchdog}) bounds the stream:
+ - progress is a complete event carrying data: an upstream that sends only
+   comments, or drips an event byte by byte, is idle;
+ - until the first event reached the client, the request's deadline (its
+   total time budget) holds too; after it, a stream that keeps producing
+   events runs as long as it does (a long answer is not a fault), cut only
+   when idle for the backend's C{idle_timeout};
+ - while the client has the relay paused, the upstream is not waited on:
+   the timer measures the client's stall instead, and a client that has
+   not read for C{idle_timeout} has its connection closed.  The request is
+   then cancelled like any client that left, and the backend's breaker
+   hears nothing of it.
 """
 
 from __future__ import annotations
@@ -14,7 +27,7 @@ from __future__ import annotations
 from typing import Callable, Protocol as TypingProtocol
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -22,9 +35,13 @@ from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 from zope.interface import implementer
 
-from llmproxy.backends.body import body_done, body_producer
+from llmproxy.backends.body import (
+    CLIENT, DEADLINE, Watchdog, body_done, body_producer, budget_timeout, stop_later,
+)
 from llmproxy.errors import ProxyError, StreamBroken, StreamTimeout
+from llmproxy.exchange.answers import InvalidAnswer
 from llmproxy.sse import SSEError, SSEFramer, parse_event
+from llmproxy.translate.transforms import BadStream
 
 
 class StreamTransform(TypingProtocol):
@@ -53,6 +70,8 @@ def _is_comment(raw: bytes) -> bool:
     """
     Whether a raw event holds only comments (and blank lines).
     """
+    if raw[:1] not in (b":", b"\r", b"\n"):
+        return False
     return all(not line.strip() or line.startswith(b":") for line in raw.splitlines())
 
 
@@ -86,7 +105,8 @@ class StreamRelay(Protocol):
     @ivar finished: fires with L{None} when the upstream ended cleanly and
         everything was written, or fails with a L{ProxyError} (or
         L{CancelledError} when cancelled).  Cancelling it stops the
-        upstream.
+        upstream.  A failure fires it at once, the upstream being dropped
+        from the next reactor turn (see L{llmproxy.backends.body}).
     """
 
     log = Logger()
@@ -99,7 +119,12 @@ class StreamRelay(Protocol):
         idle_timeout: float,
         max_event_bytes: int = 262_144,
         on_first_write: Callable[[], None] | None = None,
+        deadline: float | None = None,
     ) -> None:
+        """
+        @param deadline: when the first event must have reached the client
+            (a time by C{clock}), or L{None}.
+        """
         self.consumer = consumer
         self.on_first_write = on_first_write
         self.transform = transform
@@ -108,8 +133,8 @@ class StreamRelay(Protocol):
         self.framer = SSEFramer(max_event_bytes)
         self.finished: Deferred[None] = Deferred(self._cancel)
         self.wrote = False
-        self._error: ProxyError | None = None
-        self._idle: IDelayedCall | None = None
+        self.watchdog = Watchdog(clock, idle_timeout, deadline, self._expired)
+        self._registered = False
         self._stopped = False
         self._cancelled = False
 
@@ -117,25 +142,31 @@ class StreamRelay(Protocol):
 
     def connectionMade(self) -> None:
         self.consumer.registerProducer(self, True)
-        self._arm()
+        self._registered = True
+        self.watchdog.start()
 
     def dataReceived(self, data: bytes) -> None:
         if self._stopped:
             return
-        self._arm()
         try:
             raw = self.framer.feed(data)
         except SSEError as e:
-            self._abort(StreamBroken(f"upstream stream invalid: {e}"))
+            self._fail(StreamBroken(f"upstream stream invalid: {e}"))
             return
         if raw:
             try:
                 out = self.transform.events(raw)
+            except BadStream as e:
+                self._fail(InvalidAnswer(str(e)))
+                return
             except Exception:
                 self.log.failure("cannot translate an upstream event")
-                self._abort(StreamBroken("upstream sent an event llmproxy cannot translate"))
+                self._fail(StreamBroken("upstream sent an event llmproxy cannot translate"))
                 return
-            self._write(out, self.wrote or not all(map(_is_comment, raw)))
+            content = not all(map(_is_comment, raw))
+            if content:
+                self.watchdog.progress()
+            self._write(out, self.wrote or content)
 
     def _write(self, out: bytes, content: bool = True) -> None:
         """
@@ -146,22 +177,19 @@ class StreamRelay(Protocol):
         if out:
             if content and not self.wrote:
                 self.wrote = True
+                self.watchdog.deadline = None
                 if self.on_first_write is not None:
                     self.on_first_write()
             self.consumer.write(out)
 
     def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:
-        self._disarm()
-        if getattr(self.consumer, "channel", True) is not None:
-            # A request whose client is gone has no channel to unregister from.
-            self.consumer.unregisterProducer()
+        self.watchdog.stop()
+        self._unregister()
         if self.finished.called or self._cancelled:
             # Cancelled: the Deferred fails with CancelledError, even when
             # stopping the upstream lost the connection synchronously.
             return
-        if self._error is not None:
-            self.finished.errback(self._error)
-        elif body_done(reason):
+        if body_done(reason):
             self._ended(reason)
         else:
             self.finished.errback(
@@ -171,9 +199,9 @@ class StreamRelay(Protocol):
     def _ended(self, reason: Failure) -> None:
         """
         The upstream body ended without an error.  A last event lacking its
-        blank line is relayed (completed) only if it is whole; a body whose
-        end is only known by the connection closing must have reached its
-        final event, or it was cut.
+        blank line is relayed (completed) only if it is whole; the stream
+        must have reached its final event (the transform's C{end} says so),
+        or it was cut.
         """
         try:
             tail = _complete(self.framer.remainder())
@@ -185,6 +213,9 @@ class StreamRelay(Protocol):
         except StreamBroken as e:
             self.finished.errback(e)
             return
+        except BadStream as e:
+            self.finished.errback(InvalidAnswer(str(e)))
+            return
         except Exception:
             self.log.failure("cannot translate the upstream's last event")
             self.finished.errback(StreamBroken("upstream sent an event llmproxy cannot translate"))
@@ -195,52 +226,73 @@ class StreamRelay(Protocol):
     # IPushProducer
 
     def pauseProducing(self) -> None:
-        self._disarm()
+        self.watchdog.pause()
         producer = body_producer(self)
         if producer is not None:
             producer.pauseProducing()
 
     def resumeProducing(self) -> None:
-        self._arm()
+        self.watchdog.resume()
         producer = body_producer(self)
         if producer is not None:
             producer.resumeProducing()
 
     def stopProducing(self) -> None:
         self._stopped = True
-        self._disarm()
+        self.watchdog.stop()
         producer = body_producer(self)
         if producer is not None:
             producer.stopProducing()
 
     # internals
 
-    def _abort(self, error: ProxyError) -> None:
-        self._error = error
-        self.stopProducing()
+    def _unregister(self) -> None:
+        if self._registered:
+            self._registered = False
+            if getattr(self.consumer, "channel", True) is not None:
+                # A request whose client is gone has no channel to unregister from.
+                self.consumer.unregisterProducer()
+
+    def _fail(self, error: ProxyError) -> None:
+        """
+        Give up on the stream for what the upstream sent: fail at once (the
+        next attempt may register with the consumer right away), and drop
+        the upstream from the next turn.
+        """
+        self._stopped = True
+        self.watchdog.stop()
+        self._unregister()
+        stop_later(self, self.clock)
+        self.finished.errback(error)
 
     def _cancel(self, d: Deferred[None]) -> None:
         self._cancelled = True
         self.stopProducing()
 
-    def _arm(self) -> None:
-        if self.idle_timeout <= 0:
+    def _expired(self, why: str) -> None:
+        if why == CLIENT:
+            self._client_stalled()
             return
-        if self._idle is not None and self._idle.active():
-            self._idle.reset(self.idle_timeout)
-        else:
-            self._idle = self.clock.callLater(self.idle_timeout, self._timedOut)
+        error = budget_timeout("stream: no event") if why == DEADLINE else StreamTimeout(
+            f"upstream stream idle for more than {self.idle_timeout:g} s",
+            code="upstream_timeout")
+        if not self.finished.called:
+            self._unregister()
+            self.finished.errback(error)
+        self.stopProducing()
 
-    def _disarm(self) -> None:
-        if self._idle is not None and self._idle.active():
-            self._idle.cancel()
-        self._idle = None
-
-    def _timedOut(self) -> None:
-        self._idle = None
-        self._abort(StreamTimeout(
-            f"upstream stream idle for more than {self.idle_timeout:g} s"
-        ))
+    def _client_stalled(self) -> None:
+        """
+        The client has not read for C{idle_timeout}: close its connection.
+        Its request is then cancelled like any whose client left, which
+        stops the upstream; the upstream is not to blame.
+        """
+        self.log.info("client has not read for {idle} s; closing its connection",
+                      idle=self.idle_timeout)
+        transport = getattr(self.consumer, "transport", None)
+        abort = getattr(transport, "abortConnection", None)
+        if abort is not None:
+            abort()
 
 
 __all__ = ["StreamRelay", "StreamTransform"]

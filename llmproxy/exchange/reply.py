@@ -165,6 +165,20 @@ class ClientReply:
         if dropped:
             request.setHeader(b"x-llmproxy-dropped-params", ",".join(dropped).encode())
 
+    def forget_route(self) -> None:
+        """
+        A failed attempt's route headers (and the upstream headers it kept)
+        say nothing of the request's answer: remove them.
+        """
+        if self.committed:
+            return
+        headers = self.request.responseHeaders
+        for name, _ in list(headers.getAllRawHeaders()):
+            lower = name.lower()
+            if lower.startswith(b"x-llmproxy-") or lower in PASS_HEADERS \
+                    or lower.startswith(_RATELIMIT):
+                headers.removeHeader(name)
+
     def stream_headers(self) -> None:
         """
         Start a 200 event stream.
@@ -272,13 +286,15 @@ def rewrap_error(status: int, body: bytes) -> bytes:
         pass
     if not isinstance(message, str):
         message = json.dumps(message)
-    kind = "invalid_request_error" if status < 500 else "server_error"
+    kind = "invalid_request_error" if 400 <= status < 500 else "server_error"
     return ProxyError(message or f"upstream status {status}", type=kind).to_json()
 
 
 def error_from_upstream(status: int, body: bytes) -> ProxyError:
     """
-    The L{ProxyError} an upstream's error answer amounts to.
+    The L{ProxyError} an upstream's error answer amounts to; a status that
+    is no error status (a redirect, or beyond 599) reaches the client as
+    502.
     """
     try:
         data = json.loads(rewrap_error(status, body))["error"]
@@ -286,7 +302,8 @@ def error_from_upstream(status: int, body: bytes) -> ProxyError:
         data = {}
     return ProxyError(
         str(data.get("message") or f"upstream status {status}"),
-        status=status, type=str(data.get("type") or "server_error"),
+        status=status if 400 <= status <= 599 else 502,
+        type=str(data.get("type") or "server_error"),
         code=data.get("code") if isinstance(data.get("code"), str) else None,
         param=data.get("param") if isinstance(data.get("param"), str) else None,
     )

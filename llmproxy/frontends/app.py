@@ -34,9 +34,9 @@ from llmproxy.frontends.access import AccessLog
 from llmproxy.frontends.body import check_fields, parse_body
 from llmproxy.frontends.errors import json_answer, too_deep
 from llmproxy.frontends.hot import HotRoute, Root
+from llmproxy.frontends.models import ModelListing
 from llmproxy.frontends.site import ProxyRequest, ProxySite
 from llmproxy.frontends.store import ResponseStore
-from llmproxy.routing.aliases import alias_targets
 
 
 class ProxyApp:
@@ -61,6 +61,7 @@ class ProxyApp:
         self.store = store or ResponseStore(clock, config.responses_store_size,
                                             config.responses_store_ttl)
         self.events = ExchangeEvents()
+        self.listing = ModelListing(clock)
         if config.access_log:
             self.events.addObserver(AccessLog())
 
@@ -128,40 +129,17 @@ class ProxyApp:
         runtime = self.runtime
         self._authorize(request, runtime)
         return json_answer(request, 200, {"object": "list",
-                                          "data": await self._model_list(runtime)})
+                                          "data": await self.listing.entries(runtime)})
 
     @app.route("/v1/models/<path:model>", methods=["GET"])
     async def model(self, request: IRequest, model: str) -> bytes:
         runtime = self.runtime
         self._authorize(request, runtime)
-        for entry in await self._model_list(runtime):
+        for entry in await self.listing.entries(runtime):
             if entry["id"] == model:
                 return json_answer(request, 200, entry)
         raise ProxyError(f"The model '{model}' does not exist", status=404,
                          type="invalid_request_error", param="model", code="model_not_found")
-
-    async def _model_list(self, runtime: Runtime) -> list[dict[str, Any]]:
-        created = int(self.clock.seconds())
-        entries: dict[str, dict[str, Any]] = {}
-
-        def add(ident: str, owner: str) -> None:
-            entries.setdefault(ident, {"id": ident, "object": "model", "created": created,
-                                       "owned_by": owner})
-
-        for name, backend in runtime.upstreams.backends.items():
-            try:
-                found = await backend.models()
-            except CancelledError:
-                raise
-            except Exception:
-                found = list(backend.config.models)
-            for model in found:
-                if name == runtime.config.default_backend:
-                    add(model, name)
-                add(f"{name}:{model}", name)
-        for target in alias_targets(runtime.config.model_aliases):
-            add(target, "llmproxy")
-        return list(entries.values())
 
     @app.route("/v1/llmproxy/status", methods=["GET"])
     def status(self, request: IRequest) -> bytes:

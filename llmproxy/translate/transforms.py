@@ -18,6 +18,65 @@ from llmproxy.translate.chat_to_responses import ChatToResponsesStream
 from llmproxy.translate.responses_to_chat import ResponsesToChatStream
 
 
+class BadStream(Exception):
+    """
+    The upstream's stream is not a valid answer: an event whose data is not
+    a JSON object (or not UTF-8), no event before the end marker, or an end
+    without the dialect's final event.  Its message says which, for the
+    client.
+    """
+
+
+def _plain(item: bytes) -> bool:
+    """
+    Whether a raw event has the shape of nearly every upstream event: one
+    JSON object on one C{data:} line (after one C{event:} line, for
+    Responses), in ASCII.  Such events are taken as JSON without parsing
+    them (a few string scans, about a tenth of a parse); any other is
+    parsed.
+    """
+    if not item.endswith(b"}\n\n") or b"\r" in item or not item.isascii():
+        return False
+    if item.startswith(b"data: {"):
+        return item.count(b"\n") == 2
+    if item.startswith(b"event: "):
+        return item.startswith(b"data: {", item.find(b"\n") + 1) and item.count(b"\n") == 3
+    return False
+
+
+#: What L{_kind} says of an event.
+_NOTHING, _DATA, _END = 0, 1, 2
+
+
+def _kind(item: bytes) -> int:
+    """
+    Whether a raw event carries data (a JSON object), is C{data: [DONE]}
+    or carries nothing (comments, a lone C{event:}); cheap for the usual
+    shape.
+
+    @raise BadStream: for data that is not a JSON object, or bytes that are
+        not UTF-8.
+    """
+    if _plain(item):
+        return _DATA
+    try:
+        item.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadStream("upstream sent an event that is not UTF-8")
+    event = parse_event(item)
+    if event is None or event.data is None:
+        return _NOTHING
+    if event.done:
+        return _END
+    try:
+        data = event.json()
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        raise BadStream("upstream sent an event whose data is not a JSON object")
+    return _DATA
+
+
 def stream_error_payload(error: ProxyError) -> dict[str, Any]:
     """
     The C{error} object of an in-band stream error, with its status.
@@ -55,10 +114,15 @@ class _Passthrough:
     its dialect's stream, and renders its dialect's in-band error.
     """
 
+    #: What the client is told when the stream ends without its final event.
+    missing = "the stream's final event"
+
     def __init__(self) -> None:
         self.finished = False
 
     def end(self) -> bytes:
+        if not self.finished:
+            raise BadStream(f"upstream stream ended without {self.missing}")
         return b""
 
     def error(self, error: ProxyError) -> bytes:
@@ -76,12 +140,25 @@ class _Passthrough:
 
 class ChatPassthrough(_Passthrough):
     """
-    Chat events from a chat upstream.
+    Chat events from a chat upstream.  A C{[DONE]} before any chunk is an
+    empty answer, not a stream.
     """
 
+    missing = "data: [DONE]"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = False
+
     def events(self, raw: list[bytes]) -> bytes:
-        if b"[DONE]" in raw[-1] and parse_event(raw[-1]) == _DONE_EVENT:
-            self.finished = True
+        for item in raw:
+            kind = _kind(item)
+            if kind == _DATA:
+                self.seen = True
+            elif kind == _END:
+                if not self.seen:
+                    raise BadStream("upstream stream ended before its first event")
+                self.finished = True
         return raw[0] if len(raw) == 1 else b"".join(raw)
 
     def _error_event(self, error: ProxyError) -> bytes:
@@ -94,14 +171,18 @@ class ResponsesPassthrough(_Passthrough):
     an error event can carry the next sequence number.
     """
 
+    missing = "response.completed"
+
     def __init__(self) -> None:
         super().__init__()
         self.count = 0
 
     def events(self, raw: list[bytes]) -> bytes:
         self.count += len(raw)
-        if _TERMINAL.search(raw[-1]) and _event_type(raw[-1]) in _RESPONSES_TERMINAL:
-            self.finished = True
+        for item in raw:
+            _kind(item)
+            if _terminal(item):
+                self.finished = True
         return raw[0] if len(raw) == 1 else b"".join(raw)
 
     def _error_event(self, error: ProxyError) -> bytes:
@@ -114,8 +195,20 @@ class ResponsesPassthrough(_Passthrough):
 
 _DONE_EVENT = Event("[DONE]")
 _TERMINAL = re.compile(rb"response\.(?:completed|incomplete|failed)|\berror\b")
+_RESPONSES_TERMINAL_NAMES = frozenset({b"response.completed", b"response.incomplete",
+                                       b"response.failed", b"error"})
 _RESPONSES_TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed",
                                  "error"})
+
+
+def _terminal(item: bytes) -> bool:
+    """
+    Whether a raw Responses event ends the stream; its C{event:} line says
+    so when it leads, as it does upstream.
+    """
+    if item.startswith(b"event: ") and b"\r" not in item:
+        return item[7:item.find(b"\n")] in _RESPONSES_TERMINAL_NAMES
+    return bool(_TERMINAL.search(item)) and _event_type(item) in _RESPONSES_TERMINAL
 
 
 def _event_type(raw: bytes) -> str | None:
@@ -136,10 +229,11 @@ def _event_type(raw: bytes) -> str | None:
     return kind if isinstance(kind, str) else None
 
 
-def _parsed(raw: list[bytes]) -> list[Any]:
+def _parsed(raw: list[bytes]) -> list[dict[str, Any]]:
     """
-    The JSON payloads of raw events, skipping comments and C{[DONE]};
-    a payload that is not JSON is skipped too.
+    The JSON payloads of raw events, skipping comments and C{[DONE]}.
+
+    @raise BadStream: for a payload that is not a JSON object.
     """
     out = []
     for item in raw:
@@ -147,9 +241,12 @@ def _parsed(raw: list[bytes]) -> list[Any]:
         if event is None or event.data is None or event.done:
             continue
         try:
-            out.append(event.json())
+            data = event.json()
         except ValueError:
-            continue
+            data = None
+        if not isinstance(data, dict):
+            raise BadStream("upstream sent an event whose data is not a JSON object")
+        out.append(data)
     return out
 
 
@@ -175,7 +272,9 @@ class ResponsesToChat:
         return b"".join(out)
 
     def end(self) -> bytes:
-        return b"" if self.state.finished else DONE
+        if not self.state.finished:
+            raise BadStream("upstream stream ended without response.completed")
+        return b""
 
     @property
     def finished(self) -> bool:
@@ -207,14 +306,21 @@ class ChatToResponses:
         return [encode_event(e, e["type"]) for e in events]
 
     def events(self, raw: list[bytes]) -> bytes:
+        chunks = _parsed(raw)
+        done = b"[DONE]" in raw[-1] and parse_event(raw[-1]) == _DONE_EVENT
         out = []
         if not self.started:
+            if not chunks:
+                # Comments before the first chunk are no answer yet; an end
+                # marker before it is an empty answer.
+                if done:
+                    raise BadStream("upstream stream ended before its first event")
+                return b""
             self.started = True
             out += self._encode(self.state.start())
-        if b"[DONE]" in raw[-1] and parse_event(raw[-1]) == _DONE_EVENT:
-            self.finished = True
-        for chunk in _parsed(raw):
-            if isinstance(chunk, dict) and "error" in chunk:
+        self.finished = self.finished or done
+        for chunk in chunks:
+            if isinstance(chunk.get("error"), dict):
                 self.closed = True
                 out += self._encode(self.state.fail(chunk["error"]))
                 break
@@ -224,6 +330,9 @@ class ChatToResponses:
     def end(self) -> bytes:
         if self.closed:
             return b""
+        if not self.finished:
+            # Never a response.completed for an answer that was cut.
+            raise BadStream("upstream stream ended without data: [DONE]")
         self.closed = True
         head = [] if self.started else self._encode(self.state.start())
         return b"".join(head + self._encode(self.state.finish()))
