@@ -7,7 +7,8 @@ setup(
     package_dir={"": "."},
     packages=[
         "llmproxy", "llmproxy.adapt", "llmproxy.backends", "llmproxy.config",
-        "llmproxy.exchange", "llmproxy.frontends", "llmproxy.routing", "llmproxy.translate",
+        "llmproxy.exchange", "llmproxy.frontends", "llmproxy.routing", "llmproxy.testing",
+        "llmproxy.translate",
         "twisted.plugins",
     ],
     package_data={"twisted": ["plugins/llmproxy_plugin.py"]},
