@@ -500,6 +500,31 @@ class DeadlineTests(SynchronousTestCase):
         self.assertEqual(conn.answer().status, 200)
         self.assertGreater(self.clock.seconds(), 10)
 
+    def test_a_whole_request_costs_no_timer(self) -> None:
+        """
+        The deadlines are armed only when a head or body is still
+        incomplete after the bytes at hand; a whole request sees only the
+        idle timer Twisted re-arms after each request.
+        """
+        conn = ClockedChannel(self.app, self.clock)
+        armed: list[float] = []
+        call_later = conn.channel.callLater
+
+        def recording(delay: float, f: Any, *a: Any, **kw: Any) -> Any:
+            armed.append(delay)
+            return call_later(delay, f, *a, **kw)
+
+        conn.channel.callLater = recording
+        body = json.dumps({"model": "a:m", "messages": USER}).encode()
+        conn.send(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                  b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        self.clock.advance(0)
+        self.assertEqual(conn.answer().status, 200)
+        self.assertEqual(armed, [60])
+        conn.send(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+        conn.send(b"Content-Length: %d\r\n\r\n" % len(body) + body[:5])
+        self.assertEqual(armed, [60, 10, 20])
+
     def test_idle_keepalive_is_twisteds(self) -> None:
         """
         Between requests the idle timeout is Twisted's, untouched.

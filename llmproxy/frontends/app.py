@@ -26,7 +26,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from llmproxy.config import Config
 from llmproxy.dialects import CHAT, RESPONSES
-from llmproxy.errors import InvalidRequest, ProxyError
+from llmproxy.errors import AuthenticationFailed, InvalidRequest, ProxyError
 from llmproxy.exchange.events import ExchangeEvents
 from llmproxy.exchange.exchange import Call, Exchange
 from llmproxy.exchange.runtime import Runtime, Upstreams
@@ -119,11 +119,16 @@ class ProxyApp:
         @raise AuthenticationFailed: no key, or a wrong one.
         """
         runtime = self.runtime
-        headers = request.requestHeaders
-        if path != b"/healthz" and not headers.hasHeader(b"x-llmproxy-loop-guard"):
-            check_key(runtime, headers.getRawHeaders(b"authorization"))
-            if isinstance(request, ProxyRequest):
-                request.admitted = runtime
+        if path != b"/healthz":
+            headers = request.requestHeaders
+            try:
+                check_key(runtime, headers.getRawHeaders(b"authorization"))
+            except AuthenticationFailed:
+                if not headers.hasHeader(b"x-llmproxy-loop-guard"):
+                    raise
+            else:
+                if isinstance(request, ProxyRequest):
+                    request.admitted = runtime
         return runtime.config.max_body_bytes
 
     # request helpers

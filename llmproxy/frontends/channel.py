@@ -111,6 +111,9 @@ class ProxyChannel(HTTPChannel):
     _chunked: ChunkedBody | None = None
     _lingered = 0
     _aborted = False
+    #: What the timer is armed for: IDLE (Twisted's idle timeout), HEAD,
+    #: BODY or CLOSING (the linger).
+    _timed = IDLE
 
     # reading
 
@@ -124,21 +127,31 @@ class ProxyChannel(HTTPChannel):
         # Not HTTPChannel.dataReceived: its idle timer, reset by every byte,
         # is what the deadlines replace.
         LineReceiver.dataReceived(self, data)
-        if self.line_mode and self._buffer:
-            if self._phase == IDLE:  # what came after a request served at once
-                self._begin()
+        phase = self._phase
+        if phase == IDLE and self.line_mode and self._buffer:
+            self._begin()  # the start of a request that came with one served at once
+            phase = HEAD
+        # The deadlines are armed only for a head or a body still incomplete
+        # after the bytes at hand: a request that came whole costs no timer.
+        if phase == HEAD:
             rest = self._buffer
-            if self._phase == HEAD and b"\r\n" not in rest and _STALLED.search(rest):
+            if rest and self.line_mode and b"\r\n" not in rest and _STALLED.search(rest):
                 self.refuse(rejections.bad_line_end())
+            elif self._timed != HEAD:
+                self._timed = HEAD
+                self._arm(self.limits.header_timeout)
+        elif phase == BODY and self._timed != BODY:
+            self._timed = BODY
+            self._body_began = self._now()
+            self._arm(self.limits.body_timeout)
 
     def _begin(self) -> None:
         """
-        The first byte of a request is in: its head has C{header_timeout}.
+        The first byte of a request is in.
         """
         self._phase = HEAD
         self._head_bytes = self._head_lines = 0
         self.request_line = b""
-        self._arm(self.limits.header_timeout)
 
     def lineReceived(self, line: bytes) -> None:
         if self._phase != HEAD:
@@ -182,8 +195,6 @@ class ProxyChannel(HTTPChannel):
         if self.length != 0:
             self._phase = BODY
             self._body_bytes = 0
-            self._body_began = self._now()
-            self._arm(self.limits.body_timeout)
             if self.length is None:
                 self._chunked = ChunkedBody(request.handleContentChunk, self._chunked_end,
                                             self.refuse, limit)
@@ -243,9 +254,11 @@ class ProxyChannel(HTTPChannel):
         HTTPChannel.allContentReceived(self)
 
     def requestDone(self, request: Request) -> None:
-        # Before Twisted parses what came meanwhile, or closes: after a
-        # request that ends the connection, anything more is dropped.
+        # Before Twisted parses what came meanwhile (and arms its idle
+        # timer), or closes: after a request that ends the connection,
+        # anything more is dropped.
         self._phase = IDLE if self.persistent else CLOSING
+        self._timed = IDLE
         HTTPChannel.requestDone(self, request)
 
     # time
@@ -253,9 +266,11 @@ class ProxyChannel(HTTPChannel):
     def _arm(self, seconds: float) -> None:
         """
         Arm the channel's timer for C{seconds}, keeping C{timeOut}, the idle
-        timeout Twisted restores after each request.
+        timeout Twisted restores after each request.  A new call, not the
+        old one reset: moving a call sooner searches all the reactor's.
         """
         idle = self.timeOut
+        self.setTimeout(None)
         self.setTimeout(seconds)
         self.timeOut = idle
 
@@ -312,6 +327,7 @@ class ProxyChannel(HTTPChannel):
         if self.report is not None:
             self.report(self, self.requests[-1] if self.requests else None, error.status,
                         len(answer) - answer.index(b"\r\n\r\n") - 4)
+        self._timed = CLOSING
         cast(IConsumer, self._networkProducer).unregisterProducer()
         if ITCPTransport.providedBy(transport) and not ISSLTransport.providedBy(transport):
             # Half-close, and keep reading: closing a socket with unread
