@@ -11,6 +11,7 @@ test, a L{Clock} over a L{StringTransport} where time is.
 from __future__ import annotations
 
 import json
+import socket
 import time
 from typing import Any
 
@@ -23,6 +24,7 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IPushProducer, ITCPTransport
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock, deferLater
+from twisted.internet.threads import deferToThread
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
@@ -336,6 +338,27 @@ class EarlyDecisionTests(RawTestCase):
                                        b"Content-Length: 10000000000")[:-len(CHAT)]
         answer, _ = await self.exchange(data, upload=b"x" * 65536, within=1.0)
         self.assertEqual(answer.status, 401)
+
+    async def test_whole_body_sent_before_reading(self) -> None:
+        """
+        A client that writes its whole request before it reads (as most
+        do), with a wrong key, still gets its 401: llmproxy reads and
+        drops the body meanwhile rather than reset the connection.
+        """
+        body = b'{"model": "m", "messages": [], "pad": "' + b"x" * (3 << 20) + b'"}'
+        data = chat("Authorization: Bearer nope", key=False, body=body)
+
+        def blocking() -> bytes:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
+                sock.sendall(data)
+                received = b""
+                while chunk := sock.recv(65536):
+                    received += chunk
+                return received
+
+        answer = Answer(await deferToThread(blocking))
+        self.assertEqual((answer.status, answer.error()["code"]), (401, "invalid_api_key"))
+        await self.server_side_closed()
 
     async def test_chunked_upload_past_the_limit_never_ends(self) -> None:
         data = head("POST", "/v1/chat/completions", "Transfer-Encoding: chunked")

@@ -75,14 +75,16 @@ class ChannelLimits:
         0 for a fixed deadline.
     @ivar linger: after a refusal, how long the client's further bytes are
         read and dropped before the connection is aborted.
-    @ivar linger_bytes: how many of them, at most.
+    @ivar linger_bytes: how many of them, at most: enough for a client
+        that sends a whole (ordinary) body before it reads the answer (a
+        wrong key), not an endless upload.
     """
 
     header_timeout: float = 10.0
     body_timeout: float = 20.0
     body_min_rate: float = 500.0
     linger: float = 2.0
-    linger_bytes: int = 1 << 20
+    linger_bytes: int = 8 << 20
 
 
 class ProxyChannel(HTTPChannel):
