@@ -6,6 +6,7 @@ L{MultiService} holding the HTTP endpoint and the shared connection pool.
 
 from __future__ import annotations
 
+import re
 from typing import Callable, cast
 
 from twisted.application.service import MultiService, Service
@@ -22,6 +23,30 @@ from llmproxy.config import Config
 from llmproxy.exchange.runtime import BackendFactory, Runtime, Upstreams, live_upstreams
 from llmproxy.frontends import ProxyApp
 from llmproxy.startup import ListenService
+
+
+#: The listen backlog of an endpoint whose description names none: room
+#: for a burst of connects (Twisted's default, 50, overflows at once).
+BACKLOG = 1024
+#: Per endpoint type taking a backlog: how many positional arguments (after
+#: the type) reach it, in Twisted's parsers.
+_BACKLOG_POSITION = {"tcp": 3, "tcp6": 2, "ssl": 6, "unix": 3}
+
+
+def with_backlog(description: str, backlog: int = BACKLOG) -> str:
+    """
+    The endpoint description C{description} with C{backlog=} added, unless
+    it names one or is of a type without a listen backlog.
+    """
+    kind, _, rest = description.partition(":")
+    position = _BACKLOG_POSITION.get(kind)
+    if position is None or not rest:
+        return description
+    fields = re.split(r"(?<!\\):", rest)
+    named = [f.partition("=")[0] for f in fields if "=" in f]
+    if "backlog" in named or len(fields) - len(named) >= position:
+        return description
+    return f"{description}:backlog={backlog}"
 
 
 def build_upstreams(
@@ -78,7 +103,8 @@ class ProxyService(MultiService):
     C{registry} must hold the types C{config} was loaded with.  Unless
     C{listener} is given, C{reactor} also serves C{config.listen}, so it must
     provide what that endpoint type needs too (C{IReactorTCP} for C{tcp:},
-    which L{IUpstreamReactor} includes).
+    which L{IUpstreamReactor} includes); it listens with a backlog of
+    L{BACKLOG} unless C{config.listen} names one.
     """
 
     log = Logger()
@@ -94,7 +120,7 @@ class ProxyService(MultiService):
         self.app = ProxyApp(config, live_upstreams(config, self._make_backend, clock), clock)
         PoolService(self.pool).setServiceParent(self)
         if listener is None:
-            endpoint = endpoints.serverFromString(reactor, config.listen)
+            endpoint = endpoints.serverFromString(reactor, with_backlog(config.listen))
             self.endpoint_service: Service = ListenService(
                 endpoint, self.app.site(), config.listen, IReactorCore(reactor, None))
         else:

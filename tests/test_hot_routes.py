@@ -44,7 +44,7 @@ class HotRouteTests(SynchronousTestCase):
             self.assertEqual(status, 200, content)
 
     def test_other_methods_on_hot_paths_are_405(self) -> None:
-        for path in HOT + ["/v1//responses", "//v1/chat/completions"]:
+        for path in HOT:
             for method in ["GET", "PUT", "DELETE", "PATCH", "OPTIONS"]:
                 status, content = self.request(method, path)
                 self.assertEqual(status, 405, (method, path))
@@ -57,10 +57,14 @@ class HotRouteTests(SynchronousTestCase):
         status, content = self.request("HEAD", "/v1/responses")
         self.assertEqual((status, content), (405, b""))
 
-    def test_repeated_slashes_reach_the_hot_route(self) -> None:
-        status, _ = self.request("POST", "/v1//chat/completions",
-                                 {"model": "a:m", "messages": USER})
-        self.assertEqual(status, 200)
+    def test_repeated_slashes_are_unknown_paths(self) -> None:
+        """
+        As on every route (see tests.test_http_protocol), no merging.
+        """
+        for path in ["/v1//chat/completions", "//v1/responses"]:
+            status, content = self.request("POST", path, {"model": "a:m", "messages": USER})
+            self.assertEqual((status, json.loads(content)["error"]["code"]),
+                             (404, "unknown_url"), path)
 
     def test_klein_serves_the_rest(self) -> None:
         self.assertEqual(self.request("GET", "/healthz"), (200, b'{"status": "ok"}'))

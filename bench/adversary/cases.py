@@ -51,6 +51,7 @@ ALSO: dict[str, tuple[int, ...]] = {
     **{f"framing: {label}": _NOT_IMPLEMENTED for label in (
         "TE chunked, identity", "TE identity", "TE gzip only", "TE xchunked")},
     **{f"version: {v}": _NO_VERSION for v in ("HTTP/2.0", "HTTP/3", "HTTP/9.9")},
+    "request-line: HTTP/2 preface": _NO_VERSION,
 }
 
 

@@ -11,7 +11,6 @@ flight keep theirs.
 
 from __future__ import annotations
 
-import hmac
 from typing import Any, Mapping, cast
 
 from klein import Klein
@@ -19,6 +18,7 @@ from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web import http
 from twisted.web.iweb import IRequest
 from twisted.web.server import Request, Site
 from werkzeug.exceptions import MethodNotAllowed, NotFound
@@ -31,6 +31,7 @@ from llmproxy.exchange.exchange import Call, Exchange
 from llmproxy.exchange.runtime import Runtime, Upstreams
 from llmproxy.frontends import errors
 from llmproxy.frontends.access import AccessLog
+from llmproxy.frontends.auth import check_key
 from llmproxy.frontends.body import check_fields, parse_body
 from llmproxy.frontends.errors import json_answer, too_deep
 from llmproxy.frontends.hot import HotRoute, Root
@@ -50,6 +51,9 @@ class ProxyApp:
     """
 
     app = Klein()
+    # Before any route: each rule takes the map's setting when added.  Paths
+    # are matched as they are, '//' included (see hot.py), never redirected.
+    app.url_map.merge_slashes = False
     log = Logger()
 
     def __init__(
@@ -81,36 +85,42 @@ class ProxyApp:
         # No form parsing: every body is JSON, and Twisted's Content-Type
         # check for forms costs an email.message per request.
         return ProxySite(Root(self.hot_routes(), self.app.resource(), self.log), self.events,
-                         self.clock, lambda: self.runtime.config.max_body_bytes,
-                         requestFactory=ProxyRequest, parsePOSTFormSubmission=False)
+                         self.clock, self.admit, requestFactory=ProxyRequest,
+                         parsePOSTFormSubmission=False)
+
+    def admit(self, request: http.Request, path: bytes) -> int:
+        """
+        The site's gate, at the end of a request's headers, before its body:
+        every path but C{/healthz} needs a proxy key (a request that already
+        went through llmproxy is let on, to be refused as a loop).  The body
+        limit in bytes.
+
+        @raise AuthenticationFailed: no key, or a wrong one.
+        """
+        runtime = self.runtime
+        if path != b"/healthz":
+            headers = request.requestHeaders
+            try:
+                check_key(runtime, headers.getRawHeaders(b"authorization"))
+            except AuthenticationFailed:
+                if not headers.hasHeader(b"x-llmproxy-loop-guard"):
+                    raise
+            else:
+                if isinstance(request, ProxyRequest):
+                    request.admitted = runtime
+        return runtime.config.max_body_bytes
 
     # request helpers
 
     def _authorize(self, request: IRequest, runtime: Runtime) -> None:
-        if not runtime.config.auth_enabled:
-            return
-        header = request.getHeader(b"authorization") or b""
-        scheme, _, token = header.partition(b" ")
-        token = token.strip()
-        if scheme.lower() != b"bearer" or not token:
-            raise AuthenticationFailed(
-                "Missing proxy key: send 'Authorization: Bearer <key>'", code="invalid_api_key"
-            )
-        ok = False
-        for key in runtime.proxy_keys:
-            ok |= hmac.compare_digest(token, key)
-        if not ok:
-            raise AuthenticationFailed("Incorrect proxy key provided", code="invalid_api_key")
+        if getattr(request, "admitted", None) is runtime:
+            return  # the site's gate checked this key against this runtime
+        check_key(runtime, request.requestHeaders.getRawHeaders(b"authorization"))
 
     def _body(
         self, request: Request, dialect: str, runtime: Runtime
     ) -> tuple[dict[str, Any], bytes]:
         self._authorize(request, runtime)
-        if getattr(request, "too_large", False):
-            raise ProxyError(
-                f"Request body larger than {runtime.config.max_body_bytes} bytes",
-                status=413, type="invalid_request_error", code="request_too_large",
-            )
         assert request.content is not None  # gotLength() made it
         request.content.seek(0)
         raw = request.content.read()

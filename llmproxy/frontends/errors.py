@@ -53,6 +53,14 @@ def method_not_allowed(request: IRequest) -> bytes:
     ).to_json())
 
 
+def not_implemented(request: IRequest) -> bytes:
+    method = request.method[:40].decode("ascii", "backslashreplace")
+    return json_answer(request, 501, ProxyError(
+        f"Method {method} is not implemented", type="invalid_request_error",
+        code="method_not_implemented",
+    ).to_json())
+
+
 def internal_error(request: IRequest, failure: Failure, log: Logger) -> bytes | None:
     """
     A 500 naming a fresh request id, the traceback logged under it; none
@@ -81,6 +89,7 @@ def too_deep() -> InvalidRequest:
 
 
 __all__ = [
-    "JSON", "internal_error", "json_answer", "method_not_allowed", "proxy_error",
+    "JSON", "internal_error", "json_answer", "method_not_allowed", "not_implemented",
+    "proxy_error",
     "render_failure", "too_deep", "unknown_path",
 ]

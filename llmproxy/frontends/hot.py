@@ -4,12 +4,13 @@ The site's root: the two hot routes (the POSTs that carry the traffic) are
 declared once, in one table, and dispatched straight to their handlers,
 since Klein's per-request URL matching costs more than it gives there.
 Every other request goes to Klein; another method on a hot path gets the
-same JSON 405 Klein gives elsewhere.
+same JSON 405 Klein gives elsewhere, and a method llmproxy does not know
+anywhere gets a JSON 501.  Paths match as they are: a repeated slash is an
+unknown path (a JSON 404), on every route.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any, Callable, Coroutine, Mapping, cast
 
@@ -20,10 +21,14 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from llmproxy.errors import InvalidRequest, ProxyError
-from llmproxy.frontends.errors import json_answer, method_not_allowed, render_failure
+from llmproxy.frontends.errors import (
+    json_answer, method_not_allowed, not_implemented, render_failure, unknown_path,
+)
 from llmproxy.translate.transforms import in_band_error
 
-_SLASHES = re.compile(rb"/{2,}")
+#: The methods some route could allow: any other is a 501 everywhere,
+#: these a 405 where the route does not allow them (RFC 9110 15.5.6, 15.6.2).
+METHODS = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS"})
 
 #: A hot route's handler: the body to write, or L{None} when it wrote it.
 Handler = Callable[[Request], Coroutine[Any, Any, "bytes | None"]]
@@ -40,6 +45,21 @@ class HotRoute:
     handler: Handler
 
 
+def _klein_path(request: Request) -> bool:
+    """
+    Whether Klein may see the request's path: Klein would turn a leading
+    C{//} into C{/} (it rebuilds the path from its segments) and log a
+    traceback for a path that is not UTF-8 once percent-decoded.
+    """
+    if b"//" in request.path:
+        return False
+    try:
+        b"/".join(request.postpath or ()).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def _gone(request: Request) -> bool:
     """
     Whether nothing more can be written: finished, or the client left (a
@@ -52,7 +72,8 @@ class Root(Resource):
     """
     Dispatch the hot routes of C{hot} (by exact path) directly, and every
     other request to C{fallback} (Klein).  Before anything, a request that
-    already went through llmproxy is refused.
+    already went through llmproxy is refused, and so is a method outside
+    L{METHODS}.
     """
 
     isLeaf = True
@@ -70,8 +91,12 @@ class Root(Resource):
             return json_answer(request, 400, InvalidRequest(
                 "This request already passed through llmproxy (proxy loop)",
                 code="proxy_loop_detected").to_json())
-        route = self.hot.get(request.path) or self._merged(request.path)
+        if request.method not in METHODS:
+            return not_implemented(request)
+        route = self.hot.get(request.path)
         if route is None:
+            if not _klein_path(request):
+                return unknown_path(request)
             # KleinResource.render returns bytes or NOT_DONE_YET, never the
             # other renderables its annotation allows.
             return cast("bytes | int", self.fallback.render(request))
@@ -83,15 +108,6 @@ class Root(Resource):
         d.addCallbacks(self._done, self._failed, callbackArgs=(request,),
                        errbackArgs=(request, route))
         return NOT_DONE_YET
-
-    def _merged(self, path: bytes) -> HotRoute | None:
-        """
-        The hot route of a path with repeated slashes, which Klein's URL
-        map (merging them) would have matched.
-        """
-        if b"//" not in path:
-            return None
-        return self.hot.get(_SLASHES.sub(b"/", path))
 
     def _done(self, body: bytes | None, request: Request) -> None:
         if _gone(request):
@@ -114,4 +130,4 @@ class Root(Resource):
         self._done(body, request)
 
 
-__all__ = ["Handler", "HotRoute", "Root"]
+__all__ = ["METHODS", "Handler", "HotRoute", "Root"]
