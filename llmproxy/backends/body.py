@@ -103,7 +103,7 @@ class Watchdog:
         self.idle = idle
         self.deadline = deadline
         self.expired = expired
-        self._last = clock.seconds()
+        self._last = 0.0  # set by start()
         self._paused_at: float | None = None
         self._call: IDelayedCall | None = None
 

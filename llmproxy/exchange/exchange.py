@@ -15,7 +15,7 @@ answer's body reached the client.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Union
 
 from twisted.internet.defer import CancelledError
@@ -63,10 +63,11 @@ class Call:
     raw: bytes
     history: tuple[Mapping[str, Any], ...] | None = ()
     on_response: Callable[[bytes], None] | None = None
+    #: Whether the client asked for an event stream.
+    stream: bool = field(init=False)
 
-    @property
-    def stream(self) -> bool:
-        return self.body.get("stream") is True
+    def __post_init__(self) -> None:
+        self.stream = self.body.get("stream") is True
 
 
 @dataclass(slots=True)
