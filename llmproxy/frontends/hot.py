@@ -24,6 +24,7 @@ from llmproxy.errors import InvalidRequest, ProxyError
 from llmproxy.frontends.errors import (
     json_answer, method_not_allowed, not_implemented, render_failure, unknown_path,
 )
+from llmproxy.frontends.rejections import bad_host
 from llmproxy.translate.transforms import in_band_error
 
 #: The methods some route could allow: any other is a 501 everywhere,
@@ -56,6 +57,19 @@ def _klein_path(request: Request) -> bool:
     try:
         b"/".join(request.postpath or ()).decode("utf-8")
     except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _klein_host(request: Request) -> bool:
+    """
+    Whether Klein can route for the request's host name: werkzeug binds its
+    URL map to it, IDNA-encoded, and raises (a bare 500 from Klein) for a
+    name IDNA refuses (an empty label, one over 63 octets).
+    """
+    try:
+        request.getRequestHostname().decode("utf-8").encode("idna")
+    except UnicodeError:
         return False
     return True
 
@@ -97,6 +111,8 @@ class Root(Resource):
         if route is None:
             if not _klein_path(request):
                 return unknown_path(request)
+            if not _klein_host(request):
+                return json_answer(request, 400, bad_host().to_json())
             # KleinResource.render returns bytes or NOT_DONE_YET, never the
             # other renderables its annotation allows.
             return cast("bytes | int", self.fallback.render(request))
