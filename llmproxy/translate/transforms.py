@@ -68,13 +68,23 @@ def _kind(item: bytes) -> int:
         return _NOTHING
     if event.done:
         return _END
+    _object(event)
+    return _DATA
+
+
+def _object(event: Event) -> dict[str, Any]:
+    """
+    An event's data, which must be a JSON object.
+
+    @raise BadStream: when it is not.
+    """
     try:
         data = event.json()
     except ValueError:
         data = None
     if not isinstance(data, dict):
         raise BadStream("upstream sent an event whose data is not a JSON object")
-    return _DATA
+    return data
 
 
 def stream_error_payload(error: ProxyError) -> dict[str, Any]:
@@ -240,13 +250,7 @@ def _parsed(raw: list[bytes]) -> list[dict[str, Any]]:
         event = parse_event(item)
         if event is None or event.data is None or event.done:
             continue
-        try:
-            data = event.json()
-        except ValueError:
-            data = None
-        if not isinstance(data, dict):
-            raise BadStream("upstream sent an event whose data is not a JSON object")
-        out.append(data)
+        out.append(_object(event))
     return out
 
 
