@@ -206,7 +206,7 @@ class Exchange:
             drop_body(response, self.clock)
             return self._broken(queue, slot, note, InvalidAnswer(
                 f"Upstream {target.backend}:{target.model} {problem}"))
-        self.reply.route_headers(target, key, response, out.dropped, len(self.tried) + 1)
+        self.reply.route_headers(target, key, response, out.dropped, self.note.attempts)
         return await self._answer(queue, slot, backend, response, out.transform, note)
 
     async def _answer(
@@ -311,7 +311,7 @@ class Exchange:
         self.tried.append(Tried(name, str(response.code)))
         if verdict.outcome is Outcome.CLIENT_ERROR or verdict.outcome is Outcome.OK:
             note.outcome = CLIENT_ERROR
-            return self.reply.upstream_error(target, key, response, body, len(self.tried) + 1)
+            return self.reply.upstream_error(target, key, response, body, self.note.attempts)
         note.outcome = verdict.outcome.value
         self.log.info("{label}: upstream {status}, trying the next attempt", label=name,
                       status=response.code)

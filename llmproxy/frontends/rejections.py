@@ -12,12 +12,17 @@ from __future__ import annotations
 
 import re
 
+from http import HTTPStatus
+from types import MappingProxyType
+
 from twisted.web.http import RESPONSES
 
 from llmproxy.errors import InvalidRequest, ProxyError
 
-#: Reason phrases Twisted's table lacks.
-_REASONS = {431: b"Request Header Fields Too Large"}
+#: Reason phrases Twisted's table lacks (429, 431, ...), from the standard
+#: library's.
+_REASONS = MappingProxyType({s.value: s.phrase.encode("ascii") for s in HTTPStatus
+                             if s.value not in RESPONSES})
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 #: A well-formed version whose major is not 1 (HTTP/2.0, HTTP/3, ...).
 _OTHER_MAJOR = re.compile(rb"HTTP/[2-9](?:\.[0-9])?")
@@ -40,14 +45,18 @@ def response(error: ProxyError, body: bool = True) -> bytes:
     without the body (for a C{HEAD} request) unless C{body}.
     """
     data = error.to_json()
-    lines = [b"HTTP/1.1 %d %s" % (error.status, _reason(error.status)),
+    lines = [b"HTTP/1.1 %d %s" % (error.status, reason(error.status)),
              b"Content-Type: application/json", b"Content-Length: %d" % len(data),
              b"Connection: close"]
     lines += [f"{name}: {value}".encode("latin-1") for name, value in error.headers.items()]
     return b"\r\n".join(lines) + b"\r\n\r\n" + (data if body else b"")
 
 
-def _reason(status: int) -> bytes:
+def reason(status: int) -> bytes:
+    """
+    The standard reason phrase of C{status}; C{Error} for a status without
+    one.
+    """
     return RESPONSES.get(status) or _REASONS.get(status, b"Error")
 
 

@@ -24,6 +24,7 @@ from llmproxy.exchange.events import ExchangeEvents, ReplyNote
 from llmproxy.exchange.runtime import Runtime
 from llmproxy.frontends.channel import Admit, ChannelLimits, ProxyChannel
 from llmproxy.frontends.errors import json_answer
+from llmproxy.frontends.rejections import reason
 
 
 class ProxyRequest(Request):
@@ -40,6 +41,10 @@ class ProxyRequest(Request):
     note: ReplyNote | None = None
     arrived = 0.0
     admitted: Runtime | None = None
+
+    def setResponseCode(self, code: int, message: bytes | None = None) -> None:
+        # Twisted's table lacks some standard phrases: "429 Unknown Status".
+        super().setResponseCode(code, reason(code) if message is None else message)
 
     def process(self) -> None:
         site = getattr(self.channel, "site", None)
