@@ -6,12 +6,19 @@ relayed upstream error reports, and the reason phrase of every status.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import treq
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from llmproxy.dialects import CHAT, RESPONSES
+from llmproxy.errors import ProxyError, UpstreamError
 from llmproxy.frontends.rejections import reason
-from llmproxy.testing import Reply, chat_request, openai_config
+from llmproxy.sse import encode_event
+from llmproxy.testing import Reply, chat_request, openai_config, sse_events, sse_json
+from llmproxy.translate.transforms import (
+    ChatToResponses, ResponsesPassthrough, failed_error, in_band_error,
+)
 from tests.harness import MemoryProxy, client, start
 
 BAD_REQUEST = Reply(400, {"error": {"message": "bad", "type": "invalid_request_error",
@@ -54,3 +61,65 @@ class ReasonPhraseOnTheWireTests(TestCase):
             headers={"content-type": "application/json"})
         await treq.content(response)
         self.assertEqual((response.code, response.phrase), (429, b"Too Many Requests"))
+
+
+class ResponsesFailureShapeTests(SynchronousTestCase):
+    """
+    A Responses stream that fails after it started ends with
+    C{response.failed}, whatever relayed it, with the error code a Codex
+    client tells apart.
+    """
+
+    def _failed(self, raw: bytes) -> dict[str, Any]:
+        [event] = sse_events(raw)
+        self.assertEqual(event.event, "response.failed")
+        data = event.json()
+        self.assertEqual(data["type"], "response.failed")
+        return data  # type: ignore[no-any-return]
+
+    def test_pass_through_fails_the_upstream_response(self) -> None:
+        transform = ResponsesPassthrough("resp_ours")
+        created = {"type": "response.created", "sequence_number": 0,
+                   "response": {"id": "resp_up", "object": "response", "created_at": 7,
+                                "status": "in_progress", "model": "gpt-x", "output": []}}
+        transform.events([encode_event(created, "response.created")])
+        data = self._failed(transform.error(UpstreamError("cut", code="upstream_timeout")))
+        self.assertEqual(data["sequence_number"], 1)
+        self.assertEqual((data["response"]["id"], data["response"]["model"]), ("resp_up", "gpt-x"))
+        self.assertEqual(data["response"]["status"], "failed")
+        self.assertEqual(data["response"]["error"], {"code": "server_error", "message": "cut"})
+
+    def test_before_any_upstream_event(self) -> None:
+        raw = in_band_error(RESPONSES, ProxyError("gone", code="upstream_unreachable"), "resp_1")
+        self.assertEqual(self._failed(raw)["response"]["id"], "resp_1")
+
+    def test_chat_frontend_keeps_its_error_event(self) -> None:
+        raw = in_band_error(CHAT, ProxyError("gone", code="upstream_unreachable"))
+        self.assertEqual(sse_json(raw)[0]["error"]["code"], "upstream_unreachable")
+
+    def test_codes(self) -> None:
+        cases = {
+            "context_length_exceeded": "context_length_exceeded",
+            "insufficient_quota": "insufficient_quota",
+            "quota_exceeded": "insufficient_quota",
+            "rate_limit_exceeded": "rate_limit_exceeded",
+            "upstream_timeout": "server_error",
+            None: "server_error",
+        }
+        for code, expected in cases.items():
+            self.assertEqual(failed_error(ProxyError("x", code=code))["code"], expected, code)
+
+    def test_rate_limit_hint(self) -> None:
+        error = ProxyError("Every API key is rate limited", code="rate_limit_exceeded",
+                           headers={"retry-after": "12"})
+        self.assertEqual(failed_error(error)["message"],
+                         "Every API key is rate limited. Please try again in 12s.")
+        hinted = ProxyError("Please try again in 3s", code="rate_limit_exceeded",
+                            headers={"retry-after": "3"})
+        self.assertEqual(failed_error(hinted)["message"], "Please try again in 3s")
+
+    def test_bridged_stream_uses_the_same_codes(self) -> None:
+        transform = ChatToResponses("resp_b", 0, {"model": "m", "input": "hi"})
+        events = sse_events(transform.error(ProxyError("no quota", code="quota_exceeded")))
+        self.assertEqual(events[-1].event, "response.failed")
+        self.assertEqual(events[-1].json()["response"]["error"]["code"], "insufficient_quota")

@@ -24,6 +24,7 @@ from llmproxy.exchange.attempts import AttemptQueue
 from llmproxy.exchange.events import ReplyNote
 from llmproxy.exchange.outcome import Outcome
 from llmproxy.exchange.runtime import Upstreams
+from llmproxy.exchange.transform import response_id
 from llmproxy.routing.resolve import Target
 from llmproxy.sse import KEEPALIVE
 from llmproxy.translate import transforms
@@ -224,7 +225,7 @@ class ClientReply:
 
     def late_error(self, error: ProxyError) -> None:
         if not self.gone:
-            self.request.write(transforms.in_band_error(self.frontend, error))
+            self.request.write(transforms.in_band_error(self.frontend, error, response_id()))
 
     def write_late_error(self, error: ProxyError) -> bool:
         """

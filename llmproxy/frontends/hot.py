@@ -21,6 +21,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from llmproxy.errors import InvalidRequest, ProxyError
+from llmproxy.exchange.transform import response_id
 from llmproxy.frontends.errors import (
     json_answer, method_not_allowed, not_implemented, render_failure, unknown_path,
 )
@@ -142,7 +143,7 @@ class Root(Resource):
             # The event stream is already out: the error goes in-band.
             error = failure.value if isinstance(failure.value, ProxyError) else ProxyError(
                 "Internal error in llmproxy", code="internal_error")
-            body = in_band_error(route.dialect, error)
+            body = in_band_error(route.dialect, error, response_id())
         self._done(body, request)
 
 

@@ -175,32 +175,67 @@ class ChatPassthrough(_Passthrough):
         return encode_event({"error": stream_error_payload(error)}) + DONE
 
 
+#: The failure codes a Responses client tells apart (the Codex CLI waits out
+#: C{rate_limit_exceeded} by the "try again in" hint of its message, and
+#: shows the others); any other failure is a C{server_error}.
+_FAILED_CODES = {"context_length_exceeded": "context_length_exceeded",
+                 "insufficient_quota": "insufficient_quota",
+                 "quota_exceeded": "insufficient_quota",
+                 "rate_limit_exceeded": "rate_limit_exceeded"}
+
+
+def failed_error(error: ProxyError) -> dict[str, str]:
+    """
+    The C{error} of a C{response.failed} event for C{error}.
+    """
+    code = _FAILED_CODES.get(error.code or "", "server_error")
+    message = error.message
+    retry = error.headers.get("retry-after")
+    if code == "rate_limit_exceeded" and retry and "try again in" not in message.lower():
+        message = f"{message}. Please try again in {retry}s."
+    return {"code": code, "message": message}
+
+
 class ResponsesPassthrough(_Passthrough):
     """
-    Responses events from a Responses upstream; the events are counted so
-    an error event can carry the next sequence number.
+    Responses events from a Responses upstream.  The events are counted,
+    and the upstream's response object (from its first event) kept, so a
+    failure after the stream started is one more C{response.failed} of the
+    same response.
+
+    @param response_id: the id of the failed response when the upstream
+        sent none (the stream was started by keepalives alone).
     """
 
     missing = "response.completed"
 
-    def __init__(self) -> None:
+    def __init__(self, response_id: str = "resp_failed") -> None:
         super().__init__()
         self.count = 0
+        self.response: dict[str, Any] = {"id": response_id, "object": "response",
+                                         "created_at": 0, "status": "in_progress",
+                                         "model": None, "output": []}
+        self._known = False
 
     def events(self, raw: list[bytes]) -> bytes:
         self.count += len(raw)
         for item in raw:
-            _kind(item)
+            if _kind(item) == _DATA and not self._known:
+                self._remember(item)
             if _terminal(item):
                 self.finished = True
         return raw[0] if len(raw) == 1 else b"".join(raw)
 
+    def _remember(self, item: bytes) -> None:
+        event = parse_event(item)
+        response = _object(event).get("response") if event is not None else None
+        if isinstance(response, dict):
+            self.response, self._known = dict(response), True
+
     def _error_event(self, error: ProxyError) -> bytes:
-        return encode_event(
-            {"type": "error", "sequence_number": self.count, "code": error.code or error.type,
-             "message": error.message, "param": error.param},
-            "error",
-        )
+        response = {**self.response, "status": "failed", "error": failed_error(error)}
+        return encode_event({"type": "response.failed", "sequence_number": self.count,
+                             "response": response}, "response.failed")
 
 
 _DONE_EVENT = Event("[DONE]")
@@ -346,23 +381,23 @@ class ChatToResponses:
             return b""
         self.closed = True
         head = [] if self.started else self._encode(self.state.start())
-        body = {"code": error.code or error.type, "message": error.message}
-        return b"".join(head + self._encode(self.state.fail(body)))
+        return b"".join(head + self._encode(self.state.fail(failed_error(error))))
 
     def final(self) -> dict[str, Any] | None:
         return self.state.response if self.closed else None
 
 
-def passthrough(dialect: str) -> Transform:
+def passthrough(dialect: str, response_id: str = "resp_failed") -> Transform:
     """
     The byte-for-byte transform of C{dialect}; its C{error} renders that
-    dialect's in-band error.
+    dialect's in-band error (for Responses, a C{response.failed} of a
+    response with C{response_id} when the upstream named none).
     """
-    return ChatPassthrough() if dialect == CHAT else ResponsesPassthrough()
+    return ChatPassthrough() if dialect == CHAT else ResponsesPassthrough(response_id)
 
 
-def in_band_error(dialect: str, error: ProxyError) -> bytes:
+def in_band_error(dialect: str, error: ProxyError, response_id: str = "resp_failed") -> bytes:
     """
     The bytes that end a started C{dialect} stream with C{error}.
     """
-    return passthrough(dialect).error(error)
+    return passthrough(dialect, response_id).error(error)
