@@ -15,7 +15,9 @@ from llmproxy.dialects import CHAT, RESPONSES
 from llmproxy.errors import ProxyError, UpstreamError
 from llmproxy.frontends.rejections import reason
 from llmproxy.sse import encode_event
-from llmproxy.testing import Reply, chat_request, openai_config, sse_events, sse_json
+from llmproxy.testing import (
+    Reply, backend_data, chat_request, config_data, openai_config, sse_events, sse_json,
+)
 from llmproxy.translate.transforms import (
     ChatToResponses, ResponsesPassthrough, failed_error, in_band_error,
 )
@@ -123,3 +125,45 @@ class ResponsesFailureShapeTests(SynchronousTestCase):
         events = sse_events(transform.error(ProxyError("no quota", code="quota_exceeded")))
         self.assertEqual(events[-1].event, "response.failed")
         self.assertEqual(events[-1].json()["response"]["error"]["code"], "insufficient_quota")
+
+
+CODEX_TOOLS = [
+    {"type": "function", "name": "exec_command", "description": "run", "strict": False,
+     "parameters": {"type": "object", "properties": {"cmd": {"type": "string"}}}},
+    {"type": "namespace", "name": "multi_agent_v1",
+     "tools": [{"type": "function", "name": "spawn", "parameters": {"type": "object"}}]},
+    {"type": "web_search"},
+]
+
+
+class CodexToolsTests(SynchronousTestCase):
+    """
+    The tools the Codex CLI sends with every turn: on a chat backend the
+    ones it cannot run are left out and reported, never a 400; a Responses
+    backend gets them untouched.
+    """
+
+    def _proxy(self) -> MemoryProxy:
+        return MemoryProxy(lambda u: config_data({
+            "chat": backend_data(u, "sk-c"),
+            "resp": backend_data(u, "sk-r", type="openai-responses"),
+        }))
+
+    def test_chat_backend(self) -> None:
+        proxy = self._proxy()
+        status, headers, _ = proxy.post("/v1/responses", {
+            "model": "chat:gpt-x", "input": "hi", "tools": CODEX_TOOLS, "tool_choice": "auto"})
+        self.assertEqual(status, 200)
+        [seen] = proxy.fake.requests
+        self.assertEqual([t["function"]["name"] for t in seen.body["tools"]], ["exec_command"])
+        self.assertEqual(seen.body["tool_choice"], "auto")
+        self.assertIn("tools.namespace", headers["x-llmproxy-dropped-params"].split(","))
+        self.assertIn("tools.web_search", headers["x-llmproxy-dropped-params"].split(","))
+
+    def test_responses_backend(self) -> None:
+        proxy = self._proxy()
+        status, headers, _ = proxy.post("/v1/responses", {
+            "model": "resp:gpt-x", "input": "hi", "tools": CODEX_TOOLS})
+        self.assertEqual(status, 200)
+        self.assertEqual(proxy.fake.requests[0].body["tools"], CODEX_TOOLS)
+        self.assertNotIn("x-llmproxy-dropped-params", headers)

@@ -247,16 +247,30 @@ class ResponsesToChatRequestTests(SynchronousTestCase):
             ],
         )
 
-    def test_hostedToolsRejected(self) -> None:
+    def test_hostedToolsDropped(self) -> None:
         """
-        Hosted tools are a 400 naming the tool type.
+        Tools a Chat upstream cannot run (hosted tools, namespaces) are left
+        out and reported once per type; function tools stay, in order.
         """
-        for kind in ("web_search", "file_search"):
-            with self.assertRaises(InvalidRequest) as caught:
-                _to_chat(tools=[{"type": kind}])
-            self.assertEqual(caught.exception.param, "tools")
-            self.assertEqual(caught.exception.code, "unsupported_parameter")
-            self.assertIn(kind, caught.exception.message)
+        function = {"type": "function", "name": "exec_command", "parameters": {}}
+        translated = _to_chat(tools=[
+            {"type": "web_search"}, function,
+            {"type": "namespace", "name": "multi_agent_v1", "tools": [function]},
+            {"type": "web_search", "search_context_size": "low"},
+        ])
+        self.assertEqual([t["function"]["name"] for t in translated.body["tools"]],
+                         ["exec_command"])
+        self.assertEqual(translated.dropped, ("tools.web_search", "tools.namespace"))
+
+    def test_onlyHostedTools(self) -> None:
+        """
+        With every tool left out, no C{tools} goes upstream; an empty list
+        stays as it was.
+        """
+        translated = _to_chat(tools=[{"type": "file_search"}])
+        self.assertNotIn("tools", translated.body)
+        self.assertEqual(translated.dropped, ("tools.file_search",))
+        self.assertEqual(_to_chat(tools=[]).body["tools"], [])
 
     def test_toolChoice(self) -> None:
         """

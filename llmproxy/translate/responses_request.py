@@ -24,7 +24,6 @@ from llmproxy.translate.requests import (
     non_null_copies,
     renamed,
     tool_choice_translator,
-    tool_list,
     translate_fields,
     when_set,
 )
@@ -269,8 +268,26 @@ def _responses_input_to_messages(
     return messages
 
 
-def _responses_tools_to_chat(tools: Any) -> list[dict[str, Any]]:
-    return tool_list(tools, _responses_tool_to_chat)
+@when_set
+def _responses_tools(tools: Any, draft: Draft) -> None:
+    """
+    L{Converter} for C{tools}: function tools are nested; a tool a Chat
+    upstream cannot run (a hosted tool such as C{web_search}, a
+    C{namespace} of tools) is left out and reported as C{tools.<type>}, so
+    a turn never fails for a tool the model may never call.
+    """
+    if not isinstance(tools, list):
+        raise invalid("'tools' must be a list.", "tools", "invalid_type")
+    kept = []
+    for tool in tools:
+        kind = tool.get("type") if isinstance(tool, Mapping) else None
+        if isinstance(kind, str) and kind != "function":
+            if f"tools.{kind}" not in draft.dropped:
+                draft.dropped.append(f"tools.{kind}")
+            continue
+        kept.append(_responses_tool_to_chat(tool))
+    if kept or not tools:
+        draft.body["tools"] = kept
 
 
 def _responses_text_format(value: Any, draft: Draft) -> None:
@@ -333,7 +350,7 @@ _RESPONSES_FIELDS = FieldTable(
     ),
     converters=MappingProxyType(
         {
-            "tools": converted("tools", _responses_tools_to_chat),
+            "tools": _responses_tools,
             "tool_choice": converted("tool_choice", _responses_tool_choice_to_chat),
             "text": nested(
                 "text", {"format": _responses_text_format, "verbosity": renamed("verbosity")}
