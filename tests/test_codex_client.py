@@ -91,6 +91,27 @@ class ResponsesFailureShapeTests(SynchronousTestCase):
         self.assertEqual(data["response"]["status"], "failed")
         self.assertEqual(data["response"]["error"], {"code": "server_error", "message": "cut"})
 
+    def test_upstream_error_event_becomes_response_failed(self) -> None:
+        transform = ResponsesPassthrough("resp_ours")
+        created = encode_event({"type": "response.created", "sequence_number": 0,
+                                "response": {"id": "resp_up", "object": "response",
+                                             "status": "in_progress", "output": []}},
+                               "response.created")
+        delta = encode_event({"type": "response.output_text.delta", "sequence_number": 1,
+                              "delta": "x"}, "response.output_text.delta")
+        error = encode_event({"type": "error", "sequence_number": 2,
+                              "code": "context_length_exceeded", "message": "too long"},
+                             "error")
+        out = transform.events([created, delta, error])
+        self.assertTrue(out.startswith(created + delta), "the other events are untouched")
+        data = self._failed(out[len(created + delta):])
+        self.assertEqual(data["sequence_number"], 2)
+        self.assertEqual(data["response"]["id"], "resp_up")
+        self.assertEqual(data["response"]["error"],
+                         {"code": "context_length_exceeded", "message": "too long"})
+        self.assertTrue(transform.finished)
+        self.assertEqual(transform.error(ProxyError("late")), b"")
+
     def test_before_any_upstream_event(self) -> None:
         raw = in_band_error(RESPONSES, ProxyError("gone", code="upstream_unreachable"), "resp_1")
         self.assertEqual(self._failed(raw)["response"]["id"], "resp_1")

@@ -127,7 +127,8 @@ async def exchange(port: int, request: bytes, deadline: float, upload: bytes = b
                 break
     finally:
         writer.cancel()
-        transport.abort()
+        if not transport.is_closing():  # asyncio fails to abort a closed transport
+            transport.abort()
     finished = time.perf_counter()
     data = bytes(conn.buf)
     if data and response is None:

@@ -219,12 +219,36 @@ class ResponsesPassthrough(_Passthrough):
 
     def events(self, raw: list[bytes]) -> bytes:
         self.count += len(raw)
-        for item in raw:
+        out = raw
+        for index, item in enumerate(raw):
             if _kind(item) == _DATA and not self._known:
                 self._remember(item)
             if _terminal(item):
                 self.finished = True
-        return raw[0] if len(raw) == 1 else b"".join(raw)
+                if _event_type(item) == "error":
+                    position = self.count - len(raw) + index
+                    out = raw[:index] + [self._failed(item, position)] + raw[index + 1:]
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    def _failed(self, item: bytes, position: int) -> bytes:
+        """
+        The upstream's bare C{error} event, as the C{response.failed} of its
+        response (what a client such as Codex reads; the event's own
+        sequence number is kept).
+        """
+        event = parse_event(item)
+        data = _object(event) if event is not None else {}
+        nested = data.get("error")
+        detail: dict[str, Any] = nested if isinstance(nested, dict) else data
+        code = detail.get("code")
+        error = ProxyError(str(detail.get("message") or "The upstream stream failed."),
+                           code=code if isinstance(code, str) else None)
+        response = {**self.response, "status": "failed", "error": failed_error(error)}
+        number = data.get("sequence_number")
+        if not isinstance(number, int):
+            number = position
+        return encode_event({"type": "response.failed", "sequence_number": number,
+                             "response": response}, "response.failed")
 
     def _remember(self, item: bytes) -> None:
         event = parse_event(item)
