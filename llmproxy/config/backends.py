@@ -34,7 +34,7 @@ def backends_and_default(
     """
     sections, nested_default = _backend_sections(top)
     requested = _requested_default(top, nested_default, overrides, env)
-    backends = _backends(top, sections, env, kinds)
+    backends = _backends(top, sections, env, kinds, requested)
     default_backend = _default_backend(requested, backends, top.source, demo=not sections)
     return MappingProxyType(backends), default_backend
 
@@ -69,14 +69,14 @@ def _requested_default(
 
 def _backends(
     top: Reader, sections: Mapping[Any, Any], env: Mapping[str, str],
-    kinds: Mapping[str, BackendKind],
+    kinds: Mapping[str, BackendKind], requested: str | None,
 ) -> dict[str, BackendConfig]:
     """
     The configured backends, in file order; an empty section is a backend
     with every default.  With none configured, L{_demo_backends}.
     """
     if not sections:
-        return _demo_backends(top, env, kinds)
+        return _demo_backends(top, env, kinds, requested)
     backends: dict[str, BackendConfig] = {}
     for name, body in sections.items():
         if body is None:
@@ -88,17 +88,28 @@ def _backends(
 
 
 def _demo_backends(
-    top: Reader, env: Mapping[str, str], kinds: Mapping[str, BackendKind]
+    top: Reader, env: Mapping[str, str], kinds: Mapping[str, BackendKind],
+    requested: str | None,
 ) -> dict[str, BackendConfig]:
     """
     The backends when none are configured: one per L{BackendKind.demo}
     type, named after it, with every default (so the L{OPENAI_BACKEND} one
-    is keyed from the environment, if at all).
+    is keyed from the environment, if at all); and when the default backend
+    asked for names a type (C{--default-backend openai-codex}), one of that
+    type too, named after it.
     """
+    wanted = _backend_name(requested) if requested is not None else None
     return {
         name: _backend(name, top.child(f"backends.{name}", {}), env, kinds)
-        for name, kind in kinds.items() if kind.demo
+        for name, kind in kinds.items() if kind.demo or name == wanted
     }
+
+
+def _backend_name(selector: str) -> str:
+    """
+    The backend a default backend selector (C{name[:model][|...]}) names.
+    """
+    return selector.split("|")[0].split(":")[0]
 
 
 def _missing_key(backend: BackendConfig) -> bool:
@@ -123,7 +134,7 @@ def _default_backend(
             requested = ready[0]
         else:
             requested = OPENAI_BACKEND if OPENAI_BACKEND in backends else next(iter(backends))
-    name = requested.split("|")[0].split(":")[0]
+    name = _backend_name(requested)
     if name not in backends:
         raise ConfigError(
             f"{source}: default_backend: unknown backend {name!r} "

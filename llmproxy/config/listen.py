@@ -147,6 +147,28 @@ def check_exposure(config: Config) -> None:
         )
 
 
+def check_personal_accounts(
+    config: Config, kinds: Mapping[str, BackendKind]
+) -> tuple[str, ...]:
+    """
+    Refuse to serve a backend of personal subscription accounts
+    (L{BackendKind.loopback_only}) beyond loopback unless the config allows
+    it; when it does, the warning to log.
+    """
+    personal = sorted(n for n, b in config.backends.items() if kinds[b.type].loopback_only)
+    if not personal or is_loopback_endpoint(config.listen):
+        return ()
+    names = ", ".join(repr(n) for n in personal)
+    if not config.allow_remote_codex:
+        raise ConfigError(
+            f"refusing to listen on {config.listen!r}: backend {names} serves a ChatGPT "
+            "subscription, and subscription accounts used by several people get banned; "
+            "listen on 127.0.0.1, or set allow_remote_codex: true if only you reach it"
+        )
+    return (f"backend {names} serves a ChatGPT subscription beyond this machine "
+            f"(allow_remote_codex: true, listening on {config.listen}): do not share it",)
+
+
 def _points_at(url: str, listen: str) -> bool:
     """
     Whether C{url} would reach this llmproxy's own C{tcp:} listener.

@@ -13,14 +13,16 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any, Mapping, Sequence
 
 import yaml
 
 from llmproxy.config.backends import backends_and_default
-from llmproxy.config.listen import check_exposure, listen_problem, port_problem, without_self_loop
+from llmproxy.config.listen import (
+    check_exposure, check_personal_accounts, listen_problem, port_problem, without_self_loop,
+)
 from llmproxy.config.model import (
     AliasRule,
     BackendKind,
@@ -420,11 +422,13 @@ def build_config(
         responses_store_size=store_size,
         responses_store_ttl=store_ttl,
         workers=_workers(overrides, yaml_values.workers),
+        allow_remote_codex=bool(top.get("allow_remote_codex", bool, False)),
         warnings=(*top.warnings, *warnings),
     )
     top.finish()
     check_exposure(config)
-    return config
+    remote = check_personal_accounts(config, by_name)
+    return replace(config, warnings=config.warnings + remote) if remote else config
 
 
 def load_config(

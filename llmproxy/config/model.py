@@ -78,6 +78,9 @@ class BackendKind:
         a backend of this type, named after it.
     @ivar options: the type's own settings, stored in
         L{BackendConfig.options}.
+    @ivar loopback_only: whether its accounts are a person's subscription,
+        which llmproxy serves on loopback only unless the config says
+        C{allow_remote_codex: true} (shared accounts get banned).
     """
 
     name: str
@@ -86,6 +89,7 @@ class BackendKind:
     openai_env: bool = False
     demo: bool = False
     options: tuple[BackendOption, ...] = ()
+    loopback_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -188,6 +192,7 @@ class Config:
     responses_store_size: int = 1000
     responses_store_ttl: float = 3600.0
     workers: int = 1
+    allow_remote_codex: bool = False
     warnings: tuple[str, ...] = ()
 
     @property
