@@ -228,7 +228,7 @@ class FailureTests(SynchronousTestCase):
         body = b"".join(responses_events("m", ["a"])[:3]) + encode(
             [{"type": "response.failed", "response": {"id": "r", "status": "failed",
                                                       "error": error}}])
-        self.assertEqual(failure(body), {**error, "type": "server_error", "param": None})
+        self.assertEqual(failure(body), {**error, "type": None, "param": None})
 
     def test_bare_error(self) -> None:
         """
@@ -239,7 +239,7 @@ class FailureTests(SynchronousTestCase):
                         "message": "Slow down. Please try again in 2s.", "param": None}])
         self.assertEqual(failure(flat), {"code": "rate_limit_exceeded", "param": None,
                                          "message": "Slow down. Please try again in 2s.",
-                                         "type": "server_error"})
+                                         "type": None})
         nested = encode([{"type": "error", "error": {
             "type": "invalid_request_error", "code": "bad", "message": "No.",
             "resets_at": 5}}])
@@ -257,7 +257,7 @@ class FailureTests(SynchronousTestCase):
         a failure without a code.
         """
         body = b"".join(responses_events("m", ["a", "b"])[:keep])
-        self.assertEqual(failure(body), {"message": NO_TERMINAL, "type": "server_error",
+        self.assertEqual(failure(body), {"message": NO_TERMINAL, "type": None,
                                          "code": None, "param": None})
 
     def test_failed_without_error(self) -> None:

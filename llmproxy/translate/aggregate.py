@@ -41,9 +41,9 @@ class StreamFailed(Exception):
     """
     The stream ended in no answer.
 
-    @ivar error: the upstream's error object (C{message} and C{type}
-        always present, C{code} and C{param} when it said; other fields it
-        sent, such as C{resets_at}, are kept).
+    @ivar error: the upstream's error object: C{message} always,
+        C{type}, C{code} and C{param} (L{None} when it gave none), and other
+        fields it sent, such as C{resets_at}.
     """
 
     def __init__(self, error: dict[str, Any]) -> None:
@@ -53,14 +53,15 @@ class StreamFailed(Exception):
 
 def _error(detail: Any, default: str) -> dict[str, Any]:
     """
-    An upstream error object with a message and a type.
+    An upstream error object with a message, its C{type} and C{code}
+    (L{None} when it gave none).
     """
     error = dict(detail) if isinstance(detail, dict) else {}
     if not isinstance(error.get("message"), str) or not error["message"]:
         error["message"] = default
-    if not isinstance(error.get("type"), str) or not error["type"]:
-        error["type"] = "server_error"
-    error.setdefault("code", None)
+    for name in ("type", "code"):
+        if not isinstance(error.get(name), str) or not error[name]:
+            error[name] = None
     error.setdefault("param", None)
     return error
 
