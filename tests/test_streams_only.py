@@ -28,12 +28,12 @@ from llmproxy.backends import REGISTRY, BackendContext, BackendType
 from llmproxy.backends.openai import OpenAIResponsesBackend
 from llmproxy.config import ApiKey, BackendConfig, BackendKind, build_config
 from llmproxy.exchange.aggregated import failed_stream, failure_status, retry_hint
-from llmproxy.exchange.events import REPLY_NAMESPACE
+from llmproxy.exchange.events import ATTEMPT_NAMESPACE, REPLY_NAMESPACE
 from llmproxy.service import ProxyService
 from llmproxy.sse import encode_event
 from llmproxy.testing import (
     FakeOpenAI, Recorded, Reply, Stream, backend_data, config_data, function_call_events,
-    listen_fake, responses_events, sse_json,
+    listen_fake, responses_events, responses_object, sse_json,
 )
 from llmproxy.testing.upstream import Behaviour
 from tests.harness import in_thread, post, sdk
@@ -135,11 +135,14 @@ class StreamsOnlyTests(TestCase):
         self.addCleanup(proxy_port.stopListening)
         self.url = f"http://127.0.0.1:{proxy_port.getHost().port}"
         self.replies: list[dict[str, Any]] = []
+        self.attempts: list[dict[str, Any]] = []
         events = self.service.app.events
 
         def observe(event: dict[str, Any]) -> None:
             if event["log_namespace"] == REPLY_NAMESPACE:
                 self.replies.append(event)
+            elif event["log_namespace"] == ATTEMPT_NAMESPACE:
+                self.attempts.append(event)
 
         events.addObserver(observe)
         self.addCleanup(events.removeObserver, observe)
@@ -274,8 +277,10 @@ class StreamsOnlyTests(TestCase):
 
     # failures
 
-    async def failover(self, chunks: list[bytes]) -> tuple[int, dict[str, str], Any]:
-        self.chatgpt.script.append(Stream(chunks))
+    async def failover(
+        self, chunks: list[bytes], headers: dict[str, str] | None = None
+    ) -> tuple[int, dict[str, str], Any]:
+        self.chatgpt.script.append(Stream(chunks, headers=headers or {}))
         status, headers, body = await post(self, self.url + "/v1/chat/completions", {
             "model": "chatgpt:gpt-5|backup:gpt-4o",
             "messages": [{"role": "user", "content": "hi"}]})
@@ -293,6 +298,19 @@ class StreamsOnlyTests(TestCase):
         self.assertEqual((headers["x-llmproxy-route"], headers["x-llmproxy-attempts"]),
                          ("backup:gpt-4o", "2"))
         self.assertEqual(len(self.backup.requests), 1)
+        self.assertEqual([(a["backend"], a["outcome"], a["error"]) for a in self.attempts],
+                         [("chatgpt", "retry_next", "FailedStream"), ("backup", "ok", None)])
+
+    async def test_head_checked_as_stream(self) -> None:
+        """
+        The answer to the stream asked for must be an event stream: a JSON
+        answer is no answer, and the next attempt serves the client.
+        """
+        status, headers, body = await self.failover(
+            [json.dumps(responses_object("gpt-5", "whole")).encode()],
+            {"content-type": "application/json"})
+        self.assertEqual((status, headers["x-llmproxy-route"]), (200, "backup:gpt-4o"))
+        self.assertEqual(self.attempts[0]["outcome"], "broken")
 
     async def test_failover_no_terminal(self) -> None:
         """
@@ -355,6 +373,8 @@ class StreamsOnlyTests(TestCase):
         self.assertIn("context window", error.body["message"])
         self.assertEqual(error.response.headers["x-llmproxy-route"], "chatgpt:gpt-5")
         self.assertEqual(self.backup.requests, [])
+        [attempt] = self.attempts
+        self.assertEqual(attempt["outcome"], "client_error")
 
     async def test_usage_limit(self) -> None:
         """
