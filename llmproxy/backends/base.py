@@ -33,10 +33,18 @@ class Backend(Protocol):
     A backend instance: it speaks one dialect and sends bodies upstream.
 
     @ivar dialect: L{CHAT} or L{RESPONSES}, the API the upstream speaks.
+    @ivar streams_only: whether the upstream answers only streams (the
+        ChatGPT backend).  A client that wants a whole answer is then sent
+        as a stream (C{send(..., stream=True)}; making the body say
+        C{stream: true} is the backend's own adapt step), and the stream is
+        aggregated into the whole answer
+        (L{llmproxy.exchange.aggregated}); Responses backends only.  A
+        backend without the attribute is taken to answer whole bodies.
     """
 
     config: BackendConfig
     dialect: str
+    streams_only: bool
 
     def send(
         self, body: bytes, key: ApiKey | None, stream: bool, timeout: float | None = None

@@ -103,6 +103,8 @@ class MockBackend:
     """
 
     dialect = CHAT
+    #: It answers whole bodies as well as streams.
+    streams_only = False
 
     def __init__(self, config: BackendConfig, clock: IReactorTime) -> None:
         self.config = config

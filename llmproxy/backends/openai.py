@@ -163,6 +163,8 @@ class OpenAIBackend:
 
     log = Logger()
     dialect = CHAT
+    #: It answers whole bodies as well as streams.
+    streams_only = False
 
     def __init__(
         self, config: BackendConfig, pool: HTTPConnectionPool, reactor: IUpstreamReactor,

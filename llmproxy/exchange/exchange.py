@@ -29,6 +29,9 @@ from llmproxy.backends.body import collect_body, drop_body
 from llmproxy.dialects import CHAT
 from llmproxy.errors import InvalidRequest, ProxyError
 from llmproxy.exchange import prepare
+from llmproxy.exchange.aggregated import (
+    STREAM_FACTOR, FailedStream, aggregated_answer, streams_only,
+)
 from llmproxy.exchange.answers import InvalidAnswer, content_coding, head_problem, parse_answer
 from llmproxy.exchange.attempts import AttemptQueue, Slot, keyed_route
 from llmproxy.exchange.events import (
@@ -189,9 +192,11 @@ class Exchange:
         Send, classify, and relay a success.
         """
         target, key = slot.target, slot.key
+        # A backend that only streams is asked for a stream even by a
+        # client that wants a whole answer (see _collect).
+        stream = self.call.stream or streams_only(backend)
         try:
-            response = await backend.send(out.payload, key, self.call.stream,
-                                          self._time_left(backend))
+            response = await backend.send(out.payload, key, stream, self._time_left(backend))
         except CancelledError:
             raise
         except Exception as e:
@@ -201,7 +206,7 @@ class Exchange:
         note.status, note.headers_at = response.code, self.clock.seconds()
         if response.code // 100 != 2:
             return await self._upstream_failure(queue, slot, response, note)
-        problem = head_problem(response, self.call.stream)
+        problem = head_problem(response, stream)
         if problem is not None:
             drop_body(response, self.clock)
             return self._broken(queue, slot, note, InvalidAnswer(
@@ -227,6 +232,8 @@ class Exchange:
         except ProxyError as e:
             # Nothing reached the client: the next attempt may still serve it.
             return self._broken(queue, slot, note, e)
+        except FailedStream as e:
+            return self._failed_stream(queue, slot, response, e, note)
         if not ok:
             queue.record_failure(slot)
             note.outcome = BROKEN
@@ -319,15 +326,50 @@ class Exchange:
                       (response.code, body, kept_headers(response)),
                       verdict.outcome, verdict.retry_after)
 
+    def _failed_stream(
+        self, queue: AttemptQueue, slot: Slot, response: IResponse, failed: FailedStream,
+        note: AttemptNote,
+    ) -> Result:
+        """
+        A stream aggregated for a whole answer ended in no answer: the
+        upstream failure of the status its error amounts to, relayed when
+        it is the client's fault, else failed over from.
+        """
+        verdict = classify_status(failed.status, failed.body, failed.headers,
+                                  self.clock.seconds())
+        body = redact(failed.status, failed.body, self.runtime.upstreams.pools)
+        queue.record_verdict(slot, verdict)
+        name = label(slot.target, slot.key)
+        self.tried.append(Tried(name, str(failed.status)))
+        note.error = type(failed).__name__
+        if verdict.outcome is Outcome.CLIENT_ERROR:
+            note.outcome = CLIENT_ERROR
+            self.reply.json_headers(failed.status)
+            return body
+        note.outcome = verdict.outcome.value
+        self.note.route = self.note.key = None
+        self.reply.forget_route()
+        self.log.info("{label}: upstream stream failed ({status}), trying the next attempt",
+                      label=name, status=failed.status)
+        headers = kept_headers(response) + [(k.encode(), v.encode())
+                                            for k, v in failed.headers.items()]
+        return Failed(error_from_upstream(failed.status, body), (failed.status, body, headers),
+                      verdict.outcome, verdict.retry_after)
+
     # answers
 
     async def _collect(self, target: Target, backend: Backend, response: IResponse) -> bytes:
         """
         A whole answer, checked (see L{parse_answer}) and in the client's
-        dialect; read by the request's deadline.
+        dialect; read by the request's deadline.  The stream of a backend
+        that only streams is aggregated into its whole answer first.
         """
+        aggregate = streams_only(backend)
+        limit = self.runtime.config.max_body_bytes * 2
         body = await collect_body(response, self.clock, backend.config.idle_timeout,
-                                  self.runtime.config.max_body_bytes * 2, self._deadline())
+                                  limit * STREAM_FACTOR if aggregate else limit, self._deadline())
+        if aggregate:
+            body = aggregated_answer(body, self.clock.seconds())
         name = f"{target.backend}:{target.model}"
         data, problem = parse_answer(body, backend.dialect)
         if data is None:

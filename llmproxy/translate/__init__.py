@@ -11,6 +11,9 @@ Translation between the Chat Completions and Responses APIs.
   - L{chat_to_responses} and L{responses_to_chat}: streams, one state
     machine per direction (L{ChatToResponsesStream},
     L{ResponsesToChatStream}).
+  - L{aggregate}: a Responses event stream made into one whole response
+    (L{aggregate_responses}, L{ResponsesAggregator}, L{StreamFailed}), for
+    upstreams that only stream.
   - L{transforms}: the SSE-level stream transforms built on them, per
     dialect pair, and the in-band error of each dialect.
 
@@ -19,6 +22,7 @@ Everything here is pure: no I/O, no clock, inputs are never modified.
 
 from __future__ import annotations
 
+from llmproxy.translate.aggregate import ResponsesAggregator, StreamFailed, aggregate_responses
 from llmproxy.translate.chat_request import chat_to_responses_request
 from llmproxy.translate.chat_to_responses import ChatToResponsesStream
 from llmproxy.translate.requests import Translated
@@ -41,4 +45,7 @@ __all__ = [
     "responses_usage_to_chat",
     "ChatToResponsesStream",
     "ResponsesToChatStream",
+    "ResponsesAggregator",
+    "StreamFailed",
+    "aggregate_responses",
 ]
