@@ -26,7 +26,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.error import ProcessDone, ProcessExitedAlready
-from twisted.internet.protocol import ProcessProtocol, Protocol
+from twisted.internet.protocol import ProcessProtocol, Protocol, connectionDone
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, TestCase
 from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, IResponse
@@ -194,7 +194,7 @@ class _Pipe(Protocol):
     def dataReceived(self, data: bytes) -> None:
         self.request.write(data)
 
-    def connectionLost(self, reason: Failure = Failure(ProcessDone(0))) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.done.callback(None)
 
 
@@ -261,18 +261,21 @@ class CodexResult:
 
 async def codex_on(
     case: TestCase, make_config: Callable[[str], Mapping[str, Any]], prompt: str, *,
-    model: str, api_key: str = "unused", prepare: Callable[[Proxy], None] | None = None,
-    **options: Any,
+    model: str, api_key: str = "unused", env_key: str = "LLMPROXY_API_KEY",
+    provider_fields: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None,
+    prepare: Callable[[Proxy], None] | None = None, **options: Any,
 ) -> CodexResult:
     """
-    Start llmproxy with C{make_config(upstream)} and run Codex on it (the
-    provider's C{base_url} is a L{Relay} in front of llmproxy's C{/v1}).
+    Start llmproxy with C{make_config(upstream)} and run Codex on it: its
+    provider's C{base_url} is a L{Relay} in front of llmproxy's C{/v1}, its
+    key C{api_key} in C{env_key}, with C{provider_fields} on top.
 
+    @param environ: the environment llmproxy's configuration reads.
     @param prepare: called with the started proxy before Codex runs (to
         script the fake upstream).
     @param options: passed to L{run_codex}.
     """
-    proxy = await start(case, make_config)
+    proxy = await start(case, make_config, environ=environ)
     if prepare is not None:
         prepare(proxy)
     pool = HTTPConnectionPool(reactor, persistent=False)
@@ -280,6 +283,7 @@ async def codex_on(
     relay = Relay(proxy.url, Agent(reactor, pool=pool))
     port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Site(relay))
     case.addCleanup(port.stopListening)
-    provider = Provider(f"http://127.0.0.1:{port.getHost().port}/v1", api_key=api_key)
+    provider = Provider(f"http://127.0.0.1:{port.getHost().port}/v1", env_key=env_key,
+                        api_key=api_key, extra=dict(provider_fields or {}))
     run = await run_codex(case, provider, prompt, model=model, **options)
     return CodexResult(run, relay.records, proxy)
