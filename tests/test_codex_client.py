@@ -9,6 +9,8 @@ import json
 from typing import Any
 
 import treq
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from llmproxy.dialects import CHAT, RESPONSES
@@ -16,8 +18,12 @@ from llmproxy.errors import ProxyError, UpstreamError
 from llmproxy.frontends.rejections import reason
 from llmproxy.sse import encode_event
 from llmproxy.testing import (
-    Reply, backend_data, chat_request, config_data, openai_config, sse_events, sse_json,
+    Reply, Stream, backend_data, chat_request, chat_tool_chunks, chat_tool_completion,
+    config_data, openai_config, sse_events, sse_json,
 )
+from llmproxy.translate.namespaces import NamespaceTable
+from llmproxy.translate.responses import chat_completion_to_response, responses_to_chat_completion
+from llmproxy.translate.responses_request import responses_to_chat_request
 from llmproxy.translate.transforms import (
     ChatToResponses, ResponsesPassthrough, failed_error, in_band_error,
 )
@@ -176,9 +182,10 @@ class CodexToolsTests(SynchronousTestCase):
             "model": "chat:gpt-x", "input": "hi", "tools": CODEX_TOOLS, "tool_choice": "auto"})
         self.assertEqual(status, 200)
         [seen] = proxy.fake.requests
-        self.assertEqual([t["function"]["name"] for t in seen.body["tools"]], ["exec_command"])
+        self.assertEqual([t["function"]["name"] for t in seen.body["tools"]],
+                         ["exec_command", "multi_agent_v1__spawn"])
         self.assertEqual(seen.body["tool_choice"], "auto")
-        self.assertIn("tools.namespace", headers["x-llmproxy-dropped-params"].split(","))
+        self.assertNotIn("tools.namespace", headers["x-llmproxy-dropped-params"].split(","))
         self.assertIn("tools.web_search", headers["x-llmproxy-dropped-params"].split(","))
 
     def test_responses_backend(self) -> None:
@@ -188,3 +195,173 @@ class CodexToolsTests(SynchronousTestCase):
         self.assertEqual(status, 200)
         self.assertEqual(proxy.fake.requests[0].body["tools"], CODEX_TOOLS)
         self.assertNotIn("x-llmproxy-dropped-params", headers)
+
+    def _call(self, proxy: MemoryProxy, stream: bool) -> list[dict[str, Any]]:
+        """
+        The C{function_call} items of a chat backend's answer calling
+        C{multi_agent_v1__spawn}, whole or streamed.
+        """
+        proxy.fake.script.append(
+            Stream(chat_tool_chunks("gpt-x", "multi_agent_v1__spawn", ['{"a"', ':1}']))
+            if stream else Reply(200, chat_tool_completion("gpt-x", "multi_agent_v1__spawn",
+                                                           '{"a":1}')))
+        status, _, body = proxy.post("/v1/responses", {
+            "model": "chat:gpt-x", "input": "hi", "tools": CODEX_TOOLS, "stream": stream})
+        self.assertEqual(status, 200)
+        if not stream:
+            return [i for i in json.loads(body)["output"] if i["type"] == "function_call"]
+        done = [e.json()["item"] for e in sse_events(body)
+                if e.event == "response.output_item.done"]
+        completed = sse_events(body)[-1].json()["response"]["output"]
+        self.assertEqual(done, completed)
+        added = [e.json()["item"] for e in sse_events(body)
+                 if e.event == "response.output_item.added"]
+        self.assertEqual([(i["name"], i["namespace"]) for i in added], [("spawn", "multi_agent_v1")])
+        return done
+
+    def test_call_maps_back_to_the_namespace(self) -> None:
+        for stream in (False, True):
+            [call] = self._call(self._proxy(), stream)
+            self.assertEqual((call["namespace"], call["name"], call["arguments"]),
+                             ("multi_agent_v1", "spawn", '{"a":1}'), stream)
+
+    def test_plain_call_has_no_namespace(self) -> None:
+        proxy = self._proxy()
+        proxy.fake.script.append(Reply(200, chat_tool_completion("gpt-x", "exec_command", "{}")))
+        _, _, body = proxy.post("/v1/responses", {
+            "model": "chat:gpt-x", "input": "hi", "tools": CODEX_TOOLS})
+        [call] = json.loads(body)["output"]
+        self.assertEqual(call["name"], "exec_command")
+        self.assertNotIn("namespace", call)
+
+    def test_history_call_is_flattened(self) -> None:
+        proxy = self._proxy()
+        proxy.post("/v1/responses", {"model": "chat:gpt-x", "tools": CODEX_TOOLS, "input": [
+            {"type": "message", "role": "user", "content": "go"},
+            {"type": "function_call", "call_id": "c1", "namespace": "multi_agent_v1",
+             "name": "spawn", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "c1", "output": "spawned"},
+        ]})
+        [seen] = proxy.fake.requests
+        [call] = seen.body["messages"][1]["tool_calls"]
+        self.assertEqual(call["function"]["name"], "multi_agent_v1__spawn")
+
+    def test_hosted_tool_choice_falls_back_to_auto(self) -> None:
+        proxy = self._proxy()
+        status, headers, _ = proxy.post("/v1/responses", {
+            "model": "chat:gpt-x", "input": "hi", "tools": CODEX_TOOLS,
+            "tool_choice": {"type": "web_search"}})
+        self.assertEqual(status, 200)
+        self.assertEqual(proxy.fake.requests[0].body["tool_choice"], "auto")
+        self.assertIn("tool_choice", headers["x-llmproxy-dropped-params"].split(","))
+
+    def test_hosted_tool_choice_on_responses_backend(self) -> None:
+        proxy = self._proxy()
+        status, headers, _ = proxy.post("/v1/responses", {
+            "model": "resp:gpt-x", "input": "hi", "tools": CODEX_TOOLS,
+            "tool_choice": {"type": "web_search"}})
+        self.assertEqual(status, 200)
+        self.assertEqual(proxy.fake.requests[0].body["tool_choice"], {"type": "web_search"})
+        self.assertNotIn("x-llmproxy-dropped-params", headers)
+
+    def test_allowed_tools_lose_hosted_ones(self) -> None:
+        choice = {"type": "allowed_tools", "mode": "auto", "tools": [
+            {"type": "function", "name": "exec_command"}, {"type": "web_search"}]}
+        translated = responses_to_chat_request({"input": "hi", "tools": CODEX_TOOLS,
+                                                "tool_choice": choice})
+        self.assertEqual(translated.body["tool_choice"], {"type": "allowed_tools", "allowed_tools": {
+            "tools": [{"type": "function", "function": {"name": "exec_command"}}], "mode": "auto"}})
+        self.assertIn("tool_choice", translated.dropped)
+        only_hosted = {**choice, "tools": [{"type": "web_search"}]}
+        self.assertEqual(responses_to_chat_request({"input": "hi", "tool_choice": only_hosted})
+                         .body["tool_choice"], "auto")
+
+    def test_namespaced_call_to_a_chat_client(self) -> None:
+        """
+        A Responses upstream's call to a namespace tool reaches a Chat
+        client (and llmproxy's own conversation store) by its flat name.
+        """
+        chat = responses_to_chat_completion({"id": "r", "status": "completed", "output": [
+            {"type": "function_call", "call_id": "c", "namespace": "ns", "name": "t",
+             "arguments": "{}"}]})
+        self.assertEqual(chat["choices"][0]["message"]["tool_calls"][0]["function"]["name"],
+                         "ns__t")
+
+
+_CHAT_NAME = st.text(alphabet="abcdefghijklmnopqrstuvwxyzAB0123456789_-", min_size=1, max_size=40)
+
+
+def _namespace(name: str, tools: list[str]) -> dict[str, Any]:
+    return {"type": "namespace", "name": name, "description": "",
+            "tools": [{"type": "function", "name": t, "parameters": {}} for t in tools]}
+
+
+class NamespaceNamesTests(SynchronousTestCase):
+    """
+    The flat names of namespace tools: valid Chat names that map back to
+    their tool, or a reported drop.
+    """
+
+    @given(st.lists(st.tuples(_CHAT_NAME, st.lists(_CHAT_NAME, max_size=4)), max_size=4),
+           st.lists(_CHAT_NAME, max_size=3))
+    def test_round_trip(self, groups: list[tuple[str, list[str]]], plain: list[str]) -> None:
+        tools: list[Any] = [{"type": "function", "name": p} for p in plain]
+        tools += [_namespace(ns, names) for ns, names in groups]
+        table = NamespaceTable.of(tools)
+        flat = [t["name"] for _, t in table.tools]
+        self.assertEqual(len(flat), len(set(flat)))
+        self.assertFalse(set(flat) & set(plain))
+        for name in flat:
+            self.assertRegex(name, r"^[a-zA-Z0-9_-]{1,64}$")
+            namespace, original = table.call(name)
+            self.assertIn((namespace, original), [(ns, n) for ns, names in groups for n in names])
+        self.assertEqual(table.call("not_flattened"), (None, "not_flattened"))
+        kept = set(table.names.values())
+        for ns, names in groups:
+            for n in names:
+                self.assertTrue((ns, n) in kept or f"tools.namespace.{ns}.{n}" in table.dropped)
+
+    @given(st.lists(st.tuples(_CHAT_NAME, st.lists(_CHAT_NAME, max_size=3)), max_size=3))
+    def test_answer_round_trip(self, groups: list[tuple[str, list[str]]]) -> None:
+        """
+        What the Chat upstream was offered, it can call, and the Responses
+        answer names the namespace's own tool.
+        """
+        request = {"model": "m", "input": "hi", "tools": [_namespace(ns, n) for ns, n in groups]}
+        offered = responses_to_chat_request(request).body.get("tools", [])
+        table = NamespaceTable.of(request["tools"])
+        for tool in offered:
+            flat = tool["function"]["name"]
+            answer = chat_completion_to_response(
+                chat_tool_completion("m", flat, "{}"), response_id="resp_x", request=request)
+            [call] = answer["output"]
+            self.assertEqual((call["namespace"], call["name"]), table.call(flat))
+
+    def test_too_long_is_dropped(self) -> None:
+        table = NamespaceTable.of([_namespace("n" * 40, ["t" * 30, "ok"])])
+        self.assertEqual([t["name"] for _, t in table.tools], ["n" * 40 + "__ok"])
+        self.assertEqual(table.dropped, (f"tools.namespace.{'n' * 40}.{'t' * 30}",))
+
+    def test_collision_with_a_plain_tool_is_dropped(self) -> None:
+        translated = responses_to_chat_request({"input": "hi", "tools": [
+            {"type": "function", "name": "a__b"}, _namespace("a", ["b", "c"])]})
+        self.assertEqual([t["function"]["name"] for t in translated.body["tools"]],
+                         ["a__b", "a__c"])
+        self.assertEqual(translated.dropped, ("tools.namespace.a.b",))
+
+    def test_collision_between_namespaces_drops_both(self) -> None:
+        table = NamespaceTable.of([_namespace("a", ["b__c"]), _namespace("a__b", ["c"]),
+                                   _namespace("x", ["y"])])
+        self.assertEqual(list(table.names), ["x__y"])
+        self.assertEqual(table.dropped, ("tools.namespace.a.b__c", "tools.namespace.a__b.c"))
+
+    def test_descriptions_and_odd_entries(self) -> None:
+        table = NamespaceTable.of([{"type": "namespace", "name": "ns", "description": "Group.",
+                                    "tools": [{"type": "function", "name": "f",
+                                               "description": "Does f.", "strict": False},
+                                              {"type": "custom", "name": "g"}]},
+                                   {"type": "namespace", "name": "empty", "tools": []}])
+        [(_, tool)] = table.tools
+        self.assertEqual(tool, {"type": "function", "name": "ns__f",
+                                "description": "Group.\n\nDoes f.", "strict": False})
+        self.assertEqual(table.dropped, ("tools.namespace.ns.g", "tools.namespace"))

@@ -249,8 +249,9 @@ class ResponsesToChatRequestTests(SynchronousTestCase):
 
     def test_hostedToolsDropped(self) -> None:
         """
-        Tools a Chat upstream cannot run (hosted tools, namespaces) are left
-        out and reported once per type; function tools stay, in order.
+        Tools a Chat upstream cannot run (hosted tools) are left out and
+        reported once per type; function tools stay, in order, and those of
+        a namespace are flattened in its place.
         """
         function = {"type": "function", "name": "exec_command", "parameters": {}}
         translated = _to_chat(tools=[
@@ -259,8 +260,8 @@ class ResponsesToChatRequestTests(SynchronousTestCase):
             {"type": "web_search", "search_context_size": "low"},
         ])
         self.assertEqual([t["function"]["name"] for t in translated.body["tools"]],
-                         ["exec_command"])
-        self.assertEqual(translated.dropped, ("tools.web_search", "tools.namespace"))
+                         ["exec_command", "multi_agent_v1__exec_command"])
+        self.assertEqual(translated.dropped, ("tools.web_search",))
 
     def test_onlyHostedTools(self) -> None:
         """
@@ -274,17 +275,16 @@ class ResponsesToChatRequestTests(SynchronousTestCase):
 
     def test_toolChoice(self) -> None:
         """
-        A flat forced function is nested; strings pass; hosted choices are
-        rejected.
+        A flat forced function is nested; strings pass; a hosted choice
+        falls back to C{auto}, reported.
         """
         self.assertEqual(
             _to_chat(tool_choice={"type": "function", "name": "f"}).body["tool_choice"],
             {"type": "function", "function": {"name": "f"}},
         )
         self.assertEqual(_to_chat(tool_choice="none").body["tool_choice"], "none")
-        with self.assertRaises(InvalidRequest) as caught:
-            _to_chat(tool_choice={"type": "web_search_preview"})
-        self.assertEqual(caught.exception.param, "tool_choice")
+        hosted = _to_chat(tool_choice={"type": "web_search_preview"})
+        self.assertEqual((hosted.body["tool_choice"], hosted.dropped), ("auto", ("tool_choice",)))
 
     def test_textFormat(self) -> None:
         """

@@ -17,6 +17,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from llmproxy.translate.namespaces import NamespaceTable
 from llmproxy.translate.responses import (
     as_mapping,
     chat_finish_to_status,
@@ -61,6 +62,7 @@ class _Item:
     @ivar text: the text of a reasoning item.
     @ivar call_id, name, arguments: those of a function call (the arguments
         so far).
+    @ivar namespace: that of a call to a tool of a namespace tool.
     @ivar closed: whether C{output_item.done} was sent.
     """
 
@@ -72,6 +74,7 @@ class _Item:
     call_id: str = ""
     name: str = ""
     arguments: str = ""
+    namespace: str | None = None
     closed: bool = False
 
     def as_dict(self, *, added: bool = False) -> dict[str, Any]:
@@ -85,7 +88,9 @@ class _Item:
             return message_item(self.id, parts, status)
         if self.kind == "function_call":
             arguments = "" if added else self.arguments
-            return function_call_item(self.id, self.call_id, self.name, arguments, status)
+            return function_call_item(
+                self.id, self.call_id, self.name, arguments, status, self.namespace
+            )
         return reasoning_item(self.id, [] if added or not self.text else [self.text])
 
     def place(self, **index: int) -> dict[str, Any]:
@@ -135,6 +140,7 @@ class ChatToResponsesStream:
             copy.deepcopy(dict(request)) if request is not None else {}
         )
         self._model = str(self._request.get("model") or "")
+        self._names = NamespaceTable.of(self._request.get("tools"))
         self._sequence = 0
         self._items: list[_Item] = []
         self._message: _Item | None = None
@@ -472,7 +478,7 @@ class ChatToResponsesStream:
         if item is None:
             return self._open_call(index, fragment, name)
         if isinstance(name, str) and name and not item.name:
-            item.name = name
+            item.namespace, item.name = self._names.call(name)
         return item, []
 
     def _open_call(
@@ -489,8 +495,9 @@ class ChatToResponsesStream:
         call_id = fragment.get("id")
         if not isinstance(call_id, str) or not call_id:
             call_id = item_id("call", self._response_id, len(self._items))
+        namespace, name = self._names.call(name if isinstance(name, str) else "")
         item, added = self._open_item(
-            "function_call", "fc", call_id=call_id, name=name if isinstance(name, str) else ""
+            "function_call", "fc", call_id=call_id, name=name, namespace=namespace
         )
         self._calls[index] = item
         events.append(added)

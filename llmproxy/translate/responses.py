@@ -21,6 +21,7 @@ from llmproxy.translate.chat_request import (
     chat_response_format_to_text_format,
     chat_tool_to_responses_tool,
 )
+from llmproxy.translate.namespaces import NamespaceTable, flat_name
 
 __all__ = [
     "responses_to_chat_completion",
@@ -31,6 +32,7 @@ __all__ = [
     "item_id",
     "message_item",
     "function_call_item",
+    "chat_call_name",
     "reasoning_item",
     "response_object",
     "chat_message_text",
@@ -135,6 +137,17 @@ def _reasoning_texts(item: Mapping[str, Any]) -> list[str]:
     return texts
 
 
+def chat_call_name(item: Mapping[str, Any]) -> str:
+    """
+    The Chat name of a Responses C{function_call} item: its C{name},
+    flattened with its C{namespace} when it has one (as the tool was when
+    it went to a Chat upstream).
+    """
+    name = str(item.get("name") or "")
+    namespace = item.get("namespace")
+    return flat_name(namespace, name) if isinstance(namespace, str) and namespace else name
+
+
 def responses_to_chat_completion(resp: Mapping[str, Any]) -> dict[str, Any]:
     """
     Translate a Responses object into a C{chat.completion}.
@@ -173,7 +186,7 @@ def responses_to_chat_completion(resp: Mapping[str, Any]) -> dict[str, Any]:
                     "id": item.get("call_id", ""),
                     "type": "function",
                     "function": {
-                        "name": item.get("name", ""),
+                        "name": chat_call_name(item),
                         "arguments": item.get("arguments", ""),
                     },
                 }
@@ -244,13 +257,15 @@ def message_item(id: str, parts: list[dict[str, Any]], status: str = "completed"
 
 
 def function_call_item(
-    id: str, call_id: str, name: str, arguments: str, status: str = "completed"
+    id: str, call_id: str, name: str, arguments: str, status: str = "completed",
+    namespace: str | None = None,
 ) -> dict[str, Any]:
     """
     A C{function_call} output item; C{call_id} is the id the client
-    answers with, C{arguments} a JSON string.
+    answers with, C{arguments} a JSON string, C{namespace} that of a tool
+    of a namespace tool.
     """
-    return {
+    item = {
         "id": id,
         "type": "function_call",
         "status": status,
@@ -258,6 +273,9 @@ def function_call_item(
         "call_id": call_id,
         "name": name,
     }
+    if namespace is not None:
+        item["namespace"] = namespace
+    return item
 
 
 def reasoning_item(id: str, summary: list[str]) -> dict[str, Any]:
@@ -447,6 +465,8 @@ def chat_completion_to_response(
     if parts:
         output.append(message_item(item_id("msg", response_id, len(output)), parts))
 
+    req = request if request is not None else {}
+    names = NamespaceTable.of(req.get("tools"))
     for call in message.get("tool_calls") or []:
         if not isinstance(call, Mapping):
             continue
@@ -455,17 +475,18 @@ def chat_completion_to_response(
         if not isinstance(arguments, str):
             arguments = json.dumps(arguments)
         index = len(output)
+        namespace, name = names.call(str(function.get("name") or ""))
         output.append(
             function_call_item(
                 item_id("fc", response_id, index),
                 call.get("id") or item_id("call", response_id, index),
-                str(function.get("name") or ""),
+                name,
                 arguments,
+                namespace=namespace,
             )
         )
 
     status, incomplete = chat_finish_to_status(choice.get("finish_reason"))
-    req = request if request is not None else {}
     return response_object(
         response_id=response_id,
         created_at=_int(chat.get("created")),

@@ -12,13 +12,13 @@ import json
 from types import MappingProxyType
 from typing import Any, Mapping, Sequence
 
+from llmproxy.translate.namespaces import NamespaceTable, flat_name
 from llmproxy.translate.requests import (
     SAME_IN_BOTH,
     TEXT_PART_TYPES,
     Draft,
     FieldTable,
     Translated,
-    converted,
     invalid,
     nested,
     non_null_copies,
@@ -75,7 +75,7 @@ def _responses_tool_choice_to_chat(choice: Mapping[str, Any]) -> Any:
             return copy.deepcopy(dict(choice))
         if not isinstance(choice.get("name"), str):
             raise invalid("'tool_choice.name' is required.", "tool_choice", "invalid_value")
-        return {"type": "function", "function": {"name": choice["name"]}}
+        return {"type": "function", "function": {"name": _call_name(choice)}}
     if kind == "allowed_tools":
         allowed: dict[str, Any] = {
             "tools": [_responses_tool_choice_to_chat(tool) for tool in choice.get("tools") or []]
@@ -239,7 +239,7 @@ def _responses_input_to_messages(
             call = {
                 "id": item["call_id"],
                 "type": "function",
-                "function": {"name": item.get("name", ""), "arguments": arguments},
+                "function": {"name": _call_name(item), "arguments": arguments},
             }
             previous = messages[-1] if len(messages) > first_own else None
             if previous is not None and previous["role"] == "assistant":
@@ -268,26 +268,81 @@ def _responses_input_to_messages(
     return messages
 
 
+def _call_name(item: Mapping[str, Any]) -> Any:
+    """
+    The Chat name of a C{function_call} item (or a function C{tool_choice}):
+    its C{name}, flattened with its C{namespace} when it has one.
+    """
+    name = item.get("name", "")
+    namespace = item.get("namespace")
+    if isinstance(namespace, str) and namespace and isinstance(name, str):
+        return flat_name(namespace, name)
+    return name
+
+
 @when_set
 def _responses_tools(tools: Any, draft: Draft) -> None:
     """
-    L{Converter} for C{tools}: function tools are nested; a tool a Chat
-    upstream cannot run (a hosted tool such as C{web_search}, a
-    C{namespace} of tools) is left out and reported as C{tools.<type>}, so
-    a turn never fails for a tool the model may never call.
+    L{Converter} for C{tools}: function tools are nested; the function
+    tools of a C{namespace} are flattened (L{NamespaceTable}); a tool a Chat
+    upstream cannot run (a hosted tool such as C{web_search}) is left out
+    and reported as C{tools.<type>}, so a turn never fails for a tool the
+    model may never call.
     """
     if not isinstance(tools, list):
         raise invalid("'tools' must be a list.", "tools", "invalid_type")
-    kept = []
-    for tool in tools:
+    table = NamespaceTable.of(tools)
+    kept: list[dict[str, Any]] = []
+    for index, tool in enumerate(tools):
         kind = tool.get("type") if isinstance(tool, Mapping) else None
-        if isinstance(kind, str) and kind != "function":
-            if f"tools.{kind}" not in draft.dropped:
-                draft.dropped.append(f"tools.{kind}")
-            continue
-        kept.append(_responses_tool_to_chat(tool))
+        if kind == "namespace":
+            kept.extend(_responses_tool_to_chat(flat) for flat in table.group(index))
+        elif isinstance(kind, str) and kind != "function":
+            _report(draft, f"tools.{kind}")
+        else:
+            kept.append(_responses_tool_to_chat(tool))
+    for name in table.dropped:
+        _report(draft, name)
     if kept or not tools:
         draft.body["tools"] = kept
+
+
+def _report(draft: Draft, name: str) -> None:
+    """
+    Report a dropped parameter once.
+    """
+    if name not in draft.dropped:
+        draft.dropped.append(name)
+
+
+@when_set
+def _responses_tool_choice(choice: Any, draft: Draft) -> None:
+    """
+    L{Converter} for C{tool_choice}: a choice of a tool that a Chat
+    upstream does not get (a hosted tool) falls back to C{auto}, and an
+    C{allowed_tools} list loses those tools; either way C{tool_choice} is
+    reported.
+    """
+    if isinstance(choice, Mapping):
+        kind = choice.get("type")
+        if kind == "allowed_tools" and isinstance(choice.get("tools"), list):
+            tools = [tool for tool in choice["tools"] if not _hosted_choice(tool)]
+            if len(tools) < len(choice["tools"]):
+                _report(draft, "tool_choice")
+                choice = {**choice, "tools": tools} if tools else "auto"
+        elif _hosted_choice(choice):
+            _report(draft, "tool_choice")
+            choice = "auto"
+    draft.body["tool_choice"] = _responses_tool_choice_to_chat(choice)
+
+
+def _hosted_choice(choice: Any) -> bool:
+    """
+    Whether a C{tool_choice} (or an C{allowed_tools} entry) names a tool
+    that is not a function: a hosted tool, left out for a Chat upstream.
+    """
+    kind = choice.get("type") if isinstance(choice, Mapping) else None
+    return isinstance(kind, str) and kind not in ("function", "allowed_tools")
 
 
 def _responses_text_format(value: Any, draft: Draft) -> None:
@@ -351,7 +406,7 @@ _RESPONSES_FIELDS = FieldTable(
     converters=MappingProxyType(
         {
             "tools": _responses_tools,
-            "tool_choice": converted("tool_choice", _responses_tool_choice_to_chat),
+            "tool_choice": _responses_tool_choice,
             "text": nested(
                 "text", {"format": _responses_text_format, "verbosity": renamed("verbosity")}
             ),

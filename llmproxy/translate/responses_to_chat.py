@@ -19,7 +19,7 @@ from types import MappingProxyType
 from typing import Any, Callable, ClassVar, Mapping, NamedTuple, TypeAlias, TypeVar
 
 from llmproxy.errors import error_body
-from llmproxy.translate.responses import as_mapping, responses_usage_to_chat
+from llmproxy.translate.responses import as_mapping, chat_call_name, responses_usage_to_chat
 
 __all__ = ["ResponsesToChatStream"]
 
@@ -314,7 +314,7 @@ class ResponsesToChatStream:
                             "index": call.index,
                             "id": str(item.get("call_id") or item.get("id") or ""),
                             "type": "function",
-                            "function": {"name": str(item.get("name") or ""), "arguments": ""},
+                            "function": {"name": chat_call_name(item), "arguments": ""},
                         }
                     ]
                 }

@@ -1,0 +1,161 @@
+"""
+The real Codex CLI, with its default tools, through llmproxy: a text turn
+and a tool turn (a shell command run by Codex, its output sent back) on a
+chat backend and on a Responses backend, and a turn on the mock.
+
+Skipped, saying how to install it, where the CLI is absent (C{.ci/run}
+installs it).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping
+
+from twisted.trial.unittest import TestCase
+
+from llmproxy.testing import (
+    Recorded, Stream, backend_data, chat_chunks, chat_tool_chunks, config_data,
+    function_call_events, responses_events,
+)
+from tests.codex_cli import CodexResult, codex_binary, codex_on
+from tests.harness import Proxy
+
+ANSWER = "The command printed it."
+#: A harmless command whose output is not in its own text.
+COMMAND = "echo llmproxy-$((6 * 7))"
+OUTPUT = "llmproxy-42"
+SHELL_TOOLS = ("exec_command", "shell_command", "shell")
+
+
+def _chat(upstream: str) -> Mapping[str, Any]:
+    return config_data({"up": backend_data(upstream, "sk-up", models=["gpt-x"])})
+
+
+def _responses(upstream: str) -> Mapping[str, Any]:
+    return config_data({"up": backend_data(upstream, "sk-up", type="openai-responses",
+                                           models=["gpt-x"])})
+
+
+def _mock(upstream: str) -> Mapping[str, Any]:
+    return config_data({"mock": {"type": "mock", "models": ["mock-echo"]}})
+
+
+def _tool_names(tools: list[Any]) -> list[str]:
+    """
+    The function names a request offers, in either dialect.
+    """
+    return [t["function"]["name"] if "function" in t else t.get("name", "") for t in tools]
+
+
+def shell_call(tools: list[Any]) -> tuple[str, str]:
+    """
+    The shell tool this Codex version declares among C{tools}, and the
+    arguments that run L{COMMAND} with it.
+    """
+    names = _tool_names(tools)
+    name = next((n for n in SHELL_TOOLS if n in names), None)
+    assert name is not None, f"no shell tool among {names}"
+    arguments = {"exec_command": {"cmd": COMMAND}, "shell_command": {"command": COMMAND},
+                 "shell": {"command": ["bash", "-c", COMMAND]}}[name]
+    return name, json.dumps(arguments)
+
+
+def _script_tool_turn(proxy: Proxy, responses: bool) -> None:
+    """
+    Make the fake upstream answer Codex's first request with a call of its
+    shell tool, and the next with text.
+    """
+    fake = proxy.fake
+
+    def answer(recorded: Recorded) -> None:
+        if len(fake.requests) == 1:
+            name, arguments = shell_call(recorded.body["tools"])
+            fake.script.append(Stream(
+                function_call_events("gpt-x", name, [arguments]) if responses
+                else chat_tool_chunks("gpt-x", name, [arguments])))
+        else:
+            fake.script.append(_text(responses))
+
+    fake.on_request = answer
+
+
+def _text(responses: bool) -> Stream:
+    pieces = [w + " " for w in ANSWER.split(" ")]
+    pieces[-1] = pieces[-1].strip()
+    return Stream(responses_events("gpt-x", pieces) if responses
+                  else chat_chunks("gpt-x", pieces, usage=True))
+
+
+class CodexCLITests(TestCase):
+    """
+    C{codex exec} completes its turns (exit 0, the answer on stdout).
+    """
+
+    timeout = 300
+
+    def setUp(self) -> None:
+        codex_binary()
+
+    def _ok(self, result: CodexResult) -> None:
+        run = result.run
+        self.assertFalse(run.timed_out, run.stderr)
+        self.assertEqual(run.code, 0, run.stderr)
+
+    def _codex_request(self, result: CodexResult) -> Any:
+        [first, *_] = [e for e in result.exchanged if e.path == "/v1/responses"]
+        return first
+
+    async def test_mock(self) -> None:
+        result = await codex_on(self, _mock, "Hello llmproxy", model="mock-echo")
+        self._ok(result)
+        # The mock calls Codex's first tool with its echo; Codex's refusal
+        # of those arguments comes back as the mock's text.
+        self.assertIn("Tool result:", result.run.stdout)
+        self.assertEqual([e.status for e in result.exchanged], [200, 200])
+
+    async def test_chat_text_turn(self) -> None:
+        result = await codex_on(self, _chat, "Say hi", model="gpt-x",
+                                prepare=lambda p: p.fake.script.append(_text(False)))
+        self._ok(result)
+        self.assertIn(ANSWER, result.run.stdout)
+        sent = self._codex_request(result)
+        kinds = {t["type"] for t in sent.body["tools"]}
+        self.assertTrue({"namespace", "web_search"} <= kinds, kinds)
+        dropped = sent.headers["x-llmproxy-dropped-params"].split(",")
+        self.assertIn("tools.web_search", dropped)
+        self.assertFalse([d for d in dropped if d.startswith("tools.namespace")], dropped)
+        [upstream] = result.proxy.fake.requests
+        offered = _tool_names(upstream.body["tools"])
+        namespace = next(t for t in sent.body["tools"] if t["type"] == "namespace")
+        for tool in namespace["tools"]:
+            self.assertIn(f"{namespace['name']}__{tool['name']}", offered)
+        self.assertNotIn("web_search", json.dumps(upstream.body["tools"]))
+
+    async def test_chat_tool_turn(self) -> None:
+        result = await codex_on(self, _chat, "Run the command", model="gpt-x",
+                                prepare=lambda p: _script_tool_turn(p, responses=False))
+        self._ok(result)
+        self.assertIn(ANSWER, result.run.stdout)
+        first, second = result.proxy.fake.requests
+        [tool_message] = [m for m in second.body["messages"] if m["role"] == "tool"]
+        self.assertIn(OUTPUT, json.dumps(tool_message["content"]))
+
+    async def test_responses_text_turn(self) -> None:
+        result = await codex_on(self, _responses, "Say hi", model="gpt-x",
+                                prepare=lambda p: p.fake.script.append(_text(True)))
+        self._ok(result)
+        self.assertIn(ANSWER, result.run.stdout)
+        sent = self._codex_request(result)
+        [upstream] = result.proxy.fake.requests
+        self.assertEqual(upstream.body["tools"], sent.body["tools"])
+        self.assertNotIn("x-llmproxy-dropped-params", sent.headers)
+
+    async def test_responses_tool_turn(self) -> None:
+        result = await codex_on(self, _responses, "Run the command", model="gpt-x",
+                                prepare=lambda p: _script_tool_turn(p, responses=True))
+        self._ok(result)
+        self.assertIn(ANSWER, result.run.stdout)
+        first, second = result.proxy.fake.requests
+        [output] = [i for i in second.body["input"] if i.get("type") == "function_call_output"]
+        self.assertIn(OUTPUT, json.dumps(output["output"]))
