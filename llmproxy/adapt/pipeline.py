@@ -87,6 +87,8 @@ class Context(NamedTuple):
     @ivar reasoning_models: the backend's C{reasoning_models} pattern, or
         L{None} for the default one.
     @ivar knobs: the proxy-only fields the client sent, in body order.
+    @ivar backend_type: the backend's type (C{type:} in the config), for
+        the steps that are one connector's wire rules.
     """
 
     backend: str
@@ -95,6 +97,7 @@ class Context(NamedTuple):
     upstream: str
     reasoning_models: re.Pattern[str] | None = None
     knobs: Mapping[str, Any] = _NO_KNOBS
+    backend_type: str = ""
 
 
 class Shaped(NamedTuple):
