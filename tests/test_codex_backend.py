@@ -466,3 +466,48 @@ class WireParsingTests(SynchronousTestCase):
                          "server_error")
         for kept in (b'{"error": {"message": "m"}}', b"plain", b"[1]"):
             self.assertEqual(rewrap_detail(400, kept), kept)
+
+
+class AccountPoolTests(SynchronousTestCase):
+    """
+    What the key pool and the outcome classification learnt for accounts.
+    """
+
+    def pool(self) -> Any:
+        from llmproxy.backends.keypool import KeyPool
+        from llmproxy.config import ApiKey
+        clock = Clock()
+        return KeyPool("b", [ApiKey(f"b#{i}", f"/a{i}") for i in (1, 2, 3)], clock,
+                       max_cooldown=60.0), clock
+
+    def test_a_usage_limit_cools_exactly(self) -> None:
+        pool, clock = self.pool()
+        first, second = pool.keys[:2]
+        pool.mark_rate_limited(first, 7200.0, exact=True)
+        pool.mark_rate_limited(second, 7200.0)
+        self.assertEqual(pool.state(first).cooldown_until, 7200.0)
+        self.assertEqual(pool.state(second).cooldown_until, 60.0)
+        pool.mark_rate_limited(pool.keys[2], None, exact=True)
+        self.assertEqual(pool.state(pool.keys[2]).cooldown_until, 5.0)
+
+    def test_preference_orders_the_free_keys(self) -> None:
+        pool, clock = self.pool()
+        left = {"b#1": 10.0, "b#2": 80.0, "b#3": 80.0}
+        pool.mark_rate_limited(pool.keys[1], 30.0)
+        orders = [[k.name for k in pool.ordered(lambda k: left[k.name])] for _ in range(2)]
+        self.assertEqual(orders, [["b#3", "b#1", "b#2"], ["b#3", "b#1", "b#2"]])
+        pool.mark_ok(pool.keys[1])
+        # Equals keep their round-robin order (this turn starts at b#3).
+        self.assertEqual([k.name for k in pool.ordered(lambda k: left[k.name])],
+                         ["b#3", "b#2", "b#1"])
+        self.assertEqual([k.name for k in pool.ordered()], ["b#1", "b#2", "b#3"])
+
+    def test_usage_limit_reached_is_exact(self) -> None:
+        from llmproxy.exchange.outcome import Outcome, classify_status
+        body = b'{"error": {"type": "usage_limit_reached", "resets_in_seconds": 9000}}'
+        verdict = classify_status(429, body, {"retry-after": "9000"}, 0.0)
+        self.assertEqual((verdict.outcome, verdict.retry_after, verdict.exact),
+                         (Outcome.RATE_LIMITED, 9000.0, True))
+        plain = classify_status(429, b'{"error": {"type": "requests"}}',
+                                {"retry-after": "9000"}, 0.0)
+        self.assertFalse(plain.exact)
