@@ -11,7 +11,10 @@ import json
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet import reactor
+from twisted.internet.protocol import Protocol
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -161,6 +164,24 @@ class SDKTests(TestCase):
         self.assertEqual(deltas, "chatgpt: hello codex")
         self.assertEqual(text[-1].type, "response.completed")
         self.assertEqual(codex.fake.requests[1].body["instructions"], "Be brief.")
+
+    async def test_final_response_has_the_streamed_items(self) -> None:
+        codex = await start_codex(self)
+        codex.fake.calls.append(("get_weather", '{"city": "Rome"}'))
+
+        def call() -> tuple[Any, Any]:
+            with sdk(codex.url, "pk") as c:
+                with c.responses.stream(model="gpt-5.1-codex", input="weather?",
+                                        tools=RESPONSES_TOOLS) as stream:
+                    calls = stream.get_final_response()
+                with c.responses.stream(model="gpt-5.1-codex", input="hello codex") as stream:
+                    text = stream.get_final_response()
+                return calls, text
+
+        calls, text = await in_thread(call)
+        self.assertEqual([(i.type, i.name) for i in calls.output],
+                         [("function_call", "get_weather")])
+        self.assertEqual(text.output_text, "chatgpt: hello codex")
 
 
 class WireRuleTests(TestCase):
@@ -511,3 +532,51 @@ class AccountPoolTests(SynchronousTestCase):
         plain = classify_status(429, b'{"error": {"type": "requests"}}',
                                 {"retry-after": "9000"}, 0.0)
         self.assertFalse(plain.exact)
+
+
+class _Reader(Protocol):
+    def __init__(self) -> None:
+        self.data = b""
+        self.ended = False
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.ended = True
+
+
+class FillCompletedTests(SynchronousTestCase):
+    @given(st.lists(st.integers(min_value=0, max_value=4000), max_size=8),
+           st.booleans())
+    def test_completed_filled_others_byte_for_byte(self, cuts: list[int], call: bool) -> None:
+        from llmproxy.backends.codex_stream import FillCompleted
+        from llmproxy.testing.chatgpt import _events
+        raw = b"".join(_events("m", "hello", ("f", '{"a": 1}') if call else None))
+        reader = _Reader()
+        fill = FillCompleted(reader)
+        fill.makeConnection(None)  # type: ignore[arg-type]
+        points = sorted({0, len(raw), *(c % (len(raw) + 1) for c in cuts)})
+        for a, b in zip(points, points[1:]):
+            fill.dataReceived(raw[a:b])
+        fill.connectionLost(None)  # type: ignore[arg-type]
+        self.assertTrue(reader.ended)
+        before, after = sse_json(raw), sse_json(reader.data)
+        self.assertEqual(before[:-1], after[:-1])
+        self.assertTrue(reader.data.startswith(raw[:raw.index(b"response.completed")]))
+        done = [e["item"] for e in before if e["type"] == "response.output_item.done"]
+        self.assertEqual(after[-1]["response"]["output"], done)
+        self.assertEqual({**after[-1]["response"], "output": []}, before[-1]["response"])
+
+    def test_a_completed_output_is_kept(self) -> None:
+        from llmproxy.backends.codex_stream import FillCompleted
+        from llmproxy.sse import encode_event
+        raw = (encode_event({"type": "response.output_item.done", "output_index": 0,
+                             "item": {"id": "a"}})
+               + encode_event({"type": "response.completed",
+                               "response": {"output": [{"id": "b"}]}}))
+        reader = _Reader()
+        fill = FillCompleted(reader)
+        fill.makeConnection(None)  # type: ignore[arg-type]
+        fill.dataReceived(raw)
+        self.assertEqual(reader.data, raw)

@@ -44,6 +44,7 @@ from llmproxy import __version__
 from llmproxy.backends.base import IUpstreamReactor
 from llmproxy.backends.body import collect_body, drop_body
 from llmproxy.backends.codex_auth import Account, CodexAuthError, Credentials, FileAccount
+from llmproxy.backends.codex_stream import FilledResponse
 from llmproxy.backends.memory import MemoryResponse
 from llmproxy.backends.openai import (
     MODELS_DEADLINE, MODELS_MAX_BYTES, BytesProducer, OpenAIResponsesBackend, host_header,
@@ -328,7 +329,7 @@ class CodexBackend(OpenAIResponsesBackend):
                 response = await self._post(body, credentials, session)
         self._observe(key.name, credentials, response)
         if response.code // 100 == 2:
-            return response
+            return FilledResponse(response)
         return await self._error(key.name, response)
 
     def _post(self, body: bytes, credentials: Credentials,
