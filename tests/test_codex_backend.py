@@ -452,6 +452,10 @@ class ConfigTests(SynchronousTestCase):
         keys = codex_keys("b", {"accounts": ("/a", "/a", "/b")}, {})
         self.assertEqual([(k.name, k.value) for k in keys], [("b#1", "/a"), ("b#2", "/b")])
 
+    def test_auth_file_and_accounts_together(self) -> None:
+        keys = codex_keys("b", {"auth_file": "/c", "accounts": ("/a", "/c")}, {})
+        self.assertEqual([k.value for k in keys], ["/c", "/a"])
+
 
 class WireParsingTests(SynchronousTestCase):
     def test_windows(self) -> None:

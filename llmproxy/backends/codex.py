@@ -89,13 +89,14 @@ def codex_keys(
 ) -> tuple[ApiKey, ...]:
     """
     The backend's accounts as keys C{NAME#1..N}, each valued with its
-    auth-file path: C{accounts} when given, else C{auth_file}, else the
-    Codex CLI's own (L{default_auth_file}).
+    auth-file path: C{auth_file} then C{accounts}, each once; with neither,
+    the Codex CLI's own (L{default_auth_file}).
     """
-    paths = list(options.get("accounts") or ())
+    auth_file = options.get("auth_file")
+    paths = [expand_user(auth_file, environ)] if auth_file else []
+    paths += options.get("accounts") or ()
     if not paths:
-        auth_file = options.get("auth_file")
-        paths = [expand_user(auth_file, environ) if auth_file else default_auth_file(environ)]
+        paths = [default_auth_file(environ)]
     unique = list(dict.fromkeys(paths))
     return tuple(ApiKey(f"{name}#{i}", path) for i, path in enumerate(unique, start=1))
 

@@ -67,7 +67,7 @@ def prepare_chat(
     """
     steps = DEFAULT_PIPELINE if pipeline is None else pipeline
     context = Context(target.backend, target.model, CHAT, backend_dialect, reasoning,
-                      backend_type=backend_type)
+                      backend_type)
     translate = _to_responses if backend_dialect == RESPONSES else None
     return _bytes(target, original, steps.run(target.body, context, translate))
 
@@ -89,7 +89,7 @@ def prepare_responses(
     """
     steps = DEFAULT_PIPELINE if pipeline is None else pipeline
     context = Context(target.backend, target.model, RESPONSES, backend_dialect, reasoning,
-                      backend_type=backend_type)
+                      backend_type)
     if backend_dialect == RESPONSES:
         return _bytes(target, original, steps.run(target.body, context))
     if history is None:
