@@ -13,19 +13,26 @@ from typing import Any, NamedTuple
 
 from hypothesis import given
 from hypothesis import strategies as st
+import treq
 from twisted.internet import reactor
 from twisted.internet.protocol import Protocol
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.http_headers import Headers
 
 from llmproxy.backends import REGISTRY
 from llmproxy.backends.codex import (
     CodexBackend, codex_keys, default_auth_file, rewrap_detail, usage_limit_reset, windows_of,
 )
-from llmproxy.config import ConfigError, build_config
+from llmproxy.backends.codex_stream import FillCompleted
+from llmproxy.backends.keypool import KeyPool
+from llmproxy.config import ApiKey, ConfigError, build_config
+from llmproxy.exchange.outcome import Outcome, classify_status
 from llmproxy.service import ProxyService
 from llmproxy.testing import FakeChatGPT, config_data, listen_chatgpt, sse_json
+from llmproxy.sse import encode_event
+from llmproxy.testing.chatgpt import stream_events
 from llmproxy.testing.codex import auth_data, write_auth_file
 from tests.harness import client, in_thread, post, sdk
 
@@ -331,7 +338,6 @@ class SurfaceTests(TestCase):
         codex.fake.used.update({"tok-1": 90.0, "tok-2": 10.0})
         for _ in range(2):
             await _post_responses(self, codex)
-        import treq
         for path in ("/backend-api/wham/usage", "/api/codex/usage"):
             response = await client(self).get(codex.url + path, headers=AUTH)
             self.assertEqual(response.code, 200)
@@ -349,7 +355,6 @@ class SurfaceTests(TestCase):
 
     async def test_models_listed(self) -> None:
         codex = await start_codex(self, client_version="0.88.0")
-        import treq
         response = await client(self).get(codex.url + "/v1/models", headers=AUTH)
         ids = [m["id"] for m in json.loads(await treq.content(response))["data"]]
         self.assertIn("chatgpt:gpt-5.1-codex", ids)
@@ -361,7 +366,6 @@ class SurfaceTests(TestCase):
     async def test_models_fall_back_to_config(self) -> None:
         codex = await start_codex(self, models=["gpt-5-configured"])
         codex.fake.accounts.clear()
-        import treq
         response = await client(self).get(codex.url + "/v1/models", headers=AUTH)
         ids = [m["id"] for m in json.loads(await treq.content(response))["data"]]
         self.assertIn("chatgpt:gpt-5-configured", ids)
@@ -370,7 +374,6 @@ class SurfaceTests(TestCase):
         codex = await start_codex(self, accounts=2)
         codex.fake.used["tok-1"] = 42.0
         await _post_responses(self, codex)
-        import treq
         response = await client(self).get(codex.url + "/v1/llmproxy/status", headers=AUTH)
         text = await treq.content(response)
         accounts = json.loads(text)["backends"]["chatgpt"]["accounts"]
@@ -459,7 +462,6 @@ class ConfigTests(SynchronousTestCase):
 
 class WireParsingTests(SynchronousTestCase):
     def test_windows(self) -> None:
-        from twisted.web.http_headers import Headers
         headers = Headers({"x-codex-primary-used-percent": ["12.5"],
                            "x-codex-primary-window-minutes": ["300"],
                            "x-codex-primary-reset-at": ["5000"],
@@ -499,8 +501,6 @@ class AccountPoolTests(SynchronousTestCase):
     """
 
     def pool(self) -> Any:
-        from llmproxy.backends.keypool import KeyPool
-        from llmproxy.config import ApiKey
         clock = Clock()
         return KeyPool("b", [ApiKey(f"b#{i}", f"/a{i}") for i in (1, 2, 3)], clock,
                        max_cooldown=60.0), clock
@@ -528,7 +528,6 @@ class AccountPoolTests(SynchronousTestCase):
         self.assertEqual([k.name for k in pool.ordered()], ["b#1", "b#2", "b#3"])
 
     def test_usage_limit_reached_is_exact(self) -> None:
-        from llmproxy.exchange.outcome import Outcome, classify_status
         body = b'{"error": {"type": "usage_limit_reached", "resets_in_seconds": 9000}}'
         verdict = classify_status(429, body, {"retry-after": "9000"}, 0.0)
         self.assertEqual((verdict.outcome, verdict.retry_after, verdict.exact),
@@ -554,9 +553,7 @@ class FillCompletedTests(SynchronousTestCase):
     @given(st.lists(st.integers(min_value=0, max_value=4000), max_size=8),
            st.booleans())
     def test_completed_filled_others_byte_for_byte(self, cuts: list[int], call: bool) -> None:
-        from llmproxy.backends.codex_stream import FillCompleted
-        from llmproxy.testing.chatgpt import _events
-        raw = b"".join(_events("m", "hello", ("f", '{"a": 1}') if call else None))
+        raw = b"".join(stream_events("m", "hello", ("f", '{"a": 1}') if call else None))
         reader = _Reader()
         fill = FillCompleted(reader)
         fill.makeConnection(None)  # type: ignore[arg-type]
@@ -573,8 +570,6 @@ class FillCompletedTests(SynchronousTestCase):
         self.assertEqual({**after[-1]["response"], "output": []}, before[-1]["response"])
 
     def test_a_completed_output_is_kept(self) -> None:
-        from llmproxy.backends.codex_stream import FillCompleted
-        from llmproxy.sse import encode_event
         raw = (encode_event({"type": "response.output_item.done", "output_index": 0,
                              "item": {"id": "a"}})
                + encode_event({"type": "response.completed",

@@ -110,7 +110,7 @@ class FakeChatGPT(Resource):
             return self._usage_limit(request, self.exhausted[subject])
         request.setHeader(b"content-type", b"text/event-stream")
         call = self.calls.pop(0) if self.calls else None
-        return b"".join(_events(str(body.get("model")), _last_text(body), call))
+        return b"".join(stream_events(str(body.get("model")), _last_text(body), call))
 
     # checks
 
@@ -173,7 +173,7 @@ def _json(request: Request, status: int, body: Any) -> bytes:
     return json.dumps(body).encode()
 
 
-def _events(model: str, text: str, call: tuple[str, str] | None) -> list[bytes]:
+def stream_events(model: str, text: str, call: tuple[str, str] | None) -> list[bytes]:
     """
     A Responses stream answering C{text} (echoed), or calling C{call};
     as the real backend does, its C{response.completed} has no output: the
@@ -253,4 +253,4 @@ async def listen_chatgpt(
     return fake, port, f"http://127.0.0.1:{address.port}{BASE_PATH}"
 
 
-__all__ = ["BASE_PATH", "FakeChatGPT", "listen_chatgpt"]
+__all__ = ["BASE_PATH", "FakeChatGPT", "listen_chatgpt", "stream_events"]
