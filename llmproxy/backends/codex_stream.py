@@ -20,7 +20,7 @@ from typing import Any
 from twisted.internet.interfaces import IProtocol, ITransport
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
-from twisted.web.iweb import IResponse
+from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 from zope.interface import implementer
 
 from llmproxy.sse import SSEError, SSEFramer, encode_event, parse_event
@@ -106,7 +106,8 @@ class FilledResponse:
         self.code = original.code
         self.phrase = original.phrase
         self.headers = original.headers
-        self.length = original.length
+        # Filling changes the body's length.
+        self.length = UNKNOWN_LENGTH
         self.request = original.request
         self.previousResponse = original.previousResponse
 
