@@ -353,6 +353,21 @@ class SurfaceTests(TestCase):
         response = await client(self).get(codex.url + "/backend-api/wham/usage")
         self.assertEqual(response.code, 401)
 
+    async def test_pooled_usage_when_every_account_is_limited(self) -> None:
+        codex = await start_codex(self, accounts=2, clock=Clock())
+        codex.fake.exhausted.update({"tok-1": 7200, "tok-2": 1800})
+        status, _, _ = await _post_responses(self, codex)
+        self.assertEqual(status, 429)
+        response = await client(self).get(codex.url + "/backend-api/wham/usage", headers=AUTH)
+        limits = json.loads(await treq.content(response))["rate_limit"]
+        self.assertEqual((limits["allowed"], limits["limit_reached"]), (False, True))
+        self.assertEqual(limits["primary_window"]["used_percent"], 100)
+        self.assertEqual(limits["primary_window"]["reset_after_seconds"], 1800)
+        codex.clock.advance(1800)
+        response = await client(self).get(codex.url + "/api/codex/usage", headers=AUTH)
+        limits = json.loads(await treq.content(response))["rate_limit"]
+        self.assertEqual((limits["allowed"], limits["limit_reached"]), (True, False))
+
     async def test_models_listed(self) -> None:
         codex = await start_codex(self, client_version="0.88.0")
         response = await client(self).get(codex.url + "/v1/models", headers=AUTH)
