@@ -12,4 +12,9 @@ CHAT: Final = "chat"
 #: The Responses API (C{POST /v1/responses}).
 RESPONSES: Final = "responses"
 
-__all__ = ["CHAT", "RESPONSES"]
+#: The Responses API as ChatGPT's Codex backend takes it (its own wire
+#: rules, L{llmproxy.adapt.codex}): the name of the backend type that
+#: speaks it, shared by that step and the backend.
+CODEX: Final = "openai-codex"
+
+__all__ = ["CHAT", "CODEX", "RESPONSES"]

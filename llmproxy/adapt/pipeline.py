@@ -86,6 +86,8 @@ class Context(NamedTuple):
     @ivar upstream: the dialect the backend's upstream speaks.
     @ivar reasoning_models: the backend's C{reasoning_models} pattern, or
         L{None} for the default one.
+    @ivar backend_type: the backend's type (C{type:} in the config), for
+        the steps that are one connector's wire rules.
     @ivar knobs: the proxy-only fields the client sent, in body order.
     """
 
@@ -94,6 +96,7 @@ class Context(NamedTuple):
     dialect: str
     upstream: str
     reasoning_models: re.Pattern[str] | None = None
+    backend_type: str = ""
     knobs: Mapping[str, Any] = _NO_KNOBS
 
 

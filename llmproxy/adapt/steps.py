@@ -7,6 +7,7 @@ and one line here.
 
 from __future__ import annotations
 
+from llmproxy.adapt.codex import CODEX_RULES
 from llmproxy.adapt.pipeline import Pipeline
 from llmproxy.adapt.reasoning import REASONING
 from llmproxy.config import Config
@@ -14,7 +15,7 @@ from llmproxy.config import Config
 __all__ = ["DEFAULT_PIPELINE", "default_pipeline"]
 
 #: The steps every configuration runs today.
-DEFAULT_PIPELINE = Pipeline((REASONING,))
+DEFAULT_PIPELINE = Pipeline((REASONING, CODEX_RULES))
 
 
 def default_pipeline(config: Config) -> Pipeline:

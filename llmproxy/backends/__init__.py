@@ -8,13 +8,14 @@ none).  A new type is one module declaring a L{BackendType} plus one line
 here.
 """
 
-from llmproxy.backends import mock, openai
+from llmproxy.backends import codex, mock, openai
 from llmproxy.backends.registry import BackendContext, BackendType, Factory, Registry
 
 REGISTRY = Registry(
     openai.OPENAI,
     openai.OPENAI_RESPONSES,
     mock.MOCK,
+    codex.OPENAI_CODEX,
 )
 
 __all__ = ["REGISTRY", "BackendContext", "BackendType", "Factory", "Registry"]

@@ -14,7 +14,7 @@ values never appear in C{repr}, C{str}, logs or status output.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -125,7 +125,7 @@ class KeyPool:
         """
         return replace(self._state(key))
 
-    def ordered(self) -> list[ApiKey]:
+    def ordered(self, prefer: Callable[[ApiKey], float] | None = None) -> list[ApiKey]:
         """
         This request's key order; advances the rotation by one.
 
@@ -133,6 +133,9 @@ class KeyPool:
         the available keys first (so index 0 is the first available key) and
         the cooling ones after them, soonest free first.
 
+        @param prefer: a score per key (its backend's hint, e.g. how much of
+            an account's quota window is left): the available keys come
+            highest first, in round-robin order among equals.
         @return: every key once; empty for a keyless backend.
         """
         if not self.keys:
@@ -142,6 +145,8 @@ class KeyPool:
         rotated = self.keys[start:] + self.keys[:start]
         states = self._states
         free = [k for k in rotated if not self._cooling(states[k.name])]
+        if prefer is not None:
+            free.sort(key=lambda k: -prefer(k))
         cooling = [k for k in rotated if self._cooling(states[k.name])]
         cooling.sort(key=lambda k: states[k.name].cooldown_until)
         return free + cooling
@@ -178,7 +183,8 @@ class KeyPool:
         state.cooldown_until = 0.0
 
     def mark_rate_limited(
-        self, key: ApiKey, retry_after: float | None, *, error: str | None = None
+        self, key: ApiKey, retry_after: float | None, *, error: str | None = None,
+        exact: bool = False,
     ) -> None:
         """
         Record a 429: cool the key for C{retry_after} seconds (the default
@@ -186,11 +192,13 @@ class KeyPool:
         existing later deadline is kept.
 
         @param error: optional safe description for the status output.
+        @param exact: C{retry_after} is when the key's own limit resets (a
+            subscription's usage window), not a hint: no C{max_cooldown}.
         @raise KeyError: if C{key} does not belong to this pool.
         """
         if retry_after is None or retry_after < 0:
-            retry_after = self._default_cooldown
-        seconds = min(retry_after, self._max_cooldown)
+            retry_after, exact = self._default_cooldown, False
+        seconds = retry_after if exact else min(retry_after, self._max_cooldown)
         self._cool(key, seconds, RATE_LIMITED, error or "rate limited (429)")
 
     def mark_invalid(self, key: ApiKey, *, error: str | None = None) -> None:

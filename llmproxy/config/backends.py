@@ -6,6 +6,7 @@ the backend registry declares (a L{BackendKind}), and the default backend.
 
 from __future__ import annotations
 
+import os
 import re
 from types import MappingProxyType
 from typing import Any, Mapping
@@ -152,8 +153,12 @@ def _backend(
     """
     kind = _backend_kind(name, reader, kinds)
     base_url = _base_url(name, kind, reader, environ)
-    keys, key_env = _keys(name, reader, environ,
-                          implicit=name == OPENAI_BACKEND and kind.openai_env)
+    options = _options(kind, reader, environ)
+    if kind.keys is not None:
+        keys, key_env = kind.keys(name, options, environ), None
+    else:
+        keys, key_env = _keys(name, reader, environ,
+                              implicit=name == OPENAI_BACKEND and kind.openai_env)
     reasoning_models = _reasoning_models(reader)
     backend = BackendConfig(
         name=name,
@@ -167,7 +172,7 @@ def _backend(
         models=reader.strings("models"),
         reasoning_models=reasoning_models,
         max_connections=reader.integer("max_connections", 64, minimum=1),
-        options=_options(kind, reader),
+        options=options,
     )
     reader.finish()
     return backend
@@ -230,15 +235,35 @@ def _is_http_url(url: str) -> bool:
     return parts.scheme in ("http", "https") and bool(parts.hostname) and port != 0
 
 
-def _options(kind: BackendKind, reader: Reader) -> Mapping[str, Any]:
+def _options(
+    kind: BackendKind, reader: Reader, environ: Mapping[str, str]
+) -> Mapping[str, Any]:
     """
     The values of the settings only this backend's type reads.
     """
     values: dict[str, Any] = {}
     for option in kind.options:
-        value = reader.get(option.name, option.type, option.default)
+        if option.type is tuple:
+            listed = tuple(expand_user(s, environ) for s in reader.strings(option.name))
+            value: Any = listed if reader.data.get(option.name) is not None else option.default
+        else:
+            value = reader.get(option.name, option.type, option.default)
+        if option.choices and value is not None and value not in option.choices:
+            raise reader.fail(option.name, f"expected one of {', '.join(option.choices)}, "
+                                           f"got {value!r}")
         values[option.name] = float(value) if option.type is float and value is not None else value
     return MappingProxyType(values)
+
+
+def expand_user(path: str, environ: Mapping[str, str]) -> str:
+    """
+    C{path} with a leading C{~} (alone or before C{/}) replaced by the
+    environment's C{HOME} (the process's home when it has none).
+    """
+    if path != "~" and not path.startswith("~/"):
+        return path
+    home = environ.get("HOME") or os.path.expanduser("~")
+    return home + path[1:]
 
 
 def _reasoning_models(reader: Reader) -> re.Pattern[str] | None:

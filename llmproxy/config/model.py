@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 DEFAULT_LISTEN = "tcp:8000:interface=127.0.0.1"
 #: The name of the backend the OpenAI SDK's environment variables configure
@@ -50,14 +50,22 @@ class BackendOption:
     """
     A setting that only one backend type reads, declared by that type.
 
-    @ivar type: C{str}, C{int}, C{float} or C{bool}; strings get
-        C{${VAR}} expansion like every other string.
+    @ivar type: C{str}, C{int}, C{float}, C{bool} or C{tuple} (a YAML
+        list of strings, each C{${VAR}}- and C{~}-expanded, read as a
+        tuple); strings get C{${VAR}} expansion like every other string.
     @ivar default: the value when the setting is absent.
+    @ivar choices: the values a C{str} setting may take, when limited.
     """
 
     name: str
     type: type[Any] = str
     default: Any = None
+    choices: tuple[str, ...] = ()
+
+
+#: A backend type's own keys: (backend name, its options, the environment)
+#: -> its keys.
+KeysHook = Callable[[str, Mapping[str, Any], Mapping[str, str]], tuple[ApiKey, ...]]
 
 
 @dataclass(frozen=True)
@@ -81,6 +89,10 @@ class BackendKind:
     @ivar loopback_only: whether its accounts are a person's subscription,
         which llmproxy serves on loopback only unless the config says
         C{allow_remote_codex: true} (shared accounts get banned).
+    @ivar keys: for a type whose credentials are not API keys in the file
+        (C{api_key}, C{api_keys}: then not accepted), what its keys are,
+        from the backend's name, its L{options} and the environment; they
+        rotate, cool down and show in the status like API keys.
     """
 
     name: str
@@ -90,6 +102,7 @@ class BackendKind:
     demo: bool = False
     options: tuple[BackendOption, ...] = ()
     loopback_only: bool = False
+    keys: KeysHook | None = None
 
 
 @dataclass(frozen=True)

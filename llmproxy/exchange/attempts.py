@@ -94,7 +94,9 @@ class AttemptQueue:
         rotation: dict[str, list[ApiKey]] = {}
         for target in self.targets:
             if target.key is None and target.backend not in rotation:
-                rotation[target.backend] = upstreams.pools[target.backend].ordered()
+                # A backend may rank its keys (an account's quota left).
+                prefer = getattr(upstreams.backends.get(target.backend), "key_preference", None)
+                rotation[target.backend] = upstreams.pools[target.backend].ordered(prefer)
         self.keys = [
             [k for k in upstreams.pools[t.backend].keys if k.name == t.key]
             if t.key is not None else rotation[t.backend]
@@ -279,7 +281,7 @@ class AttemptQueue:
             return
         pool = self.up.pools[backend]
         if outcome is Outcome.RATE_LIMITED:
-            pool.mark_rate_limited(key, verdict.retry_after)
+            pool.mark_rate_limited(key, verdict.retry_after, exact=verdict.exact)
         elif outcome is Outcome.NEXT_KEY:
             pool.mark_invalid(key)
         elif outcome is Outcome.QUOTA:

@@ -264,9 +264,11 @@ class Exchange:
         try:
             if call.frontend == CHAT:
                 return prepare.prepare_chat(target, call.raw, backend.dialect, reasoning,
-                                            pipeline=self.runtime.pipeline)
+                                            pipeline=self.runtime.pipeline,
+                                            backend_type=backend.config.type)
             return prepare.prepare_responses(target, call.raw, backend.dialect, reasoning,
-                                             call.history, pipeline=self.runtime.pipeline)
+                                             call.history, pipeline=self.runtime.pipeline,
+                                             backend_type=backend.config.type)
         except (TypeError, AttributeError, KeyError, ValueError) as e:
             # Translation validates what it understands; a shape it does not
             # expect is still the client's error, never a 500.

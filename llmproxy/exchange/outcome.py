@@ -71,10 +71,13 @@ class Verdict:
     @ivar outcome: what to do next.
     @ivar retry_after: seconds the upstream asked us to wait, from its
         headers; L{None} when it gave no (usable) information.
+    @ivar exact: C{retry_after} is when the key's own usage limit resets
+        (C{usage_limit_reached}), to be kept as it is, however long.
     """
 
     outcome: Outcome
     retry_after: float | None = None
+    exact: bool = False
 
 
 #: Exceptions meaning "the upstream could not be reached or broke off".
@@ -111,6 +114,10 @@ _MODEL_NOT_FOUND = "model_not_found"
 
 #: Error code (or type) that turns a 429 into quota exhaustion.
 _INSUFFICIENT_QUOTA = "insufficient_quota"
+
+#: Error code (or type) of a 429 whose retry hint is the reset of the
+#: key's own usage window (a ChatGPT subscription's), not a short pause.
+_USAGE_LIMIT_REACHED = "usage_limit_reached"
 
 
 def _header(headers: Mapping[str, Any], name: str) -> str | None:
@@ -290,10 +297,12 @@ def classify_status(
         makes failover-eligible (C{extra_failover_statuses}).
     @return: the verdict; C{retry_after} is L{None} for L{Outcome.OK}.
     """
-    outcome = _status_outcome(status, _error_fields(body), extra_failover)
+    fields = _error_fields(body)
+    outcome = _status_outcome(status, fields, extra_failover)
     if outcome is Outcome.OK:
         return Verdict(outcome, None)
-    return Verdict(outcome, parse_retry_after(headers, now))
+    exact = outcome is Outcome.RATE_LIMITED and _USAGE_LIMIT_REACHED in fields
+    return Verdict(outcome, parse_retry_after(headers, now), exact)
 
 
 def _unwrap(failure_or_exc: Failure | BaseException) -> BaseException:

@@ -55,6 +55,7 @@ def _bytes(target: Target, original: bytes, shaped: Shaped) -> tuple[bytes, tupl
 def prepare_chat(
     target: Target, original: bytes, backend_dialect: str,
     reasoning: re.Pattern[str] | None = None, pipeline: Pipeline | None = None,
+    backend_type: str = "",
 ) -> tuple[bytes, tuple[str, ...]]:
     """
     The bytes to send a backend for a chat-frontend target, and the names
@@ -62,9 +63,11 @@ def prepare_chat(
 
     @param reasoning: the backend's C{reasoning_models} pattern.
     @param pipeline: the adapt steps, by default L{DEFAULT_PIPELINE}.
+    @param backend_type: the backend's C{type}, for connector steps.
     """
     steps = DEFAULT_PIPELINE if pipeline is None else pipeline
-    context = Context(target.backend, target.model, CHAT, backend_dialect, reasoning)
+    context = Context(target.backend, target.model, CHAT, backend_dialect, reasoning,
+                      backend_type)
     translate = _to_responses if backend_dialect == RESPONSES else None
     return _bytes(target, original, steps.run(target.body, context, translate))
 
@@ -73,6 +76,7 @@ def prepare_responses(
     target: Target, original: bytes, backend_dialect: str,
     reasoning: re.Pattern[str] | None = None,
     history: Sequence[Mapping[str, Any]] | None = (), pipeline: Pipeline | None = None,
+    backend_type: str = "",
 ) -> tuple[bytes, tuple[str, ...]]:
     """
     The bytes to send a backend for a responses-frontend target.
@@ -81,9 +85,11 @@ def prepare_responses(
         L{None} when llmproxy does not know it (then only a Responses
         backend, which may have stored it, can serve the request).
     @param pipeline: the adapt steps, by default L{DEFAULT_PIPELINE}.
+    @param backend_type: the backend's C{type}, for connector steps.
     """
     steps = DEFAULT_PIPELINE if pipeline is None else pipeline
-    context = Context(target.backend, target.model, RESPONSES, backend_dialect, reasoning)
+    context = Context(target.backend, target.model, RESPONSES, backend_dialect, reasoning,
+                      backend_type)
     if backend_dialect == RESPONSES:
         return _bytes(target, original, steps.run(target.body, context))
     if history is None:

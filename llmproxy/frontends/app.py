@@ -38,6 +38,7 @@ from llmproxy.frontends.hot import HotRoute, Root
 from llmproxy.frontends.models import ModelListing
 from llmproxy.frontends.site import ProxyRequest, ProxySite
 from llmproxy.frontends.store import ResponseStore
+from llmproxy.frontends.usage import pooled_usage
 
 
 class ProxyApp:
@@ -156,16 +157,29 @@ class ProxyApp:
         runtime = self.runtime
         self._authorize(request, runtime)
         up = runtime.upstreams
-        return json_answer(request, 200, {
-            "backends": {
-                name: {
-                    "type": up.backends[name].config.type,
-                    "circuit": up.breakers[name].status(),
-                    "keys": up.pools[name].status(),
-                }
-                for name in up.backends
+        backends: dict[str, Any] = {}
+        for name, backend in up.backends.items():
+            entry = backends[name] = {
+                "type": backend.config.type,
+                "circuit": up.breakers[name].status(),
+                "keys": up.pools[name].status(),
             }
-        })
+            # Backends whose keys are accounts say more of them.
+            accounts = getattr(backend, "accounts_status", None)
+            if accounts is not None:
+                entry["accounts"] = accounts()
+        return json_answer(request, 200, {"backends": backends})
+
+    @app.route("/backend-api/wham/usage", methods=["GET"])
+    @app.route("/api/codex/usage", methods=["GET"])
+    async def usage(self, request: IRequest) -> bytes:
+        """
+        The pooled usage limits of the subscription accounts, as the Codex
+        CLI asks ChatGPT for its own (L{llmproxy.frontends.usage}).
+        """
+        runtime = self.runtime
+        self._authorize(request, runtime)
+        return json_answer(request, 200, await pooled_usage(runtime, self.clock.seconds()))
 
     # the hot routes (see hot_routes)
 

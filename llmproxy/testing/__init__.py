@@ -39,6 +39,7 @@ from llmproxy.testing.builders import (
     sse_events,
     sse_json,
 )
+from llmproxy.testing.chatgpt import FakeChatGPT, listen_chatgpt
 from llmproxy.testing.memory import (
     MemoryAgent,
 )
@@ -63,3 +64,4 @@ __all__ = [
     "function_call_response", "listen_fake", "make_config", "openai_config",
     "responses_events", "responses_object", "sse_data", "sse_events", "sse_json",
 ]
+__all__ += ["FakeChatGPT", "listen_chatgpt"]
