@@ -282,6 +282,21 @@ class LoginTests(TestCase):
         self.assertIn("codex login", message)
         self.assertNotIn("tok-", message)
 
+    async def test_a_fixed_login_serves_at_once(self) -> None:
+        """
+        An account whose login is missing is not rested for the hour a
+        rejected API key gets: the user may log in the next minute.
+        """
+        codex = await start_codex(self)
+        auth = codex.files[0].read_text()
+        codex.files[0].unlink()
+        status, _, body = await _post_responses(self, codex)
+        self.assertEqual(status, 401)
+        self.assertIn("codex login", json.loads(body)["error"]["message"])
+        codex.files[0].write_text(auth)
+        status, _, body = await _post_responses(self, codex)
+        self.assertEqual(status, 200, body)
+
 
 def _post_responses(case: TestCase, codex: Codex) -> Any:
     return post(case, codex.url + "/v1/responses",

@@ -348,7 +348,10 @@ class CodexBackend(OpenAIResponsesBackend):
             message = message.replace(key.value, f"the auth file of {key.name}")
         code = "codex_login_required" if error.permanent else "codex_login_unavailable"
         body = ProxyError(message, type="invalid_request_error", code=code).to_json()
-        return MemoryResponse(401, {b"content-type": b"application/json"}, [body], self.reactor)
+        # Retry-After 0: the account is tried again on the next request (the
+        # user may fix the login at any moment), not rested for an hour.
+        return MemoryResponse(401, {b"content-type": b"application/json", b"retry-after": b"0"},
+                              [body], self.reactor)
 
     async def _error(self, name: str, response: IResponse) -> IResponse:
         """

@@ -201,14 +201,19 @@ class KeyPool:
         seconds = retry_after if exact else min(retry_after, self._max_cooldown)
         self._cool(key, seconds, RATE_LIMITED, error or "rate limited (429)")
 
-    def mark_invalid(self, key: ApiKey, *, error: str | None = None) -> None:
+    def mark_invalid(
+        self, key: ApiKey, *, error: str | None = None, seconds: float | None = None
+    ) -> None:
         """
-        Record a 401/403: the key rests for C{auth_cooldown}.
+        Record a 401/403: the key rests for C{auth_cooldown}, or for
+        C{seconds} when the refusal said how long (a login that a local
+        file can fix at any moment says 0).
 
         @param error: optional safe description for the status output.
         @raise KeyError: if C{key} does not belong to this pool.
         """
-        self._cool(key, self._auth_cooldown, INVALID, error or "rejected (401/403)")
+        self._cool(key, self._auth_cooldown if seconds is None else seconds, INVALID,
+                   error or "rejected (401/403)")
 
     def mark_quota(self, key: ApiKey, *, error: str | None = None) -> None:
         """

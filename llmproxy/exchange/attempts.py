@@ -283,6 +283,6 @@ class AttemptQueue:
         if outcome is Outcome.RATE_LIMITED:
             pool.mark_rate_limited(key, verdict.retry_after, exact=verdict.exact)
         elif outcome is Outcome.NEXT_KEY:
-            pool.mark_invalid(key)
+            pool.mark_invalid(key, seconds=verdict.retry_after)
         elif outcome is Outcome.QUOTA:
             pool.mark_quota(key)
