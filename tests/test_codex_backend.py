@@ -191,6 +191,85 @@ class SDKTests(TestCase):
         self.assertEqual(text.output_text, "chatgpt: hello codex")
 
 
+class NonStreamingTests(TestCase):
+    """
+    The ChatGPT backend only streams: whole answers are its stream,
+    aggregated.
+    """
+
+    async def test_chat_text_and_tools(self) -> None:
+        codex = await start_codex(self)
+        codex.fake.calls.append(("get_weather", '{"city": "Lima"}'))
+
+        def call() -> tuple[Any, Any]:
+            with sdk(codex.url, "pk") as c:
+                calls = c.chat.completions.create(model="gpt-5.1-codex", messages=MESSAGES,
+                                                  tools=CHAT_TOOLS, max_tokens=50)
+                text = c.chat.completions.create(model="gpt-5.1-codex", messages=MESSAGES)
+                return calls, text
+
+        calls, text = await in_thread(call)
+        [tool_call] = calls.choices[0].message.tool_calls
+        self.assertEqual((tool_call.function.name, json.loads(tool_call.function.arguments)),
+                         ("get_weather", {"city": "Lima"}))
+        self.assertEqual(calls.choices[0].finish_reason, "tool_calls")
+        self.assertEqual(text.choices[0].message.content, "chatgpt: hello codex")
+        self.assertIsNotNone(text.usage)
+        for seen in codex.fake.requests:
+            self.assertIs(seen.body["stream"], True)
+            self.assertNotIn("max_output_tokens", seen.body)
+
+    async def test_responses_text_tools_and_continuation(self) -> None:
+        codex = await start_codex(self)
+        codex.fake.calls.append(("get_weather", '{"city": "Kyiv"}'))
+
+        def call() -> tuple[Any, Any]:
+            with sdk(codex.url, "pk") as c:
+                first = c.responses.create(model="gpt-5.1-codex", input="weather?",
+                                           tools=RESPONSES_TOOLS)
+                [fc] = first.output
+                second = c.responses.create(
+                    model="gpt-5.1-codex", previous_response_id=first.id, tools=RESPONSES_TOOLS,
+                    input=[{"type": "function_call_output", "call_id": fc.call_id,
+                            "output": "sunny"}])
+                return first, second
+
+        first, second = await in_thread(call)
+        self.assertEqual([(i.type, i.name) for i in first.output],
+                         [("function_call", "get_weather")])
+        self.assertTrue(second.output_text)
+        # The upstream stores nothing: llmproxy sends the whole conversation.
+        seen = codex.fake.requests[1].body
+        self.assertNotIn("previous_response_id", seen)
+        kinds = [item.get("type", "message") for item in seen["input"]]
+        self.assertEqual(kinds, ["message", "function_call", "function_call_output"])
+
+
+    async def test_a_streamed_answer_can_be_continued(self) -> None:
+        codex = await start_codex(self)
+
+        def call() -> Any:
+            with sdk(codex.url, "pk") as c:
+                with c.responses.stream(model="gpt-5.1-codex", input="hello codex") as stream:
+                    first = stream.get_final_response()
+                return c.responses.create(model="gpt-5.1-codex", input="again",
+                                          previous_response_id=first.id, stream=True)
+
+        list(await in_thread(call))
+        seen = codex.fake.requests[1].body
+        self.assertNotIn("previous_response_id", seen)
+        self.assertEqual([item.get("role") for item in seen["input"]],
+                         ["user", "assistant", "user"])
+
+    async def test_an_unknown_previous_response_is_a_404(self) -> None:
+        codex = await start_codex(self)
+        status, _, body = await post(self, codex.url + "/v1/responses", {
+            "model": "gpt-5.1-codex", "input": "hi", "previous_response_id": "resp_nope"}, AUTH)
+        self.assertEqual(status, 404)
+        self.assertEqual(json.loads(body)["error"]["code"], "previous_response_not_found")
+        self.assertEqual(codex.fake.requests, [])
+
+
 class WireRuleTests(TestCase):
     async def test_dropped_params_reported(self) -> None:
         codex = await start_codex(self)

@@ -91,15 +91,45 @@ def prepare_responses(
     context = Context(target.backend, target.model, RESPONSES, backend_dialect, reasoning,
                       backend_type)
     if backend_dialect == RESPONSES:
-        return _bytes(target, original, steps.run(target.body, context))
+        shaped = steps.run(target.body, context)
+        if shaped.body.get("store") is False and "previous_response_id" in shaped.body:
+            shaped = _with_history(shaped, _known(history, target.body))
+        return _bytes(target, original, shaped)
+    return _bytes(target, original,
+                  steps.run(target.body, context, _to_chat(_known(history, target.body))))
+
+
+def _known(
+    history: Sequence[Mapping[str, Any]] | None, body: Mapping[str, Any]
+) -> Sequence[Mapping[str, Any]]:
+    """
+    The conversation C{previous_response_id} names, which llmproxy must
+    know to send it to an upstream that keeps none.
+    """
     if history is None:
-        previous = target.body.get("previous_response_id")
+        previous = body.get("previous_response_id")
         raise ProxyError(
             f"Previous response with id '{previous}' not found.", status=404,
             type="invalid_request_error", param="previous_response_id",
             code="previous_response_not_found",
         )
-    return _bytes(target, original, steps.run(target.body, context, _to_chat(history)))
+    return history
+
+
+def _with_history(shaped: Shaped, history: Sequence[Mapping[str, Any]]) -> Shaped:
+    """
+    A Responses body for an upstream that stores nothing (C{store: false}):
+    the conversation C{previous_response_id} names, written out in front of
+    the new input, instead of the id.
+    """
+    body = dict(shaped.body)
+    del body["previous_response_id"]
+    earlier = chat_to_responses_request({"messages": list(history)}).body.get("input") or []
+    new = body.get("input")
+    if isinstance(new, str):
+        new = [{"role": "user", "content": new}]
+    body["input"] = [*earlier, *(new or [])]
+    return Shaped(body, shaped.dropped, True)
 
 
 def convert_body(

@@ -216,6 +216,7 @@ class ResponsesPassthrough(_Passthrough):
                                          "created_at": 0, "status": "in_progress",
                                          "model": None, "output": []}
         self._known = False
+        self._final: dict[str, Any] | None = None
 
     def events(self, raw: list[bytes]) -> bytes:
         self.count += len(raw)
@@ -225,10 +226,25 @@ class ResponsesPassthrough(_Passthrough):
                 self._remember(item)
             if _terminal(item):
                 self.finished = True
-                if _event_type(item) == "error":
+                kind = _event_type(item)
+                if kind == "error":
                     position = self.count - len(raw) + index
                     out = raw[:index] + [self._failed(item, position)] + raw[index + 1:]
+                elif kind == "response.completed":
+                    self._completed(item)
         return out[0] if len(out) == 1 else b"".join(out)
+
+    def _completed(self, item: bytes) -> None:
+        """
+        Keep the completed response, for L{final}.
+        """
+        event = parse_event(item)
+        response = _object(event).get("response") if event is not None else None
+        if isinstance(response, dict) and response.get("status") == "completed":
+            self._final = response
+
+    def final(self) -> dict[str, Any] | None:
+        return self._final
 
     def _failed(self, item: bytes, position: int) -> bytes:
         """
