@@ -10,14 +10,18 @@ installs it).
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any, Mapping
 
+from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
 from llmproxy.testing import (
     Recorded, Stream, backend_data, chat_chunks, chat_tool_chunks, config_data,
     function_call_events, responses_events,
 )
+from llmproxy.testing.chatgpt import FakeChatGPT, listen_chatgpt
+from llmproxy.testing.codex import auth_data, write_auth_file
 from tests.codex_cli import CodexResult, codex_binary, codex_on
 from tests.harness import Proxy
 
@@ -159,3 +163,53 @@ class CodexCLITests(TestCase):
         first, second = result.proxy.fake.requests
         [output] = [i for i in second.body["input"] if i.get("type") == "function_call_output"]
         self.assertIn(OUTPUT, json.dumps(output["output"]))
+
+
+class CodexCLIOnChatGPTTests(TestCase):
+    """
+    The Codex CLI through llmproxy's ChatGPT-login backend (C{openai-codex},
+    here at a L{FakeChatGPT} that enforces the real backend's rules).
+    """
+
+    timeout = 300
+
+    def setUp(self) -> None:
+        codex_binary()
+
+    async def _turn(self, prompt: str, tool: bool) -> tuple[CodexResult, FakeChatGPT]:
+        fake, port, base_url = await listen_chatgpt(reactor)
+        self.addCleanup(port.stopListening)
+        fake.accept("tok-1", "acct-1")
+        auth = write_auth_file(Path(self.mktemp()) / "auth.json",
+                               auth_data("tok-1", exp=4_000_000_000, account_id="acct-1"))
+
+        def answer(recorded: Recorded) -> None:
+            if tool and len(fake.requests) == 1:
+                fake.calls.append(shell_call(recorded.body["tools"]))
+
+        fake.on_request = answer
+
+        def config(upstream: str) -> Mapping[str, Any]:
+            return config_data({"chatgpt": {"type": "openai-codex", "base_url": base_url,
+                                            "auth_file": str(auth)}})
+
+        result = await codex_on(self, config, prompt, model="gpt-5.1-codex")
+        self.assertFalse(result.run.timed_out, result.run.stderr)
+        self.assertEqual(result.run.code, 0, result.run.stderr)
+        return result, fake
+
+    async def test_text_turn(self) -> None:
+        result, fake = await self._turn("Say hi", tool=False)
+        [seen] = fake.requests
+        self.assertIn("chatgpt: Say hi", result.run.stdout)
+        self.assertIs(seen.body["store"], False)
+        # Codex's own tools reach the ChatGPT backend as Codex sent them.
+        sent = [e for e in result.exchanged if e.path == "/v1/responses"][0]
+        self.assertEqual(seen.body["tools"], sent.body["tools"])
+
+    async def test_tool_turn(self) -> None:
+        result, fake = await self._turn("Run the command", tool=True)
+        first, second = fake.requests
+        [output] = [i for i in second.body["input"] if i.get("type") == "function_call_output"]
+        self.assertIn(OUTPUT, json.dumps(output["output"]))
+        self.assertEqual(second.headers["session_id"], first.headers["session_id"])
