@@ -23,7 +23,7 @@ from twisted.web.http_headers import Headers
 
 from llmproxy.backends import REGISTRY
 from llmproxy.backends.codex import (
-    CodexBackend, codex_keys, default_auth_file, rewrap_detail, usage_limit_reset, windows_of,
+    CodexBackend, account_path, codex_keys, default_auth_file, rewrap_detail, usage_limit_reset, windows_of,
 )
 from llmproxy.backends.codex_stream import FillCompleted
 from llmproxy.backends.keypool import KeyPool
@@ -371,7 +371,9 @@ class LoginTests(TestCase):
         codex.files[0].unlink()
         status, _, body = await _post_responses(self, codex)
         self.assertEqual(status, 401)
-        self.assertIn("codex login", json.loads(body)["error"]["message"])
+        # The message names the file to fix.
+        self.assertIn(f"{codex.files[0]} does not exist: run `codex login`",
+                      json.loads(body)["error"]["message"])
         codex.files[0].write_text(auth)
         status, _, body = await _post_responses(self, codex)
         self.assertEqual(status, 200, body)
@@ -534,7 +536,7 @@ class ConfigTests(SynchronousTestCase):
     def test_accounts_are_keys(self) -> None:
         backend = self.config({"HOME": "/home/u", "ACCT": "/srv/b"},
                               accounts=["~/a/auth.json", "${ACCT}/auth.json"])
-        self.assertEqual([(k.name, k.value) for k in backend.keys],
+        self.assertEqual([(k.name, str(account_path(k))) for k in backend.keys],
                          [("chatgpt#1", "/home/u/a/auth.json"),
                           ("chatgpt#2", "/srv/b/auth.json")])
         self.assertNotIn("/home/u", repr(backend.keys))
@@ -546,9 +548,9 @@ class ConfigTests(SynchronousTestCase):
             ({"HOME": "/h", "OPENAI_CODEX_PATH": "~/o"}, "/h/o/auth.json"),
         ]:
             self.assertEqual(default_auth_file(environ), expected)
-            self.assertEqual([k.value for k in self.config(environ).keys], [expected])
+            self.assertEqual([str(account_path(k)) for k in self.config(environ).keys], [expected])
         backend = self.config({"HOME": "/h"}, auth_file="~/x.json")
-        self.assertEqual([k.value for k in backend.keys], ["/h/x.json"])
+        self.assertEqual([str(account_path(k)) for k in backend.keys], ["/h/x.json"])
 
     def test_custody_is_checked(self) -> None:
         self.assertEqual(self.config(tokens="owned").options["tokens"], "owned")
@@ -562,11 +564,11 @@ class ConfigTests(SynchronousTestCase):
 
     def test_an_account_listed_twice_is_one_key(self) -> None:
         keys = codex_keys("b", {"accounts": ("/a", "/a", "/b")}, {})
-        self.assertEqual([(k.name, k.value) for k in keys], [("b#1", "/a"), ("b#2", "/b")])
+        self.assertEqual([(k.name, str(account_path(k))) for k in keys], [("b#1", "/a"), ("b#2", "/b")])
 
     def test_auth_file_and_accounts_together(self) -> None:
         keys = codex_keys("b", {"auth_file": "/c", "accounts": ("/a", "/c")}, {})
-        self.assertEqual([k.value for k in keys], ["/c", "/a"])
+        self.assertEqual([str(account_path(k)) for k in keys], ["/c", "/a"])
 
 
 class WireParsingTests(SynchronousTestCase):

@@ -89,8 +89,10 @@ def codex_keys(
 ) -> tuple[ApiKey, ...]:
     """
     The backend's accounts as keys C{NAME#1..N}, each valued with its
-    auth-file path: C{auth_file} then C{accounts}, each once; with neither,
-    the Codex CLI's own (L{default_auth_file}).
+    auth-file path behind L{ACCOUNT_PREFIX}: C{auth_file} then C{accounts},
+    each once; with neither, the Codex CLI's own (L{default_auth_file}).
+    (Key values are redacted from everything a client sees; the prefix
+    keeps the path itself, which tells a user which login to fix, showable.)
     """
     auth_file = options.get("auth_file")
     paths = [expand_user(auth_file, environ)] if auth_file else []
@@ -98,7 +100,19 @@ def codex_keys(
     if not paths:
         paths = [default_auth_file(environ)]
     unique = list(dict.fromkeys(paths))
-    return tuple(ApiKey(f"{name}#{i}", path) for i, path in enumerate(unique, start=1))
+    return tuple(ApiKey(f"{name}#{i}", ACCOUNT_PREFIX + path)
+                 for i, path in enumerate(unique, start=1))
+
+
+#: What the value of an account's key holds before its auth-file path.
+ACCOUNT_PREFIX = "codex-account:"
+
+
+def account_path(key: ApiKey) -> Path:
+    """
+    The auth file of the account C{key} stands for.
+    """
+    return Path(key.value.removeprefix(ACCOUNT_PREFIX))
 
 
 def _open_account(
@@ -269,7 +283,7 @@ class CodexBackend(OpenAIResponsesBackend):
         store = Path(options.get("token_store") or DEFAULT_TOKEN_STORE).expanduser()
         self.accounts: dict[str, Account] = {
             key.name: _open_account(
-                key.name, Path(key.value), custody=options.get("tokens") or CUSTODIES[0],
+                key.name, account_path(key), custody=options.get("tokens") or CUSTODIES[0],
                 token_url=options.get("token_url") or DEFAULT_TOKEN_URL, store_dir=store,
                 agent=self.agent, clock=clock, reactor=reactor)
             for key in config.keys
@@ -344,8 +358,6 @@ class CodexBackend(OpenAIResponsesBackend):
         next account (its message names no token).
         """
         message = error.message
-        if key is not None:
-            message = message.replace(key.value, f"the auth file of {key.name}")
         code = "codex_login_required" if error.permanent else "codex_login_unavailable"
         body = ProxyError(message, type="invalid_request_error", code=code).to_json()
         # Retry-After 0: the account is tried again on the next request (the

@@ -242,7 +242,7 @@ class KeyPool:
             "key {key} of {backend} cooling for {seconds:.1f}s: {reason}",
             key=key.name,
             backend=self.backend,
-            seconds=state.cooldown_until - self._clock.seconds(),
+            seconds=max(0.0, state.cooldown_until - self._clock.seconds()),
             reason=state.reason,
         )
 
