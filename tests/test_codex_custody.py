@@ -1,0 +1,602 @@
+"""
+Token custody of ChatGPT-login accounts (C{llmproxy.backends.codex_tokens}):
+read-only accounts follow the Codex CLI's C{auth.json}; owned accounts
+refresh their own copy, once per rotation across processes, and never
+let a token reach a log, an error or the status.
+
+Time is a L{Clock} (token expiry, lock polling); the token endpoint is a
+L{FakeTokenEndpoint} on a real port, reached through a real L{Agent}.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import stat
+import sys
+import time
+from pathlib import Path
+from typing import Any, Awaitable, cast
+
+from hypothesis import given, strategies as st
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import Clock, deferLater
+from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.client import Agent, HTTPConnectionPool
+
+from llmproxy.backends.codex_auth import Account, CodexAuthError, Credentials, jwt_claims
+from llmproxy.backends.codex_refresh import REFRESH_TIMEOUT, classify, error_code
+from llmproxy.backends.codex_tokens import (
+    LOCK_POLL, LOCK_WAIT, REFRESH_INTERVAL, REFRESH_MARGIN, RETRY_AFTER, OwnedAccount,
+    iso, open_account, safe_name,
+)
+from llmproxy.testing import listen_tokens
+from llmproxy.testing.codex import auth_data, write_auth_file
+from llmproxy.testing.upstream import Stall
+
+#: Where the tests' clock starts (a realistic time, so ISO dates are too).
+NOW = 1_800_000_000.0
+HOUR = 3600.0
+
+
+def sub(creds: Credentials | None) -> str:
+    """
+    Which token C{creds} holds (the fixtures name it in its C{sub}).
+    """
+    assert creds is not None
+    return str(jwt_claims(creds.access_token)["sub"])
+
+
+class CustodyCase(TestCase):
+    """
+    An C{auth.json}, a token endpoint, a store directory, and a clock.
+    """
+
+    async def setUp(self) -> None:  # type: ignore[override]
+        self.clock = Clock()
+        self.clock.advance(NOW)
+        root = Path(self.mktemp())
+        self.auth_file = root / "codex" / "auth.json"
+        self.store_dir = root / "store"
+        self.fake, port, self.token_url = await listen_tokens(reactor, self.clock)
+        self.addCleanup(port.stopListening)
+        self.addCleanup(self.fake.wait_idle)
+        self.pool = HTTPConnectionPool(reactor, persistent=False)
+        self.agent = Agent(reactor, pool=self.pool)
+
+    def login(self, access: str = "one", exp: float | None = NOW + HOUR, **kw: Any) -> None:
+        write_auth_file(self.auth_file, auth_data(access, exp=exp, **kw))
+
+    def account(self, custody: str = "owned", net: IReactorTime | None = None) -> Account:
+        return open_account(
+            "main", self.auth_file, custody, token_url=self.token_url,
+            store_dir=self.store_dir, agent=self.agent, clock=self.clock,
+            reactor=net or reactor)
+
+    def owned(self, net: IReactorTime | None = None) -> OwnedAccount:
+        account = self.account("owned", net)
+        assert isinstance(account, OwnedAccount)
+        return account
+
+    async def failure(self, work: Awaitable[Any]) -> CodexAuthError:
+        try:
+            await work
+        except CodexAuthError as e:
+            return e
+        self.fail("no CodexAuthError")
+
+    def store(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads((self.store_dir / "acct-1.json").read_text())
+        return data
+
+
+def _touch_back(path: Path, before: os.stat_result) -> None:
+    """
+    Give C{path} back its old mtime (a rewrite llmproxy cannot see by stat
+    alone, unless its size or inode changed).
+    """
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
+class ReadOnlyTests(CustodyCase):
+    async def test_follows_the_file_the_cli_rewrites(self) -> None:
+        """
+        The file is read again when its mtime changes, not otherwise, and
+        the token endpoint is never called.
+        """
+        self.login("one")
+        account = self.account("read-only")
+        self.assertEqual(sub(await account.credentials()), "one")
+        before = self.auth_file.stat()
+        self.login("two")
+        _touch_back(self.auth_file, before)
+        self.assertEqual(sub(await account.credentials()), "one")
+        self.login("six")
+        os.utime(self.auth_file, ns=(before.st_atime_ns, before.st_mtime_ns + 10**9))
+        self.assertEqual(sub(await account.credentials()), "six")
+        self.assertEqual(self.fake.calls, [])
+
+    async def test_read_again_near_expiry(self) -> None:
+        self.login("one", exp=NOW + REFRESH_MARGIN + 10)
+        account = self.account("read-only")
+        await account.credentials()
+        before = self.auth_file.stat()
+        self.login("two", exp=NOW + HOUR)
+        _touch_back(self.auth_file, before)
+        self.clock.advance(10)
+        self.assertEqual(sub(await account.credentials()), "two")
+        self.assertEqual(self.fake.calls, [])
+
+    async def test_expired_says_what_to_run(self) -> None:
+        self.login("one", exp=NOW + 60)
+        account = self.account("read-only")
+        await account.credentials()
+        self.clock.advance(60)
+        e = await self.failure(account.credentials())
+        self.assertFalse(e.permanent)
+        self.assertIn("run any `codex` command", e.message)
+        self.assertIn("tokens: owned", e.message)
+        self.assertEqual(self.fake.calls, [])
+
+    async def test_unauthorized_finds_the_cli_s_new_token(self) -> None:
+        self.login("one")
+        account = self.account("read-only")
+        used = await account.credentials()
+        self.assertIsNone(await account.unauthorized(used))
+        self.login("two")
+        self.assertEqual(sub(await account.unauthorized(used)), "two")
+        self.login("other", account_id="acct-2")
+        self.assertIsNone(await account.unauthorized(used))
+        self.assertEqual(self.fake.calls, [])
+
+    async def test_status(self) -> None:
+        self.login("one", plan="pro")
+        account = self.account("read-only")
+        creds = await account.credentials()
+        status = account.status()
+        self.assertEqual(
+            {k: status[k] for k in ("name", "custody", "account_id", "plan", "expires_at")},
+            {"name": "main", "custody": "read-only", "account_id": "acct-1", "plan": "pro",
+             "expires_at": iso(NOW + HOUR)})
+        self.assertEqual(status["last_refresh"], "2026-11-01T00:00:00Z")
+        text = json.dumps(status)
+        self.assertNotIn(creds.access_token, text)
+        self.assertNotIn("rt-1", text)
+
+
+class OwnedImportTests(CustodyCase):
+    async def test_imported_once_and_auth_file_never_written(self) -> None:
+        self.login("one", exp=NOW + REFRESH_MARGIN + 5)
+        written = self.auth_file.read_bytes(), self.auth_file.stat().st_mtime_ns
+        account = self.owned()
+        self.assertEqual(sub(await account.credentials()), "one")
+        store = self.store_dir / "acct-1.json"
+        self.assertEqual(account.store, store)
+        self.assertEqual(stat.S_IMODE(store.stat().st_mode), 0o600)
+        self.assertEqual(self.store()["tokens"]["refresh_token"], "rt-1")
+        self.clock.advance(10)
+        self.assertEqual(sub(await account.credentials()), "access-1")
+        self.assertEqual(stat.S_IMODE(store.stat().st_mode), 0o600)
+        self.assertEqual(self.store()["tokens"]["refresh_token"], "rt-issued-1")
+        self.assertEqual((self.auth_file.read_bytes(), self.auth_file.stat().st_mtime_ns),
+                         written)
+        self.assertEqual([f.name for f in self.store_dir.iterdir()
+                          if not f.name.endswith(".lock")], ["acct-1.json"])
+
+    async def test_the_cli_s_file_changing_is_not_imported_again(self) -> None:
+        self.login("one")
+        account = self.owned()
+        await account.credentials()
+        self.login("cli", refresh="rt-cli")
+        self.assertEqual(sub(await account.credentials()), "one")
+        self.assertEqual(self.store()["tokens"]["refresh_token"], "rt-1")
+
+    async def test_a_new_account_object_uses_the_store(self) -> None:
+        """
+        A restart (or a second backend on the same login) finds the store
+        and does not import the CLI's (older) file again.
+        """
+        self.login("one", exp=NOW + 10)
+        await self.owned().credentials()
+        self.assertEqual(self.fake.count("rotated"), 1)
+        self.assertEqual(sub(await self.owned().credentials()), "access-1")
+        self.assertEqual(self.fake.count("rotated"), 1)
+
+    def test_safe_names(self) -> None:
+        self.assertEqual(safe_name("acct-1"), "acct-1")
+        self.assertEqual(safe_name("../../etc/passwd"), "_.._etc_passwd")
+        self.assertEqual(safe_name(".."), "account")
+
+    def test_unknown_custody(self) -> None:
+        self.assertRaises(ValueError, self.account, "shared")
+
+
+class OwnedRefreshTests(CustodyCase):
+    async def test_proactive_refresh_near_exp(self) -> None:
+        self.login("one", exp=NOW + HOUR)
+        account = self.owned()
+        await account.credentials()
+        self.clock.advance(HOUR - REFRESH_MARGIN - 1)
+        self.assertEqual(sub(await account.credentials()), "one")
+        self.assertEqual(self.fake.calls, [])
+        self.clock.advance(1)
+        fresh = await account.credentials()
+        self.assertEqual(sub(fresh), "access-1")
+        self.assertEqual(fresh.expires_at, self.clock.seconds() + HOUR)
+        self.assertEqual([(c.refresh_token, c.outcome) for c in self.fake.calls],
+                         [("rt-1", "rotated")])
+        saved = self.store()
+        self.assertEqual(saved["tokens"]["refresh_token"], "rt-issued-1")
+        self.assertEqual(saved["tokens"]["account_id"], "acct-1")
+        self.assertEqual(saved["last_refresh"], iso(self.clock.seconds()))
+        status = account.status()
+        self.assertEqual((status["last_refresh"], status["last_refresh_result"]),
+                         (iso(self.clock.seconds()), "ok"))
+
+    async def test_no_exp_refreshes_after_eight_days(self) -> None:
+        self.login("one", exp=None, last_refresh=iso(NOW - REFRESH_INTERVAL + 5))
+        account = self.owned()
+        self.assertEqual(sub(await account.credentials()), "one")
+        self.clock.advance(5)
+        self.assertEqual(sub(await account.credentials()), "access-1")
+        self.assertEqual(len(self.fake.calls), 1)
+
+    async def test_unauthorized_refreshes_once(self) -> None:
+        self.login("one")
+        account = self.owned()
+        used = await account.credentials()
+        fresh = await account.unauthorized(used)
+        self.assertEqual(sub(fresh), "access-1")
+        self.assertEqual(sub(await account.credentials()), "access-1")
+        # A second request that was refused with the old token adopts the new one.
+        self.assertEqual(sub(await account.unauthorized(used)), "access-1")
+        self.assertEqual(len(self.fake.calls), 1)
+
+    async def test_adopts_a_token_another_process_saved(self) -> None:
+        self.login("one")
+        account = self.owned()
+        used = await account.credentials()
+        data = self.store()
+        data["tokens"].update(auth_data("theirs", exp=NOW + HOUR)["tokens"])
+        (self.store_dir / "acct-1.json").write_text(json.dumps(data))
+        self.assertEqual(sub(await account.unauthorized(used)), "theirs")
+        self.assertEqual(sub(await account.credentials()), "theirs")
+        self.assertEqual(self.fake.calls, [])
+
+    async def test_one_refresh_in_flight_survives_its_request(self) -> None:
+        """
+        Requests needing a refresh at once share one; the request that
+        started it going away does not stop it (its answer would be lost,
+        and the login with it).
+        """
+        self.fake.delay = 1.0
+        self.login("one", exp=NOW + 400)
+        account = self.owned()
+        await account.credentials()
+        self.clock.advance(100)
+        first = Deferred.fromCoroutine(account.credentials())
+        second = Deferred.fromCoroutine(account.credentials())
+        await _until(lambda: len(self.fake.calls) == 1)
+        first.cancel()
+        self.failureResultOf(first)
+        self.clock.advance(1.0)
+        self.assertEqual(sub(await second), "access-1")
+        self.assertEqual(len(self.fake.calls), 1)
+        self.assertEqual(self.store()["tokens"]["refresh_token"], "rt-issued-1")
+
+
+class OwnedFailureTests(CustodyCase):
+    async def test_permanent_failure_is_cached_until_a_new_login(self) -> None:
+        self.login("one", exp=NOW + HOUR)
+        account = self.owned()
+        await account.credentials()
+        self.fake.revoke()
+        self.clock.advance(HOUR - REFRESH_MARGIN)
+        e = await self.failure(account.credentials())
+        self.assertTrue(e.permanent)
+        self.assertIn("codex login", e.message)
+        e = await self.failure(account.credentials())
+        self.assertTrue(e.permanent)
+        self.assertIsNone(await account.unauthorized(Credentials("x", "acct-1")))
+        self.assertEqual(len(self.fake.calls), 1)
+        self.assertTrue(account.status()["last_refresh_result"].startswith(
+            "permanent: token endpoint answered 401 refresh_token_invalidated"))
+        # The user logs in again: the new login is imported.
+        self.fake.current = "rt-new"
+        self.login("relogged", exp=self.clock.seconds() + HOUR, refresh="rt-new")
+        self.assertEqual(sub(await account.credentials()), "relogged")
+        self.assertEqual(self.store()["tokens"]["refresh_token"], "rt-new")
+        self.assertIsNone(account.status()["error"])
+
+    async def test_refresh_token_reused_is_permanent(self) -> None:
+        self.login("one", exp=NOW + 10, refresh="rt-old")
+        self.fake.dead.add("rt-old")
+        e = await self.failure(self.owned().credentials())
+        self.assertTrue(e.permanent)
+        self.assertEqual(self.fake.count("reused"), 1)
+
+    async def test_transient_failure_keeps_a_valid_token(self) -> None:
+        self.login("one", exp=NOW + REFRESH_MARGIN)
+        account = self.owned()
+        self.fake.fail(500, times=3)
+        self.assertEqual(sub(await account.credentials()), "one")
+        self.assertEqual(account.status()["last_refresh_result"],
+                         "transient: token endpoint answered 500 server_error")
+        # Not asked again at once; then again, and answered.
+        self.clock.advance(RETRY_AFTER - 1)
+        self.assertEqual(sub(await account.credentials()), "one")
+        self.assertEqual(len(self.fake.calls), 1)
+        self.clock.advance(1)
+        self.assertEqual(sub(await account.credentials()), "one")
+        self.assertEqual(len(self.fake.calls), 2)
+        # Expired and the endpoint still down: a transient error.
+        self.clock.advance(REFRESH_MARGIN)
+        e = await self.failure(account.credentials())
+        self.assertFalse(e.permanent)
+        self.assertIn("could not be refreshed (token endpoint answered 500", e.message)
+        self.clock.advance(RETRY_AFTER)
+        self.assertEqual(sub(await account.credentials()), "access-1")
+
+    async def test_timeout_is_transient(self) -> None:
+        self.login("one", exp=NOW + 100)
+        self.fake.script.append(Stall())
+        account = self.owned(net=self.clock)
+        d = Deferred.fromCoroutine(account.credentials())
+        await _until(lambda: len(self.fake.calls) == 1)
+        self.clock.advance(REFRESH_TIMEOUT)
+        self.assertEqual(sub(await d), "one")
+        self.assertIn("did not answer within", account.status()["last_refresh_result"])
+
+    async def test_connection_refused_is_transient(self) -> None:
+        self.login("one", exp=NOW + 100)
+        self.token_url = "http://127.0.0.1:1/oauth/token"
+        account = self.owned()
+        self.assertEqual(sub(await account.credentials()), "one")
+        self.assertEqual(account.status()["last_refresh_result"],
+                         "transient: token endpoint unreachable (ConnectionRefusedError)")
+
+    async def test_no_token_in_logs_errors_or_status(self) -> None:
+        """
+        Failed refreshes, one echoing the token it was sent (as some
+        endpoints do), log and raise nothing that holds a token.
+        """
+        events: list[LogEvent] = []
+        observer = cast(ILogObserver, events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        self.login("one", exp=NOW + 10, refresh="rt-secret-1")
+        tokens = ["rt-secret-1", auth_data("one", exp=NOW + 10)["tokens"]["access_token"]]
+        self.fake.current = "rt-secret-1"
+        self.fake.fail(500, {"error": {"message": "bad refresh token rt-secret-1",
+                                       "code": "rt-secret-1 is bad"}})
+        self.fake.fail(401, {"error": "bad refresh token rt-secret-1"})
+        account = self.owned()
+        await account.credentials()
+        self.clock.advance(RETRY_AFTER + 10)
+        messages = [(await self.failure(account.credentials())).message for _ in range(2)]
+        texts = messages + [json.dumps(account.status())] + [
+            f"{formatEvent(e)} {e!r}" for e in events]
+        self.assertEqual(len(self.fake.calls), 2)
+        self.assertTrue(any("token refresh failed" in t for t in texts))
+        for text in texts:
+            for token in tokens:
+                self.assertNotIn(token, text)
+
+
+class LockTests(CustodyCase):
+    def hold(self, account: OwnedAccount) -> int:
+        assert account.store is not None
+        fd = os.open(str(account.store) + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return fd
+
+    async def test_waits_for_another_process_s_refresh(self) -> None:
+        """
+        While another process holds the lock, the refresh waits (polling
+        on the clock); once it is released, the store is read again and
+        the other process's token adopted, with no refresh of ours.
+        """
+        self.login("one", exp=NOW + 400)
+        account = self.owned()
+        await account.credentials()
+        fd = self.hold(account)
+        self.clock.advance(100)
+        d = Deferred.fromCoroutine(account.credentials())
+        self.clock.advance(LOCK_POLL * 3)
+        self.assertNoResult(d)
+        assert account.store is not None
+        write_auth_file(account.store, auth_data("theirs", exp=NOW + HOUR, refresh="rt-theirs"))
+        os.close(fd)
+        self.clock.advance(LOCK_POLL)
+        self.assertEqual(sub(self.successResultOf(d)), "theirs")
+        self.assertEqual(self.fake.calls, [])
+
+    async def test_gives_up_after_a_bounded_wait(self) -> None:
+        self.login("one", exp=NOW + 400)
+        account = self.owned()
+        await account.credentials()
+        fd = self.hold(account)
+        self.addCleanup(os.close, fd)
+        self.clock.advance(100)
+        d = Deferred.fromCoroutine(account.credentials())
+        for _ in range(int(LOCK_WAIT / LOCK_POLL) + 1):
+            self.clock.advance(LOCK_POLL)
+        self.assertEqual(sub(self.successResultOf(d)), "one")
+        self.assertIn("refresh lock", account.status()["last_refresh_result"])
+        self.assertEqual(self.fake.calls, [])
+
+
+async def _until(done: Any, limit: float = 5.0) -> None:
+    """
+    Let the real reactor run until C{done()} (network I/O the test waits
+    for), at most C{limit} seconds.
+    """
+    give_up = time.monotonic() + limit
+    while not done():
+        if time.monotonic() > give_up:
+            raise AssertionError("timed out waiting")
+        await deferLater(reactor, 0.005, lambda: None)
+
+
+class ClassifyTests(SynchronousTestCase):
+    def test_permanent(self) -> None:
+        for status, body in [
+            (401, b""), (401, b'{"error": {"code": "whatever"}}'),
+            (400, b'{"error": {"code": "refresh_token_reused"}}'),
+            (400, b'{"error": "refresh_token_expired"}'),
+            (403, b'{"code": "REFRESH_TOKEN_INVALIDATED"}'),
+            (400, b'{"error": "invalid_grant", "error_description": "x"}'),
+        ]:
+            self.assertTrue(classify(status, body).permanent, (status, body))
+
+    def test_transient(self) -> None:
+        for status, body in [(500, b""), (503, b'{"error": {"code": "temporarily_unavailable"}}'),
+                             (429, b"{}"), (400, b'{"error": "invalid_request"}')]:
+            self.assertFalse(classify(status, body).permanent, (status, body))
+
+    @given(st.text(max_size=80))
+    def test_the_reason_holds_no_body_text(self, secret: str) -> None:
+        body = json.dumps({"error": {"message": secret, "code": secret}}).encode()
+        reason = classify(500, body).reason
+        code = error_code(body)
+        self.assertEqual(reason, "token endpoint answered 500" + (f" {code}" if code else ""))
+        if code is not None:
+            self.assertRegex(code, r"\A[A-Za-z0-9_.-]{1,64}\Z")
+
+
+#: The other process: an owned account on the same login and store, asking
+#: for credentials for C{duration} seconds, as this one does.
+CHILD = r"""
+import sys
+from pathlib import Path
+from twisted.internet import task
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThread
+from twisted.web.client import Agent, HTTPConnectionPool
+from llmproxy.backends.codex_auth import CodexAuthError, jwt_claims
+from llmproxy.backends.codex_tokens import open_account
+
+async def main(reactor, auth, store, url, duration):
+    agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
+    account = open_account("child", Path(auth), "owned", token_url=url, store_dir=Path(store),
+                           agent=agent, clock=reactor, reactor=reactor)
+    await account.credentials()
+    print("ready", flush=True)
+    await deferToThread(sys.stdin.readline)
+    end, refused = reactor.seconds() + float(duration), 0
+    while reactor.seconds() < end:
+        try:
+            await account.credentials()
+        except CodexAuthError as e:
+            refused += 1
+            print("refused", e.message, file=sys.stderr, flush=True)
+        await task.deferLater(reactor, 0.002, lambda: None)
+    print("done", refused, flush=True)
+    await deferToThread(sys.stdin.readline)
+    final = await account.credentials()
+    print("final", jwt_claims(final.access_token)["sub"], flush=True)
+
+def run(reactor, *argv):
+    return Deferred.fromCoroutine(main(reactor, *argv))
+
+task.react(run, sys.argv[1:])
+"""
+
+
+class Child(ProcessProtocol):
+    """
+    The other process, its output read line by line.
+    """
+
+    def __init__(self) -> None:
+        self.buffer = b""
+        self.errors = b""
+        self.lines: list[str] = []
+        self.waiting: list[tuple[str, Deferred[str]]] = []
+        self.ended: Deferred[None] = Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        self.buffer += data
+        *lines, self.buffer = self.buffer.split(b"\n")
+        for line in lines:
+            self.lines.append(line.decode())
+        self._check()
+
+    def errReceived(self, data: bytes) -> None:
+        self.errors += data
+
+    def processEnded(self, reason: Failure) -> None:
+        self.ended.callback(None)
+        for _, d in self.waiting:
+            d.errback(AssertionError(f"child ended: {self.errors.decode()[-2000:]}"))
+        self.waiting = []
+
+    def line(self, prefix: str) -> Deferred[str]:
+        d: Deferred[str] = Deferred()
+        self.waiting.append((prefix, d))
+        self._check()
+        return d.addTimeout(10, reactor)
+
+    def _check(self) -> None:
+        for prefix, d in list(self.waiting):
+            found = [line for line in self.lines if line.startswith(prefix)]
+            if found:
+                self.waiting.remove((prefix, d))
+                d.callback(found[0])
+
+
+class TwoProcessesTests(CustodyCase):
+    async def test_two_processes_refresh_without_burning_the_login(self) -> None:
+        """
+        This process and another use the same owned login at once, its
+        tokens due for a refresh a tenth of a second after they are
+        issued: each rotation is refreshed once (by whichever process
+        gets the lock; the other adopts its token), none is reused, no
+        request is refused, and both end on the same token.
+        """
+        duration, lifetime = 0.6, 0.1
+        fake, port, url = await listen_tokens(reactor, delay=0.01, ttl=REFRESH_MARGIN + lifetime)
+        self.addCleanup(port.stopListening)
+        write_auth_file(self.auth_file, auth_data("one", exp=time.time() + HOUR))
+        child = Child()
+        repo = str(Path(__file__).resolve().parent.parent)
+        process = reactor.spawnProcess(
+            child, sys.executable,
+            [sys.executable, "-c", CHILD, str(self.auth_file), str(self.store_dir), url,
+             str(duration)],
+            env={**os.environ, "PYTHONPATH": repo})
+        self.addCleanup(lambda: child.ended)
+        self.addCleanup(lambda: process.signalProcess("KILL") if process.pid else None)
+        account = open_account("main", self.auth_file, "owned", token_url=url,
+                               store_dir=self.store_dir, agent=self.agent,
+                               clock=reactor, reactor=reactor)
+        await child.line("ready")
+        await account.credentials()
+        # Due at once, for both.
+        write_auth_file(self.store_dir / "acct-1.json", auth_data("one", exp=time.time()))
+        process.writeToChild(0, b"go\n")
+        end, refused = time.time() + duration, 0
+        while time.time() < end:
+            try:
+                await account.credentials()
+            except CodexAuthError:
+                refused += 1
+            await deferLater(reactor, 0.002, lambda: None)
+        theirs_refused = int((await child.line("done")).split()[1])
+        process.writeToChild(0, b"final\n")
+        theirs = (await child.line("final")).split()[1]
+        ours = sub(await account.credentials())
+        self.assertEqual((refused, theirs_refused), (0, 0), child.errors.decode())
+        self.assertEqual({c.outcome for c in fake.calls}, {"rotated"})
+        self.assertGreaterEqual(len(fake.calls), 3)
+        gaps = [b.at - a.at for a, b in zip(fake.calls, fake.calls[1:])]
+        self.assertGreater(min(gaps), lifetime / 2, gaps)
+        self.assertEqual(ours, theirs)
+        self.assertEqual(ours, f"access-{fake.issued}")
+        self.assertEqual(self.store()["tokens"]["refresh_token"], fake.current)
