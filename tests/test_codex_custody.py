@@ -122,6 +122,23 @@ class ReadOnlyTests(CustodyCase):
         self.assertEqual(sub(await account.credentials()), "six")
         self.assertEqual(self.fake.calls, [])
 
+    async def test_a_file_caught_half_written(self) -> None:
+        """
+        The CLI rewrites C{auth.json} in place: a torn read keeps the
+        token read before, and the file is read again next time.
+        """
+        self.login("one")
+        account = self.account("read-only")
+        await account.credentials()
+        whole = json.dumps(auth_data("two", exp=NOW + HOUR))
+        self.auth_file.write_text(whole[:40])
+        self.assertEqual(sub(await account.credentials()), "one")
+        self.auth_file.write_text("")
+        self.assertEqual(sub(await account.credentials()), "one")
+        self.auth_file.write_text(whole)
+        self.assertEqual(sub(await account.credentials()), "two")
+        self.assertIsNone(account.status()["error"])
+
     async def test_read_again_near_expiry(self) -> None:
         self.login("one", exp=NOW + REFRESH_MARGIN + 10)
         account = self.account("read-only")
@@ -307,12 +324,20 @@ class OwnedFailureTests(CustodyCase):
         self.assertEqual(len(self.fake.calls), 1)
         self.assertTrue(account.status()["last_refresh_result"].startswith(
             "permanent: token endpoint answered 401 refresh_token_invalidated"))
-        # The user logs in again: the new login is imported.
+        # The user logs in again: the new login is imported (and refreshed
+        # at once, being due).
         self.fake.current = "rt-new"
         self.login("relogged", exp=self.clock.seconds() + HOUR, refresh="rt-new")
         self.assertEqual(sub(await account.credentials()), "relogged")
         self.assertEqual(self.store()["tokens"]["refresh_token"], "rt-new")
         self.assertIsNone(account.status()["error"])
+        self.fake.revoke()
+        self.clock.advance(HOUR - REFRESH_MARGIN)
+        await self.failure(account.credentials())
+        self.fake.current = "rt-newer"
+        self.login("again", exp=self.clock.seconds() + 10, refresh="rt-newer")
+        self.assertEqual(sub(await account.credentials()), "access-1")
+        self.assertEqual(self.store()["tokens"]["refresh_token"], "rt-issued-1")
 
     async def test_refresh_token_reused_is_permanent(self) -> None:
         self.login("one", exp=NOW + 10, refresh="rt-old")

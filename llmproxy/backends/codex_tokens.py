@@ -134,11 +134,21 @@ class ReadOnlyAccount:
         return creds
 
     def _current(self) -> Credentials:
+        """
+        The file's credentials, read again when it changed or the token
+        is near its end.  The Codex CLI rewrites the file in place, so a
+        read may catch it half written: the token read before serves
+        meanwhile (the file is read again on the next request).
+        """
         creds = self._creds
-        if creds is None or _stat(self.auth_file) != self._seen:
-            creds = self._read()
-        if creds.expires_at is not None and creds.expires_at - self.clock.seconds() <= REFRESH_MARGIN:
-            creds = self._read()
+        if (creds is None or _stat(self.auth_file) != self._seen
+                or (creds.expires_at is not None
+                    and creds.expires_at - self.clock.seconds() <= REFRESH_MARGIN)):
+            try:
+                creds = self._read()
+            except CodexAuthError as e:
+                if e.permanent or creds is None:
+                    raise
         return creds
 
     async def credentials(self) -> Credentials:
@@ -293,12 +303,12 @@ class OwnedAccount:
             if self.store.exists():
                 self._load_store()
                 if self._burnt is None or _refresh_token(self._data) != self._burnt:
-                    self._permanent = self._burnt = None
+                    self._permanent, self._burnt, self._retry_at = None, None, 0.0
                     return
             write_private(self.store, {**data, "llmproxy": {
                 "imported_from": str(self.auth_file), "imported_at": iso(self.clock.seconds())}})
             self._load_store()
-            self._permanent = self._burnt = None
+            self._permanent, self._burnt, self._retry_at = None, None, 0.0
             self.log.info("codex account {name}: imported the login from {auth_file}",
                           name=self.name, auth_file=str(self.auth_file))
 
