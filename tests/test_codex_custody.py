@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Awaitable, cast
 
+import treq
 from hypothesis import given, strategies as st
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
@@ -31,7 +32,8 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from llmproxy.backends.codex_auth import Account, CodexAuthError, Credentials, jwt_claims
-from llmproxy.backends.codex_refresh import REFRESH_TIMEOUT, classify, error_code
+from llmproxy.backends.codex_refresh import CLIENT_ID, REFRESH_TIMEOUT, classify, error_code
+from llmproxy.backends import codex_tokens
 from llmproxy.backends.codex_tokens import (
     LOCK_POLL, LOCK_WAIT, REFRESH_INTERVAL, REFRESH_MARGIN, RETRY_AFTER, OwnedAccount,
     iso, open_account, safe_name,
@@ -224,6 +226,30 @@ class OwnedImportTests(CustodyCase):
         self.assertEqual(self.fake.count("rotated"), 1)
         self.assertEqual(sub(await self.owned().credentials()), "access-1")
         self.assertEqual(self.fake.count("rotated"), 1)
+
+    async def test_an_unusable_store_is_an_auth_error(self) -> None:
+        self.login("one")
+        self.store_dir.parent.mkdir(parents=True, exist_ok=True)
+        self.store_dir.write_text("a file, not a directory")
+        e = await self.failure(self.owned().credentials())
+        self.assertFalse(e.permanent)
+        self.assertIn("token store", e.message)
+
+    async def test_tokens_not_saved_are_kept_in_memory(self) -> None:
+        self.login("one", exp=NOW + 400)
+        account = self.owned()
+        await account.credentials()
+
+        def full(path: Path, data: Any) -> None:
+            raise OSError(28, "No space left on device")
+
+        self.patch(codex_tokens, "write_private", full)
+        self.clock.advance(100)
+        self.assertEqual(sub(await account.credentials()), "access-1")
+        self.assertEqual(sub(await account.credentials()), "access-1")
+        self.assertEqual(account.status()["last_refresh_result"],
+                         "ok, but not saved: No space left on device")
+        self.assertEqual(len(self.fake.calls), 1)
 
     def test_safe_names(self) -> None:
         self.assertEqual(safe_name("acct-1"), "acct-1")
@@ -455,6 +481,35 @@ class LockTests(CustodyCase):
         self.assertEqual(sub(self.successResultOf(d)), "one")
         self.assertIn("refresh lock", account.status()["last_refresh_result"])
         self.assertEqual(self.fake.calls, [])
+
+
+class FakeTokenEndpointTests(CustodyCase):
+    """
+    The fake itself: what it refuses, and the form encoding some clients use.
+    """
+
+    async def post(self, data: bytes, kind: str) -> tuple[int, Any]:
+        headers: dict[str | bytes, str | bytes] = {"content-type": kind}
+        response = await treq.post(self.token_url, data=data, headers=headers,
+                                   pool=self.pool)
+        return response.code, json.loads(await response.content())
+
+    async def test_needs_codex_s_client_and_grant(self) -> None:
+        status, body = await self.post(json.dumps(
+            {"client_id": "other", "grant_type": "refresh_token", "refresh_token": "rt-1"}
+        ).encode(), "application/json")
+        self.assertEqual((status, body["error"]["code"]), (400, "invalid_request"))
+        self.assertEqual(self.fake.current, "rt-1")
+
+    async def test_form_encoded_then_reused(self) -> None:
+        form = f"client_id={CLIENT_ID}&grant_type=refresh_token&refresh_token=rt-1".encode()
+        kind = "application/x-www-form-urlencoded"
+        status, body = await self.post(form, kind)
+        self.assertEqual((status, body["refresh_token"]), (200, "rt-issued-1"))
+        self.assertEqual(jwt_claims(body["access_token"])["exp"], NOW + HOUR)
+        status, body = await self.post(form, kind)
+        self.assertEqual((status, body["error"]["code"]), (401, "refresh_token_reused"))
+        self.assertEqual([c.outcome for c in self.fake.calls], ["rotated", "reused"])
 
 
 async def _until(done: Any, limit: float = 5.0) -> None:

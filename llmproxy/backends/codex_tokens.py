@@ -32,7 +32,7 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IAgent
 
 from llmproxy.backends.codex_auth import (
-    Account, CodexAuthError, Credentials, read_auth_file, write_private,
+    Account, CodexAuthError, Credentials, credentials_of, read_auth_file, write_private,
 )
 from llmproxy.backends.codex_refresh import RefreshFailed, TokenEndpoint
 
@@ -313,10 +313,16 @@ class OwnedAccount:
                           name=self.name, auth_file=str(self.auth_file))
 
     async def _ready(self) -> Credentials:
-        if self.store is None:
-            await self._import(*read_auth_file(self.auth_file))
-        if self._permanent is not None:
-            await self._relogin()
+        try:
+            if self.store is None:
+                await self._import(*read_auth_file(self.auth_file))
+            if self._permanent is not None:
+                await self._relogin()
+        except (OSError, RefreshFailed) as e:  # the store (or its lock) unusable
+            reason = e.strerror if isinstance(e, OSError) else e.reason
+            raise CodexAuthError(
+                f"codex account {self.name}: llmproxy's token store {self.store_dir} "
+                f"is unusable ({reason})")
         return self._fresh()
 
     async def _relogin(self) -> None:
@@ -373,8 +379,11 @@ class OwnedAccount:
 
     async def _refresh(self, stale: str) -> None:
         try:
-            async with self._lock():
-                await self._trade(stale)
+            try:
+                async with self._lock():
+                    await self._trade(stale)
+            except OSError as e:
+                raise RefreshFailed(f"token store unusable ({e.strerror})")
         except RefreshFailed as e:
             self._failed(e)
             raise
@@ -394,14 +403,26 @@ class OwnedAccount:
         self._save(await self.endpoint.refresh(refresh_token))
 
     def _save(self, answer: Mapping[str, str]) -> None:
+        """
+        Keep the new tokens: in the store, or when it cannot be written,
+        at least in memory (the old refresh token is dead either way).
+        """
         assert self.store is not None
         now = self.clock.seconds()
         tokens = dict(self._data.get("tokens") or {})
         tokens.update(answer)
         data = {**self._data, "tokens": tokens, "last_refresh": iso(now)}
-        write_private(self.store, data)
-        self._load_store()
         self._last = (now, "ok")
+        try:
+            write_private(self.store, data)
+        except OSError as e:
+            self._data, self._creds = data, credentials_of(data, self.store)
+            self._last = (now, f"ok, but not saved: {e.strerror}")
+            self.log.error("codex account {name}: refreshed tokens not saved to {store} "
+                           "({error}); other processes will lose this login",
+                           name=self.name, store=str(self.store), error=e.strerror)
+            return
+        self._load_store()
         self.log.info("codex account {name}: tokens refreshed", name=self.name)
 
     def _failed(self, error: RefreshFailed) -> None:
