@@ -39,6 +39,8 @@ from llmproxy.backends.codex_refresh import RefreshFailed, TokenEndpoint
 READ_ONLY = "read-only"
 OWNED = "owned"
 CUSTODIES = (READ_ONLY, OWNED)
+#: Never refreshing is the safe default: it cannot burn the CLI's login.
+DEFAULT_CUSTODY = READ_ONLY
 #: Refresh (or, read-only, re-read) this long before the access token's C{exp}.
 REFRESH_MARGIN = 300.0
 #: With no C{exp}, refresh once the last refresh is this old (Codex's own rule).
@@ -50,6 +52,10 @@ LOCK_WAIT = 15.0
 #: After a transient failure, how long requests go without a new refresh
 #: attempt (so a down token endpoint is not asked once per request).
 RETRY_AFTER = 15.0
+#: A 401 to a token this process got less than this long ago is not
+#: answered with another refresh (an account the upstream refuses would
+#: otherwise cost a refresh per request).
+FRESH_FOR = 60.0
 
 
 def iso(when: float) -> str:
@@ -262,6 +268,7 @@ class OwnedAccount:
         self._auth_seen: tuple[int, int, int] | None = None
         self._last: tuple[float, str] | None = None
         self._retry_at = 0.0
+        self._fresh_until: dict[str, float] = {}
         self._inflight: Deferred[None] | None = None
         self._followers: list[Deferred[None]] = []
 
@@ -423,6 +430,7 @@ class OwnedAccount:
                            name=self.name, store=str(self.store), error=e.strerror)
             return
         self._load_store()
+        self._fresh_until = {self._creds.access_token: now + FRESH_FOR} if self._creds else {}
         self.log.info("codex account {name}: tokens refreshed", name=self.name)
 
     def _failed(self, error: RefreshFailed) -> None:
@@ -464,7 +472,8 @@ class OwnedAccount:
         try:
             creds = await self._ready()
             if creds.access_token == used.access_token:
-                if self.clock.seconds() < self._retry_at:
+                now = self.clock.seconds()
+                if now < self._retry_at or now < self._fresh_until.get(used.access_token, 0):
                     return None
                 await self._refreshing(used.access_token)
                 creds = self._fresh()
@@ -512,7 +521,7 @@ def open_account(
 
 
 __all__ = [
-    "CUSTODIES", "LOCK_POLL", "LOCK_WAIT", "OWNED", "OwnedAccount", "READ_ONLY",
+    "CUSTODIES", "DEFAULT_CUSTODY", "FRESH_FOR", "LOCK_POLL", "LOCK_WAIT", "OWNED", "OwnedAccount", "READ_ONLY",
     "REFRESH_INTERVAL", "REFRESH_MARGIN", "RETRY_AFTER", "ReadOnlyAccount", "RefreshLock", "iso",
     "open_account", "parse_time", "safe_name",
 ]
