@@ -1,8 +1,9 @@
 """
 Token custody of ChatGPT-login accounts (C{llmproxy.backends.codex_tokens}):
 read-only accounts follow the Codex CLI's C{auth.json}; owned accounts
-refresh their own copy, once per rotation across processes, and never
-let a token reach a log, an error or the status.
+refresh their own copy (once per rotation across processes: also
+C{test_codex_custody_processes}), and no token reaches a log, an error or
+the status.
 
 Time is a L{Clock} (token expiry, lock polling); the token endpoint is a
 L{FakeTokenEndpoint} on a real port, reached through a real L{Agent}.
@@ -14,25 +15,22 @@ import fcntl
 import json
 import os
 import stat
-import sys
 import time
 from pathlib import Path
 from typing import Any, Awaitable, cast
 
-import treq
-from hypothesis import given, strategies as st
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import Clock, deferLater
 from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
-from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from llmproxy.backends.codex_auth import Account, CodexAuthError, Credentials, jwt_claims
-from llmproxy.backends.codex_refresh import CLIENT_ID, REFRESH_TIMEOUT, classify, error_code
+from llmproxy.backends.codex_auth import (
+    Account, CodexAuthError, Credentials, jwt_claims, write_private,
+)
+from llmproxy.backends.codex_refresh import REFRESH_TIMEOUT
 from llmproxy.backends import codex_tokens
 from llmproxy.backends.codex_tokens import (
     FRESH_FOR, LOCK_POLL, LOCK_WAIT, REFRESH_INTERVAL, REFRESH_MARGIN, RETRY_AFTER, OwnedAccount,
@@ -250,6 +248,20 @@ class OwnedImportTests(CustodyCase):
         self.assertEqual(account.status()["last_refresh_result"],
                          "ok, but not saved: No space left on device")
         self.assertEqual(len(self.fake.calls), 1)
+
+    def test_store_writes_are_atomic(self) -> None:
+        """
+        A write that fails half way leaves the old file whole, and no
+        temporary file behind.
+        """
+        path = Path(self.mktemp())
+        path.mkdir()
+        store = path / "acct-1.json"
+        write_private(store, {"tokens": {"refresh_token": "rt-1"}})
+        self.assertEqual(stat.S_IMODE(store.stat().st_mode), 0o600)
+        self.assertRaises(TypeError, write_private, store, {"tokens": object()})
+        self.assertEqual(json.loads(store.read_text()), {"tokens": {"refresh_token": "rt-1"}})
+        self.assertEqual([p.name for p in path.iterdir()], ["acct-1.json"])
 
     def test_safe_names(self) -> None:
         self.assertEqual(safe_name("acct-1"), "acct-1")
@@ -497,35 +509,6 @@ class LockTests(CustodyCase):
         self.assertEqual(self.fake.calls, [])
 
 
-class FakeTokenEndpointTests(CustodyCase):
-    """
-    The fake itself: what it refuses, and the form encoding some clients use.
-    """
-
-    async def post(self, data: bytes, kind: str) -> tuple[int, Any]:
-        headers: dict[str | bytes, str | bytes] = {"content-type": kind}
-        response = await treq.post(self.token_url, data=data, headers=headers,
-                                   pool=self.pool)
-        return response.code, json.loads(await response.content())
-
-    async def test_needs_codex_s_client_and_grant(self) -> None:
-        status, body = await self.post(json.dumps(
-            {"client_id": "other", "grant_type": "refresh_token", "refresh_token": "rt-1"}
-        ).encode(), "application/json")
-        self.assertEqual((status, body["error"]["code"]), (400, "invalid_request"))
-        self.assertEqual(self.fake.current, "rt-1")
-
-    async def test_form_encoded_then_reused(self) -> None:
-        form = f"client_id={CLIENT_ID}&grant_type=refresh_token&refresh_token=rt-1".encode()
-        kind = "application/x-www-form-urlencoded"
-        status, body = await self.post(form, kind)
-        self.assertEqual((status, body["refresh_token"]), (200, "rt-issued-1"))
-        self.assertEqual(jwt_claims(body["access_token"])["exp"], NOW + HOUR)
-        status, body = await self.post(form, kind)
-        self.assertEqual((status, body["error"]["code"]), (401, "refresh_token_reused"))
-        self.assertEqual([c.outcome for c in self.fake.calls], ["rotated", "reused"])
-
-
 async def _until(done: Any, limit: float = 5.0) -> None:
     """
     Let the real reactor run until C{done()} (network I/O the test waits
@@ -536,161 +519,3 @@ async def _until(done: Any, limit: float = 5.0) -> None:
         if time.monotonic() > give_up:
             raise AssertionError("timed out waiting")
         await deferLater(reactor, 0.005, lambda: None)
-
-
-class ClassifyTests(SynchronousTestCase):
-    def test_permanent(self) -> None:
-        for status, body in [
-            (401, b""), (401, b'{"error": {"code": "whatever"}}'),
-            (400, b'{"error": {"code": "refresh_token_reused"}}'),
-            (400, b'{"error": "refresh_token_expired"}'),
-            (403, b'{"code": "REFRESH_TOKEN_INVALIDATED"}'),
-            (400, b'{"error": "invalid_grant", "error_description": "x"}'),
-        ]:
-            self.assertTrue(classify(status, body).permanent, (status, body))
-
-    def test_transient(self) -> None:
-        for status, body in [(500, b""), (503, b'{"error": {"code": "temporarily_unavailable"}}'),
-                             (429, b"{}"), (400, b'{"error": "invalid_request"}')]:
-            self.assertFalse(classify(status, body).permanent, (status, body))
-
-    @given(st.text(max_size=80))
-    def test_the_reason_holds_no_body_text(self, secret: str) -> None:
-        body = json.dumps({"error": {"message": secret, "code": secret}}).encode()
-        reason = classify(500, body).reason
-        code = error_code(body)
-        self.assertEqual(reason, "token endpoint answered 500" + (f" {code}" if code else ""))
-        if code is not None:
-            self.assertRegex(code, r"\A[A-Za-z0-9_.-]{1,64}\Z")
-
-
-#: The other process: an owned account on the same login and store, asking
-#: for credentials for C{duration} seconds, as this one does.
-CHILD = r"""
-import sys
-from pathlib import Path
-from twisted.internet import task
-from twisted.internet.defer import Deferred
-from twisted.internet.threads import deferToThread
-from twisted.web.client import Agent, HTTPConnectionPool
-from llmproxy.backends.codex_auth import CodexAuthError, jwt_claims
-from llmproxy.backends.codex_tokens import open_account
-
-async def main(reactor, auth, store, url, duration):
-    agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
-    account = open_account("child", Path(auth), "owned", token_url=url, store_dir=Path(store),
-                           agent=agent, clock=reactor, reactor=reactor)
-    await account.credentials()
-    print("ready", flush=True)
-    await deferToThread(sys.stdin.readline)
-    end, refused = reactor.seconds() + float(duration), 0
-    while reactor.seconds() < end:
-        try:
-            await account.credentials()
-        except CodexAuthError as e:
-            refused += 1
-            print("refused", e.message, file=sys.stderr, flush=True)
-        await task.deferLater(reactor, 0.002, lambda: None)
-    print("done", refused, flush=True)
-    await deferToThread(sys.stdin.readline)
-    final = await account.credentials()
-    print("final", jwt_claims(final.access_token)["sub"], flush=True)
-
-def run(reactor, *argv):
-    return Deferred.fromCoroutine(main(reactor, *argv))
-
-task.react(run, sys.argv[1:])
-"""
-
-
-class Child(ProcessProtocol):
-    """
-    The other process, its output read line by line.
-    """
-
-    def __init__(self) -> None:
-        self.buffer = b""
-        self.errors = b""
-        self.lines: list[str] = []
-        self.waiting: list[tuple[str, Deferred[str]]] = []
-        self.ended: Deferred[None] = Deferred()
-
-    def outReceived(self, data: bytes) -> None:
-        self.buffer += data
-        *lines, self.buffer = self.buffer.split(b"\n")
-        for line in lines:
-            self.lines.append(line.decode())
-        self._check()
-
-    def errReceived(self, data: bytes) -> None:
-        self.errors += data
-
-    def processEnded(self, reason: Failure) -> None:
-        self.ended.callback(None)
-        for _, d in self.waiting:
-            d.errback(AssertionError(f"child ended: {self.errors.decode()[-2000:]}"))
-        self.waiting = []
-
-    def line(self, prefix: str) -> Deferred[str]:
-        d: Deferred[str] = Deferred()
-        self.waiting.append((prefix, d))
-        self._check()
-        return d.addTimeout(10, reactor)
-
-    def _check(self) -> None:
-        for prefix, d in list(self.waiting):
-            found = [line for line in self.lines if line.startswith(prefix)]
-            if found:
-                self.waiting.remove((prefix, d))
-                d.callback(found[0])
-
-
-class TwoProcessesTests(CustodyCase):
-    async def test_two_processes_refresh_without_burning_the_login(self) -> None:
-        """
-        This process and another use the same owned login at once, its
-        tokens due for a refresh a tenth of a second after they are
-        issued: each rotation is refreshed once (by whichever process
-        gets the lock; the other adopts its token), none is reused, no
-        request is refused, and both end on the same token.
-        """
-        duration, lifetime = 0.6, 0.1
-        fake, port, url = await listen_tokens(reactor, delay=0.01, ttl=REFRESH_MARGIN + lifetime)
-        self.addCleanup(port.stopListening)
-        write_auth_file(self.auth_file, auth_data("one", exp=time.time() + HOUR))
-        child = Child()
-        repo = str(Path(__file__).resolve().parent.parent)
-        process = reactor.spawnProcess(
-            child, sys.executable,
-            [sys.executable, "-c", CHILD, str(self.auth_file), str(self.store_dir), url,
-             str(duration)],
-            env={**os.environ, "PYTHONPATH": repo})
-        self.addCleanup(lambda: child.ended)
-        self.addCleanup(lambda: process.signalProcess("KILL") if process.pid else None)
-        account = open_account("main", self.auth_file, "owned", token_url=url,
-                               store_dir=self.store_dir, agent=self.agent,
-                               clock=reactor, reactor=reactor)
-        await child.line("ready")
-        await account.credentials()
-        # Due at once, for both.
-        write_auth_file(self.store_dir / "acct-1.json", auth_data("one", exp=time.time()))
-        process.writeToChild(0, b"go\n")
-        end, refused = time.time() + duration, 0
-        while time.time() < end:
-            try:
-                await account.credentials()
-            except CodexAuthError:
-                refused += 1
-            await deferLater(reactor, 0.002, lambda: None)
-        theirs_refused = int((await child.line("done")).split()[1])
-        process.writeToChild(0, b"final\n")
-        theirs = (await child.line("final")).split()[1]
-        ours = sub(await account.credentials())
-        self.assertEqual((refused, theirs_refused), (0, 0), child.errors.decode())
-        self.assertEqual({c.outcome for c in fake.calls}, {"rotated"})
-        self.assertGreaterEqual(len(fake.calls), 2)
-        gaps = [b.at - a.at for a, b in zip(fake.calls, fake.calls[1:])]
-        self.assertGreater(min(gaps), lifetime / 2, gaps)
-        self.assertEqual(ours, theirs)
-        self.assertEqual(ours, f"access-{fake.issued}")
-        self.assertEqual(self.store()["tokens"]["refresh_token"], fake.current)

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_codex_auth -*-
+# -*- test-case-name: tests.test_codex_auth,tests.test_codex_custody -*-
 """
 ChatGPT-login credentials for the C{openai-codex} backend: what a Codex
 C{auth.json} holds, and the one interface the backend asks an account for

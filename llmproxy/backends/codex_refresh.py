@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_codex_custody -*-
+# -*- test-case-name: tests.test_codex_refresh,tests.test_codex_custody -*-
 """
 The OAuth token endpoint a ChatGPT login is refreshed at, as the Codex
 CLI uses it (C{codex-rs/login/src/auth/manager.rs}): one JSON POST trading

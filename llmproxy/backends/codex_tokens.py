@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_codex_custody -*-
+# -*- test-case-name: tests.test_codex_custody,tests.test_codex_custody_processes -*-
 """
 Token custody for ChatGPT-login accounts: who keeps an account's tokens
 fresh, so that llmproxy and a Codex CLI sharing the login never burn each

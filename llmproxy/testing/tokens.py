@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_codex_custody -*-
+# -*- test-case-name: tests.test_codex_refresh -*-
 """
 L{FakeTokenEndpoint}, an in-process fake of the OAuth token endpoint that
 ChatGPT logins are refreshed at (C{https://auth.openai.com/oauth/token}),
