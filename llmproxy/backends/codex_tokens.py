@@ -263,7 +263,7 @@ class OwnedAccount:
         self._data: dict[str, Any] = {}
         self._creds: Credentials | None = None
         self._seen: tuple[int, int, int] | None = None
-        self._permanent: CodexAuthError | None = None
+        self._permanent: str | None = None
         self._burnt: str | None = None
         self._auth_seen: tuple[int, int, int] | None = None
         self._last: tuple[float, str] | None = None
@@ -345,11 +345,11 @@ class OwnedAccount:
             try:
                 data, creds = read_auth_file(self.auth_file)
             except CodexAuthError:
-                raise self._permanent
+                raise CodexAuthError(self._permanent, permanent=True)
             if _refresh_token(data) != self._burnt and creds.account_id == self._creds.account_id:
                 await self._import(data, creds)
                 return
-        raise self._permanent
+        raise CodexAuthError(self._permanent, permanent=True)
 
     # -- refreshing
 
@@ -442,10 +442,10 @@ class OwnedAccount:
                       name=self.name, kind=kind, reason=error.reason)
         if error.permanent:
             self._burnt, self._auth_seen = _refresh_token(self._data), None
-            self._permanent = CodexAuthError(
+            self._permanent = (
                 f"the ChatGPT login of codex account {self.name} can no longer be refreshed "
                 f"({error.reason}): run `codex login`; llmproxy imports the new login from "
-                f"{self.auth_file}", permanent=True)
+                f"{self.auth_file}")
 
     # -- Account
 
@@ -460,7 +460,7 @@ class OwnedAccount:
             await self._refreshing(creds.access_token)
         except RefreshFailed as e:
             if self._permanent is not None:
-                raise self._permanent
+                raise CodexAuthError(self._permanent, permanent=True)
             if creds.expires_at is not None and creds.expires_at > self.clock.seconds():
                 return creds  # still good for a while: try again later
             raise CodexAuthError(
@@ -494,7 +494,7 @@ class OwnedAccount:
             "expires_at": _expires(creds) if creds else None,
             "last_refresh": iso(last[0]) if last else self._data.get("last_refresh"),
             "last_refresh_result": last[1] if last else None,
-            "error": self._permanent.message if self._permanent else None,
+            "error": self._permanent,
         }
 
 
@@ -521,7 +521,7 @@ def open_account(
 
 
 __all__ = [
-    "CUSTODIES", "DEFAULT_CUSTODY", "FRESH_FOR", "LOCK_POLL", "LOCK_WAIT", "OWNED", "OwnedAccount", "READ_ONLY",
-    "REFRESH_INTERVAL", "REFRESH_MARGIN", "RETRY_AFTER", "ReadOnlyAccount", "RefreshLock", "iso",
-    "open_account", "parse_time", "safe_name",
+    "CUSTODIES", "DEFAULT_CUSTODY", "FRESH_FOR", "LOCK_POLL", "LOCK_WAIT", "OWNED",
+    "OwnedAccount", "READ_ONLY", "REFRESH_INTERVAL", "REFRESH_MARGIN", "RETRY_AFTER",
+    "ReadOnlyAccount", "RefreshLock", "iso", "open_account", "parse_time", "safe_name",
 ]
