@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_codex_auth -*-
+# -*- test-case-name: tests.test_codex_auth,tests.test_codex_custody -*-
 """
 ChatGPT-login credentials for the C{openai-codex} backend: what a Codex
 C{auth.json} holds, and the one interface the backend asks an account for
@@ -17,6 +17,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Protocol
@@ -143,6 +145,35 @@ def read_auth_file(path: Path) -> tuple[Mapping[str, Any], Credentials]:
     return data, credentials_of(data, path)
 
 
+def write_private(path: Path, data: Mapping[str, Any]) -> None:
+    """
+    Write C{data} as JSON to C{path} atomically, mode 0600: a temporary
+    file in the same directory, flushed to disk, then renamed over
+    C{path}, so a reader (another process) sees the old content or the
+    new, never a part, and a crash loses neither (a rotated refresh token
+    lost is a login lost).
+    """
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o600)
+            f.write(json.dumps(data, indent=2).encode())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        try:
+            os.unlink(temp)
+        except OSError:
+            pass
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # the rename itself survives a crash
+    finally:
+        os.close(directory)
+
+
 class FileAccount:
     """
     The simplest custody: the file's token, re-read on every request and
@@ -166,5 +197,5 @@ class FileAccount:
 
 __all__ = [
     "AUTH_CLAIM", "Account", "CodexAuthError", "Credentials", "FileAccount",
-    "credentials_of", "jwt_claims", "read_auth_file",
+    "credentials_of", "jwt_claims", "read_auth_file", "write_private",
 ]

@@ -43,6 +43,7 @@ from llmproxy.testing.chatgpt import FakeChatGPT, listen_chatgpt
 from llmproxy.testing.memory import (
     MemoryAgent,
 )
+from llmproxy.testing.tokens import FakeTokenEndpoint, TokenCall, listen_tokens
 from llmproxy.testing.upstream import (
     Drop,
     FakeOpenAI,
@@ -63,5 +64,6 @@ __all__ = [
     "chat_tool_chunks", "chat_tool_completion", "config_data", "function_call_events",
     "function_call_response", "listen_fake", "make_config", "openai_config",
     "responses_events", "responses_object", "sse_data", "sse_events", "sse_json",
+    "FakeTokenEndpoint", "TokenCall", "listen_tokens",
 ]
 __all__ += ["FakeChatGPT", "listen_chatgpt"]
