@@ -489,12 +489,13 @@ class SurfaceTests(TestCase):
         text = await treq.content(response)
         accounts = json.loads(text)["backends"]["chatgpt"]["accounts"]
         self.assertEqual([a["name"] for a in accounts], ["chatgpt#1", "chatgpt#2"])
-        self.assertEqual((accounts[0]["plan"], accounts[0]["token_expires_at"]), ("plus", EXP))
+        self.assertEqual((accounts[0]["plan"], accounts[0]["expires_at"]),
+                         ("plus", "2096-10-02T07:06:40Z"))
         self.assertEqual(accounts[0]["windows"]["primary"]["used_percent"], 42.0)
         for path in codex.files:
             tokens = json.loads(path.read_text())["tokens"]
-            for token in tokens.values():
-                self.assertNotIn(token.encode(), text)
+            for name in ("id_token", "access_token", "refresh_token"):
+                self.assertNotIn(tokens[name].encode(), text)
 
 
 class FakeChatGPTTests(TestCase):

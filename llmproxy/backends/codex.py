@@ -38,12 +38,14 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgent, IResponse
+from twisted.web.iweb import IResponse
 
 from llmproxy import __version__
 from llmproxy.backends.base import IUpstreamReactor
 from llmproxy.backends.body import collect_body, drop_body
-from llmproxy.backends.codex_auth import Account, CodexAuthError, Credentials, FileAccount
+from llmproxy.backends.codex_auth import Account, CodexAuthError, Credentials
+from llmproxy.backends.codex_refresh import DEFAULT_TOKEN_URL
+from llmproxy.backends.codex_tokens import CUSTODIES, DEFAULT_CUSTODY, open_account
 from llmproxy.backends.codex_stream import FilledResponse
 from llmproxy.backends.memory import MemoryResponse
 from llmproxy.backends.openai import (
@@ -57,14 +59,10 @@ from llmproxy.dialects import CODEX
 from llmproxy.errors import ProxyError
 
 DEFAULT_URL = "https://chatgpt.com/backend-api/codex"
-DEFAULT_TOKEN_URL = "https://auth.openai.com/oauth/token"
 DEFAULT_TOKEN_STORE = "~/.local/state/llmproxy/codex"
 #: The Codex version llmproxy presents itself as (C{version}, the
 #: C{User-Agent}, the models listing's C{client_version}).
-DEFAULT_CLIENT_VERSION = "0.99.0"
-#: Token custody modes: never refresh the file (the Codex CLI does), or
-#: own a copy and refresh it.
-CUSTODIES = ("read-only", "owned")
+DEFAULT_CLIENT_VERSION = "0.171.0"
 #: The most of an upstream error body that is read.
 MAX_ERROR_BODY = 1024 * 1024
 #: The usage windows the upstream reports, by header prefix.
@@ -113,17 +111,6 @@ def account_path(key: ApiKey) -> Path:
     The auth file of the account C{key} stands for.
     """
     return Path(key.value.removeprefix(ACCOUNT_PREFIX))
-
-
-def _open_account(
-    name: str, path: Path, *, custody: str, token_url: str, store_dir: Path, agent: IAgent,
-    clock: IReactorTime, reactor: IUpstreamReactor,
-) -> Account:
-    """
-    The account of one auth file, in its custody.  (The one seam to the
-    custody modes: for now the file's token, re-read on every request.)
-    """
-    return FileAccount(name, path)
 
 
 @dataclass
@@ -282,8 +269,8 @@ class CodexBackend(OpenAIResponsesBackend):
             f"{platform.machine()}) llmproxy/{__version__}").encode()
         store = Path(options.get("token_store") or DEFAULT_TOKEN_STORE).expanduser()
         self.accounts: dict[str, Account] = {
-            key.name: _open_account(
-                key.name, account_path(key), custody=options.get("tokens") or CUSTODIES[0],
+            key.name: open_account(
+                key.name, account_path(key), options.get("tokens") or DEFAULT_CUSTODY,
                 token_url=options.get("token_url") or DEFAULT_TOKEN_URL, store_dir=store,
                 agent=self.agent, clock=clock, reactor=reactor)
             for key in config.keys
@@ -416,9 +403,10 @@ class CodexBackend(OpenAIResponsesBackend):
         shown = []
         for name, account in self.accounts.items():
             state = self.states[name]
+            custody = account.status()
             shown.append({
-                **account.status(), "name": name, "plan": state.plan,
-                "token_expires_at": state.expires_at, "limited_until": state.limited_until,
+                **custody, "name": name, "plan": custody.get("plan") or state.plan,
+                "limited_until": state.limited_until,
                 "windows": {which: w.shown() for which, w in state.windows.items()},
             })
         return shown
@@ -485,7 +473,7 @@ OPENAI_CODEX = BackendType(
     BackendKind(CODEX, default_url=DEFAULT_URL, keys=codex_keys, loopback_only=True, options=(
         BackendOption("auth_file"),
         BackendOption("accounts", tuple),
-        BackendOption("tokens", str, CUSTODIES[0], choices=CUSTODIES),
+        BackendOption("tokens", str, DEFAULT_CUSTODY, choices=CUSTODIES),
         BackendOption("token_url", str, DEFAULT_TOKEN_URL),
         BackendOption("token_store", str, DEFAULT_TOKEN_STORE),
         BackendOption("client_version", str, DEFAULT_CLIENT_VERSION),
