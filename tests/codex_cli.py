@@ -70,7 +70,7 @@ class Provider:
 
     base_url: str
     id: str = "llmproxy"
-    env_key: str = "LLMPROXY_API_KEY"
+    env_key: str | None = "LLMPROXY_API_KEY"
     api_key: str = "unused"
     wire_api: str = "responses"
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -84,6 +84,7 @@ def config_toml(provider: Provider, model: str) -> str:
     """
     fields = {"name": provider.id, "base_url": provider.base_url,
               "env_key": provider.env_key, "wire_api": provider.wire_api, **provider.extra}
+    fields = {k: v for k, v in fields.items() if v is not None}
     lines = [f"model = {json.dumps(model)}", f"model_provider = {json.dumps(provider.id)}",
              "check_for_update_on_startup = false", "",
              "[features]", "plugins = false", "remote_plugin = false", "",
@@ -129,12 +130,16 @@ class _Collect(ProcessProtocol):
 async def run_codex(
     case: TestCase, provider: Provider, prompt: str, *, model: str = "gpt-x",
     files: Mapping[str, str] | None = None, args: Sequence[str] = (), timeout: float = 120.0,
+    codex_home: Path | None = None, environ: Mapping[str, str] | None = None,
 ) -> CodexRun:
     """
     Run C{codex exec PROMPT} once, with commands allowed to run unattended.
 
     @param files: more files for the temporary C{CODEX_HOME} (such as an
         C{auth.json}), by name.
+    @param codex_home: a C{CODEX_HOME} to use instead of a temporary one
+        (its C{config.toml} is written over).
+    @param environ: more variables for Codex's environment.
     @param timeout: a safety net in real seconds: past it Codex is
         killed and the run says C{timed_out}.
     """
@@ -144,11 +149,15 @@ async def run_codex(
     home, work, user = root / "codex-home", root / "work", root / "home"
     for folder in (home, work, user):
         folder.mkdir()
+    if codex_home is not None:
+        home = codex_home
     (home / "config.toml").write_text(config_toml(provider, model))
     for name, text in (files or {}).items():
         (home / name).write_text(text)
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(user),
-           "CODEX_HOME": str(home), provider.env_key: provider.api_key}
+           "CODEX_HOME": str(home), **(environ or {})}
+    if provider.env_key is not None:
+        env[provider.env_key] = provider.api_key
     argv = [binary, "exec", "--skip-git-repo-check", "--color", "never",
             "--dangerously-bypass-approvals-and-sandbox", *args, prompt]
     collect = _Collect()

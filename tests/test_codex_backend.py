@@ -334,14 +334,15 @@ class LoginTests(TestCase):
         subjects = [codex.fake._subject(r) for r in codex.fake.requests]
         self.assertEqual(subjects, ["tok-old", "tok-1"])
 
-    async def test_401_without_newer_token_is_relayed(self) -> None:
+    async def test_401_without_newer_token_says_what_to_do(self) -> None:
         codex = await start_codex(self)
         write_auth_file(codex.files[0], auth_data("tok-stale", exp=EXP, account_id="acct-1"))
         status, _, body = await post(self, codex.url + "/v1/responses", {
             "model": "gpt-5.1-codex", "input": "hi", "stream": True}, AUTH)
         self.assertEqual(status, 401)
-        self.assertEqual(json.loads(body)["error"]["message"],
-                         "Could not validate your credentials")
+        message = json.loads(body)["error"]["message"]
+        self.assertIn(f"refused the access token in {codex.files[0]}", message)
+        self.assertIn("run any `codex` command", message)
         self.assertEqual(len(codex.fake.requests), 1)
 
     async def test_no_login_is_a_401_and_the_next_account_serves(self) -> None:

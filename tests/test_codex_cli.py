@@ -22,8 +22,9 @@ from llmproxy.testing import (
 )
 from llmproxy.testing.chatgpt import FakeChatGPT, listen_chatgpt
 from llmproxy.testing.codex import auth_data, write_auth_file
-from tests.codex_cli import CodexResult, codex_binary, codex_on
-from tests.harness import Proxy
+from llmproxy.testing.tokens import listen_tokens
+from tests.codex_cli import CodexResult, Provider, codex_binary, codex_on, run_codex
+from tests.harness import Proxy, post, start
 
 ANSWER = "The command printed it."
 #: A harmless command whose output is not in its own text.
@@ -213,3 +214,73 @@ class CodexCLIOnChatGPTTests(TestCase):
         [output] = [i for i in second.body["input"] if i.get("type") == "function_call_output"]
         self.assertIn(OUTPUT, json.dumps(output["output"]))
         self.assertEqual(second.headers["session_id"], first.headers["session_id"])
+
+
+class CodexCLIBesideLlmproxyTests(TestCase):
+    """
+    A Codex CLI logged in with ChatGPT keeps working while llmproxy serves
+    the same login in read-only custody: the CLI refreshes (its refresh
+    token rotates), llmproxy only ever reads what the CLI wrote, so the CLI
+    never finds its refresh token burnt.
+    """
+
+    timeout = 300
+
+    def setUp(self) -> None:
+        codex_binary()
+
+    async def test_the_cli_refreshes_and_llmproxy_follows(self) -> None:
+        chatgpt, port, base_url = await listen_chatgpt(reactor)
+        self.addCleanup(port.stopListening)
+        tokens, token_port, token_url = await listen_tokens(reactor)
+        self.addCleanup(token_port.stopListening)
+        for n in (1, 2, 3):
+            chatgpt.accept(f"access-{n}", "acct-1")
+        home = Path(self.mktemp()).absolute()
+        # The login the CLI made nine days ago: its access token is no longer
+        # accepted, and the CLI refreshes a login that old before using it.
+        write_auth_file(home / "auth.json", auth_data(
+            "access-0", exp=None, account_id="acct-1", refresh="rt-1",
+            last_refresh="2026-01-01T00:00:00Z"))
+
+        def config(upstream: str) -> Mapping[str, Any]:
+            return config_data({"chatgpt": {
+                "type": "openai-codex", "base_url": base_url, "token_url": token_url,
+                "auth_file": str(home / "auth.json")}}, proxy_keys=["pk"])
+
+        proxy = await start(self, config)
+
+        async def through_llmproxy() -> tuple[int, Any]:
+            status, _, body = await post(self, proxy.url + "/v1/responses", {
+                "model": "gpt-5.1-codex", "input": "hi", "stream": False},
+                {"authorization": "Bearer pk"})
+            return status, json.loads(body)
+
+        status, body = await through_llmproxy()
+        self.assertEqual(status, 401, body)
+        self.assertIn("codex", body["error"]["message"])
+
+        chatgpt.require_instructions = False  # what the CLI sends is its business
+        cli = Provider(base_url, id="chatgpt", env_key=None,
+                       extra={"requires_openai_auth": True})
+        env = {"CODEX_REFRESH_TOKEN_URL_OVERRIDE": token_url}
+        run = await run_codex(self, cli, "Say hi", model="gpt-5.1-codex", codex_home=home,
+                              environ=env)
+        self.assertEqual(run.code, 0, run.stderr)
+        self.assertEqual([c.outcome for c in tokens.calls], ["rotated"])
+
+        status, body = await through_llmproxy()
+        self.assertEqual(status, 200, body)
+        self.assertEqual(chatgpt._subject(chatgpt.requests[-1]), "access-1")
+
+        # Nine more days: the CLI refreshes again, with the refresh token it
+        # saved, which llmproxy (reading the same file meanwhile) never traded.
+        saved = json.loads((home / "auth.json").read_text())
+        write_auth_file(home / "auth.json", {**saved, "last_refresh": "2026-01-01T00:00:00Z"})
+        run = await run_codex(self, cli, "Say hi again", model="gpt-5.1-codex",
+                              codex_home=home, environ=env)
+        self.assertEqual(run.code, 0, run.stderr)
+        self.assertEqual([c.outcome for c in tokens.calls], ["rotated", "rotated"])
+        status, body = await through_llmproxy()
+        self.assertEqual(status, 200, body)
+        self.assertEqual(chatgpt._subject(chatgpt.requests[-1]), "access-2")

@@ -165,11 +165,15 @@ class ReadOnlyTests(CustodyCase):
         self.login("one")
         account = self.account("read-only")
         used = await account.credentials()
-        self.assertIsNone(await account.unauthorized(used))
+        refused = await self.assertFailure(
+            Deferred.fromCoroutine(account.unauthorized(used)), CodexAuthError)
+        self.assertIn("run any `codex` command", refused.message)
+        self.assertFalse(refused.permanent)
         self.login("two")
         self.assertEqual(sub(await account.unauthorized(used)), "two")
         self.login("other", account_id="acct-2")
-        self.assertIsNone(await account.unauthorized(used))
+        await self.assertFailure(Deferred.fromCoroutine(account.unauthorized(used)),
+                                 CodexAuthError)
         self.assertEqual(self.fake.calls, [])
 
     async def test_status(self) -> None:

@@ -76,6 +76,9 @@ class Account(Protocol):
         The upstream answered 401 to C{used}: newer credentials to retry
         once with, or L{None} when there are none (the 401 goes to the
         client).
+
+        @raise CodexAuthError: when there are none and the user can do
+            something about it (its message says what).
         """
 
     def status(self) -> dict[str, Any]:

@@ -168,13 +168,22 @@ class ReadOnlyAccount:
         return creds
 
     async def unauthorized(self, used: Credentials) -> Credentials | None:
+        """
+        The file's token if the CLI wrote a newer one for this account;
+        else what the user can do about it (only the CLI refreshes here).
+        """
         try:
-            fresh = self._read()
+            fresh: Credentials | None = self._read()
         except CodexAuthError:
-            return None
-        if fresh.access_token == used.access_token or fresh.account_id != used.account_id:
-            return None
-        return fresh
+            fresh = None
+        if fresh is not None and fresh.access_token != used.access_token \
+                and fresh.account_id == used.account_id:
+            return fresh
+        self._error = "access token refused upstream"
+        raise CodexAuthError(
+            f"the ChatGPT backend refused the access token in {self.auth_file}, and the file "
+            "holds no newer one: run any `codex` command (it refreshes the file), or set "
+            "`tokens: owned` on this backend to let llmproxy refresh its own copy")
 
     def status(self) -> dict[str, Any]:
         creds = self._creds

@@ -65,6 +65,7 @@ class FakeChatGPT(Resource):
         self.on_request: Callable[[Recorded], None] | None = None
         self.requests: list[Recorded] = []
         self.models = ["gpt-5.1-codex", "gpt-5.1"]
+        self.require_instructions = True
 
     def accept(self, subject: str, account_id: str = "acct-1") -> None:
         """
@@ -136,15 +137,14 @@ class FakeChatGPT(Resource):
             return _json(request, 403, {"detail": "Account mismatch"})
         return None
 
-    @staticmethod
-    def _refuse_body(request: Request, body: Any) -> bytes | None:
+    def _refuse_body(self, request: Request, body: Any) -> bytes | None:
         if not isinstance(body, dict):
             return _json(request, 400, {"detail": "Invalid JSON"})
         if body.get("store") is not False:
             return _json(request, 400, {"detail": "Store must be set to false"})
         if body.get("stream") is not True:
             return _json(request, 400, {"detail": "Stream must be set to true"})
-        if not body.get("instructions"):
+        if self.require_instructions and not body.get("instructions"):
             return _json(request, 400, {"detail": "Instructions are required"})
         for name in _UNSUPPORTED:
             if name in body:
