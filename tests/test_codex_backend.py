@@ -34,6 +34,7 @@ from llmproxy.testing import FakeChatGPT, config_data, listen_chatgpt, sse_json
 from llmproxy.sse import encode_event
 from llmproxy.testing.chatgpt import stream_events
 from llmproxy.testing.codex import auth_data, write_auth_file
+from llmproxy.testing.tokens import listen_tokens
 from tests.harness import client, in_thread, post, sdk
 
 #: Far beyond any test's clock.
@@ -378,6 +379,48 @@ class LoginTests(TestCase):
         codex.files[0].write_text(auth)
         status, _, body = await _post_responses(self, codex)
         self.assertEqual(status, 200, body)
+
+
+class OwnedCustodyTests(TestCase):
+    """
+    C{tokens: owned} through the backend: llmproxy refreshes its own copy
+    of the login at the token endpoint, before expiry and on a 401.
+    """
+
+    async def _owned(self) -> tuple[Codex, Any, Path]:
+        tokens, port, token_url = await listen_tokens(reactor, ttl=3600.0)
+        self.addCleanup(port.stopListening)
+        store = Path(self.mktemp()).absolute()
+        codex = await start_codex(self, tokens="owned", token_url=token_url,
+                                  token_store=str(store))
+        for n in (1, 2):
+            codex.fake.accept(f"access-{n}", "acct-1")
+        return codex, tokens, store
+
+    async def test_near_expiry_it_refreshes_first(self) -> None:
+        codex, tokens, store = await self._owned()
+        # The login's token expires in a minute: refreshed before use.
+        write_auth_file(codex.files[0], auth_data(
+            "tok-1", exp=reactor.seconds() + 60, account_id="acct-1", refresh="rt-1"))
+        before = codex.files[0].read_bytes()
+        status, _, body = await _post_responses(self, codex)
+        self.assertEqual(status, 200, body)
+        self.assertEqual(codex.fake._subject(codex.fake.requests[-1]), "access-1")
+        self.assertEqual([c.outcome for c in tokens.calls], ["rotated"])
+        # llmproxy keeps its own copy; the CLI's file is never written.
+        self.assertEqual(codex.files[0].read_bytes(), before)
+        [kept] = [p for p in store.iterdir() if p.suffix == ".json"]
+        self.assertEqual(kept.stat().st_mode & 0o777, 0o600)
+
+    async def test_a_401_refreshes_once_and_retries(self) -> None:
+        codex, tokens, _ = await self._owned()
+        write_auth_file(codex.files[0], auth_data(
+            "tok-refused", exp=EXP, account_id="acct-1", refresh="rt-1"))
+        status, _, body = await _post_responses(self, codex)
+        self.assertEqual(status, 200, body)
+        self.assertEqual([codex.fake._subject(r) for r in codex.fake.requests],
+                         ["tok-refused", "access-1"])
+        self.assertEqual([c.outcome for c in tokens.calls], ["rotated"])
 
 
 def _post_responses(case: TestCase, codex: Codex) -> Any:
