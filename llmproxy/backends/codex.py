@@ -49,7 +49,7 @@ from llmproxy.backends.codex_tokens import CUSTODIES, DEFAULT_CUSTODY, open_acco
 from llmproxy.backends.codex_stream import FilledResponse
 from llmproxy.backends.memory import MemoryResponse
 from llmproxy.backends.openai import (
-    MODELS_DEADLINE, MODELS_MAX_BYTES, BytesProducer, OpenAIResponsesBackend, host_header,
+    BytesProducer, OpenAIResponsesBackend, host_header,
     with_timeout,
 )
 from llmproxy.backends.registry import BackendContext, BackendType
@@ -446,18 +446,8 @@ class CodexBackend(OpenAIResponsesBackend):
         key = self.config.keys[0]
         credentials = await self.accounts[key.name].credentials()
         url = f"{self.config.base_url}/models?client_version={quote(self.version)}".encode()
-        deadline = min(self.config.timeout, MODELS_DEADLINE)
-
-        async def fetch() -> bytes:
-            response = await self.agent.request(
-                b"GET", url, self._codex_headers(credentials, None, b"application/json"))
-            body = await collect_body(response, self.clock, deadline, MODELS_MAX_BYTES)
-            if response.code != 200:
-                raise ValueError(f"status {response.code}")
-            return body
-
-        data: Any = json.loads(
-            await with_timeout(Deferred.fromCoroutine(fetch()), self.clock, deadline))
+        data = await self._get_json(
+            url, self._codex_headers(credentials, None, b"application/json"))
         listed = data.get("models", []) if isinstance(data, dict) else []
         slugs = [m["slug"] for m in listed
                  if isinstance(m, dict) and isinstance(m.get("slug"), str)]

@@ -256,26 +256,33 @@ class OpenAIBackend:
 
     async def _fetch_models(self) -> list[str]:
         """
-        Ask the upstream's C{/models}, within one deadline for headers and
-        body together (a stalled body is cut, and cancelling drops it).
+        Ask the upstream's C{/models}.
         """
         key = self.config.keys[0] if self.config.keys else None
-        url = (self.config.base_url + "/models").encode()
+        data = await self._get_json((self.config.base_url + "/models").encode(),
+                                    self._headers(key, b"application/json"))
+        ids = [m["id"] for m in data.get("data", [])
+               if isinstance(m, dict) and isinstance(m.get("id"), str)]
+        return ids or list(self.config.models)
+
+    async def _get_json(self, url: bytes, headers: Headers) -> Any:
+        """
+        GET C{url} and parse its 200 answer, within one deadline for headers
+        and body together (a stalled body is cut, and cancelling drops it).
+
+        @raise ValueError: for another status, or a body that is no JSON.
+        """
         deadline = min(self.config.timeout, MODELS_DEADLINE)
 
         async def fetch() -> bytes:
-            response = await self.agent.request(
-                b"GET", url, self._headers(key, b"application/json"))
+            response = await self.agent.request(b"GET", url, headers)
             body = await collect_body(response, self.clock, deadline, MODELS_MAX_BYTES)
             if response.code != 200:
                 raise ValueError(f"status {response.code}")
             return body
 
-        data: Any = json.loads(
+        return json.loads(
             await with_timeout(Deferred.fromCoroutine(fetch()), self.clock, deadline))
-        ids = [m["id"] for m in data.get("data", [])
-               if isinstance(m, dict) and isinstance(m.get("id"), str)]
-        return ids or list(self.config.models)
 
     def close(self) -> None:
         pass

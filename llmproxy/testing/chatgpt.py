@@ -13,16 +13,14 @@ from __future__ import annotations
 import json
 from typing import Any, Callable, Mapping, cast
 
-from twisted.internet import endpoints
-from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import IListeningPort, IReactorTCP, IReactorTime
 from twisted.web.resource import Resource
-from twisted.web.server import Request, Site
+from twisted.web.server import Request
 
 from llmproxy.backends.codex_auth import jwt_claims
 from llmproxy.sse import encode_event
 from llmproxy.testing.builders import CREATED
-from llmproxy.testing.upstream import Recorded, _last_text
+from llmproxy.testing.upstream import Recorded, last_text, listen_local
 
 #: Where the fake serves, under its root.
 BASE_PATH = "/backend-api/codex"
@@ -111,7 +109,7 @@ class FakeChatGPT(Resource):
             return self._usage_limit(request, self.exhausted[subject])
         request.setHeader(b"content-type", b"text/event-stream")
         call = self.calls.pop(0) if self.calls else None
-        return b"".join(stream_events(str(body.get("model")), _last_text(body), call))
+        return b"".join(stream_events(str(body.get("model")), last_text(body), call))
 
     # checks
 
@@ -245,12 +243,8 @@ async def listen_chatgpt(
     the C{base_url} of an C{openai-codex} backend using it.
     """
     fake = FakeChatGPT(clock or cast(IReactorTime, reactor))  # the reactor is a clock too
-    site = Site(fake)
-    site.noisy = False
-    port: IListeningPort = await endpoints.TCP4ServerEndpoint(
-        reactor, 0, interface="127.0.0.1").listen(site)
-    address = cast(IPv4Address, port.getHost())
-    return fake, port, f"http://127.0.0.1:{address.port}{BASE_PATH}"
+    port, origin = await listen_local(reactor, fake)
+    return fake, port, origin + BASE_PATH
 
 
 __all__ = ["BASE_PATH", "FakeChatGPT", "listen_chatgpt", "stream_events"]

@@ -13,16 +13,14 @@ from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import parse_qs
 
-from twisted.internet import endpoints
-from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import IListeningPort, IReactorTCP, IReactorTime, ITCPTransport
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request, Site
+from twisted.web.server import NOT_DONE_YET, Request
 
 from llmproxy.backends.codex_auth import AUTH_CLAIM
 from llmproxy.backends.codex_refresh import CLIENT_ID
 from llmproxy.testing.codex import make_jwt
-from llmproxy.testing.upstream import Reply, Stall
+from llmproxy.testing.upstream import Reply, Stall, listen_local
 
 #: What the real endpoint answers (401) to a refresh token already traded.
 REUSED = {"error": {
@@ -197,12 +195,8 @@ async def listen_tokens(
     port 0.  Returns it, its port and its token URL.
     """
     fake = FakeTokenEndpoint(clock or cast(IReactorTime, reactor), **options)
-    site = Site(fake)
-    site.noisy = False
-    port: IListeningPort = await endpoints.TCP4ServerEndpoint(
-        reactor, 0, interface="127.0.0.1").listen(site)
-    address = cast(IPv4Address, port.getHost())
-    return fake, port, f"http://127.0.0.1:{address.port}/oauth/token"
+    port, origin = await listen_local(reactor, fake)
+    return fake, port, origin + "/oauth/token"
 
 
 __all__ = ["REUSED", "FakeTokenEndpoint", "TokenCall", "listen_tokens", "token_error"]

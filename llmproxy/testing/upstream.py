@@ -167,7 +167,7 @@ class FakeOpenAI(Resource):
     def _default(self, recorded: Recorded) -> Behaviour:
         body = recorded.body if isinstance(recorded.body, dict) else {}
         model = str(body.get("model", "gpt-4o"))
-        text = "fake: " + _last_text(body)
+        text = "fake: " + last_text(body)
         pieces = [w + " " for w in text.split(" ")]
         if recorded.path.endswith("/responses"):
             if body.get("stream"):
@@ -239,7 +239,7 @@ def _abort(request: Request) -> None:
     cast(ITCPTransport, request.channel.transport).abortConnection()
 
 
-def _last_text(body: Mapping[str, Any]) -> str:
+def last_text(body: Mapping[str, Any]) -> str:
     messages = body.get("messages")
     if isinstance(messages, list) and messages:
         content = messages[-1].get("content") if isinstance(messages[-1], dict) else ""
@@ -252,19 +252,28 @@ def _last_text(body: Mapping[str, Any]) -> str:
     return str(content)
 
 
+async def listen_local(reactor: IReactorTCP, resource: Resource) -> tuple[IListeningPort, str]:
+    """
+    Serve C{resource} on 127.0.0.1, port 0, quietly.  Returns the port and
+    its C{http://127.0.0.1:PORT} origin.
+    """
+    site = Site(resource)
+    site.noisy = False
+    port: IListeningPort = await endpoints.TCP4ServerEndpoint(
+        reactor, 0, interface="127.0.0.1"
+    ).listen(site)
+    address = cast(IPv4Address, port.getHost())  # a TCP4ServerEndpoint's port
+    return port, f"http://127.0.0.1:{address.port}"
+
+
 async def listen_fake(reactor: IReactorTCP, clock: IReactorTime | None = None) -> tuple[FakeOpenAI, IListeningPort, str]:
     """
     Start a L{FakeOpenAI} on 127.0.0.1, port 0.  Returns it, its port and
     its base URL (ending in C{/v1}).
     """
     fake = FakeOpenAI(clock or cast(IReactorTime, reactor))  # the reactor is a clock too
-    site = Site(fake)
-    site.noisy = False
-    port: IListeningPort = await endpoints.TCP4ServerEndpoint(
-        reactor, 0, interface="127.0.0.1"
-    ).listen(site)
-    address = cast(IPv4Address, port.getHost())  # a TCP4ServerEndpoint's port
-    return fake, port, f"http://127.0.0.1:{address.port}/v1"
+    port, origin = await listen_local(reactor, fake)
+    return fake, port, origin + "/v1"
 
 
 
@@ -323,10 +332,5 @@ async def listen_faulty(
     Start a L{FaultyOpenAI} on 127.0.0.1, port 0 (see L{listen_fake}).
     """
     fake = FaultyOpenAI(clock or cast(IReactorTime, reactor))
-    site = Site(fake)
-    site.noisy = False
-    port: IListeningPort = await endpoints.TCP4ServerEndpoint(
-        reactor, 0, interface="127.0.0.1"
-    ).listen(site)
-    address = cast(IPv4Address, port.getHost())
-    return fake, port, f"http://127.0.0.1:{address.port}/v1"
+    port, origin = await listen_local(reactor, fake)
+    return fake, port, origin + "/v1"
