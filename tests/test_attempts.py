@@ -14,7 +14,7 @@ from hypothesis import given, strategies as st
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from llmproxy.backends.health import CircuitBreaker
+from llmproxy.backends.health import ModelBreakers
 from llmproxy.backends.keypool import KeyPool
 from llmproxy.config import ApiKey
 from llmproxy.exchange.attempts import AttemptQueue, Slot
@@ -30,7 +30,8 @@ POLICIES = ["k", "m", "km", "mk", "ordered"]
 class World:
     """
     Backends with C{n} keys each (named C{backend#1..n}), their pools and
-    breakers (threshold 1, so one failure opens a circuit for 30 s).
+    breakers (threshold 1, so one failure of a model opens its circuit for
+    30 s).
     """
 
     def __init__(self, **keys: int) -> None:
@@ -41,7 +42,7 @@ class World:
                           self.clock)
             for name, n in keys.items()
         }
-        self.breakers = {name: CircuitBreaker(self.clock, threshold=1, cooldown=30.0)
+        self.breakers = {name: ModelBreakers(self.clock, threshold=1, cooldown=30.0)
                          for name in keys}
         self.upstreams = Upstreams(backends={}, pools=self.pools, breakers=self.breakers)
 
@@ -275,15 +276,15 @@ class NextTests(SynchronousTestCase):
         """
         world = World(a=1, b=1, c=1)
         queue = world.queue("a:x", "b:y", "c:z", policy="m")
-        world.breakers["a"].record_failure()
-        world.breakers["b"].record_failure()
+        world.breakers["a"].record_failure("x")
+        world.breakers["b"].record_failure("y")
         self.assertEqual(_drain(queue), [("z", "c#1"), ("x", "a#1"), ("y", "b#1")])
 
     def test_open_circuit_fallback_needs_a_free_key(self) -> None:
         world = World(a=1, b=1)
         queue = world.queue("a:x", "b:y", policy="m")
-        world.breakers["a"].record_failure()
-        world.breakers["b"].record_failure()
+        world.breakers["a"].record_failure("x")
+        world.breakers["b"].record_failure("y")
         world.pools["a"].mark_rate_limited(world.key("a#1"), 10)
         self.assertEqual(_drain(queue), [("y", "b#1")])
         self.assertEqual(_planned(queue), [("x", "a#1")])
@@ -294,7 +295,7 @@ class NextTests(SynchronousTestCase):
         attempt is taken in its turn.
         """
         world = World(a=1, b=1)
-        world.breakers["a"].record_failure()
+        world.breakers["a"].record_failure("x")
         world.clock.advance(30)
         queue = world.queue("a:x", "b:y", policy="m")
         self.assertEqual(_pair(queue.next()), ("x", "a#1"))
@@ -662,7 +663,7 @@ class PropertyTests(SynchronousTestCase):
             self.assertLessEqual(offered[pair], 1 + parked.get(pair, 0), pair)
             outcome, retry_after, trip = steps.pop(0) if steps else (Outcome.RETRY_NEXT, None, "")
             if trip:
-                world.breakers[trip].record_failure()
+                world.breakers[trip].record_failure("x")
             pool = world.pools[slot.target.backend]
             if slot.key is not None and outcome is Outcome.RATE_LIMITED:
                 pool.mark_rate_limited(slot.key, retry_after)

@@ -459,7 +459,7 @@ class ReviewRegressionTests(SynchronousTestCase):
             proxy.advance(0.05)
             self.assertEqual(self.successResultOf(d).status, 200)
         status = proxy.get("/v1/llmproxy/status").json()["backends"]["openai"]
-        self.assertEqual(status["circuit"]["state"], "open")
+        self.assertEqual(status["circuits"]["gpt-4o"]["state"], "open")
 
     def test_unreadable_success_body_fails_over(self) -> None:
         proxy = MemoryProxy(lambda u: config_data({
@@ -513,8 +513,8 @@ class ReviewRegressionTests(SynchronousTestCase):
         proxy.advance(31)
         status, _, _ = proxy.chat()
         self.assertEqual(status, 200, "the probe's 429 moved on to the next key")
-        circuit = proxy.get("/v1/llmproxy/status").json()["backends"]["openai"]["circuit"]
-        self.assertEqual(circuit["state"], "closed")
+        circuits = proxy.get("/v1/llmproxy/status").json()["backends"]["openai"]["circuits"]
+        self.assertEqual(circuits, {}, "closed: no model has a breaker")
 
     def test_element_without_its_key_is_skipped(self) -> None:
         proxy = MemoryProxy(lambda u: config_data(

@@ -91,18 +91,20 @@ class CircuitBreakerTests(SynchronousTestCase):
         self.assertTrue(breaker.allow())
         self.assertTrue(breaker.allow())
 
-    def test_probe_failure_reopens(self) -> None:
+    def test_probe_failure_waits_one_probe_interval(self) -> None:
         """
-        A failed probe reopens the breaker for a full cooldown.
+        A failed probe keeps the breaker open for one probe interval, not a
+        whole cooldown: the next probe goes then.
         """
         breaker, clock = _open_breaker(cooldown=30.0)
+        breaker.probe_interval = 5.0
         clock.advance(30)
         self.assertTrue(breaker.allow())
         clock.advance(2)
         breaker.record_failure()
         self.assertEqual(breaker.state, "open")
         self.assertFalse(breaker.allow())
-        clock.advance(29.9)
+        clock.advance(4.9)
         self.assertFalse(breaker.allow())
         clock.advance(0.1)
         self.assertTrue(breaker.allow())
@@ -120,7 +122,8 @@ class CircuitBreakerTests(SynchronousTestCase):
 
     def test_lost_probe_retried(self) -> None:
         """
-        A probe that never reports is given up after another cooldown.
+        A probe that never reports is given up after another cooldown (the
+        longer of cooldown and probe interval).
         """
         breaker, clock = _open_breaker(cooldown=30.0)
         clock.advance(30)
@@ -144,12 +147,14 @@ class CircuitBreakerTests(SynchronousTestCase):
                 "consecutive_failures": 2,
                 "threshold": 2,
                 "cooldown": 30.0,
-                "cooldown_left": 18.0,
+                "probe_interval": 5.0,
+                "next_probe_in": 18.0,
+                "probing": False,
             },
         )
         breaker.record_success()
         self.assertEqual(breaker.status()["state"], "closed")
-        self.assertEqual(breaker.status()["cooldown_left"], 0.0)
+        self.assertEqual(breaker.status()["next_probe_in"], 0.0)
 
     def test_logs_transitions(self) -> None:
         """
@@ -164,10 +169,12 @@ class CircuitBreakerTests(SynchronousTestCase):
 
     def test_invalid_settings(self) -> None:
         """
-        A threshold below 1 or a negative cooldown is rejected.
+        A threshold below 1, a negative cooldown or a probe interval that
+        is not positive is rejected.
         """
         self.assertRaises(ValueError, CircuitBreaker, Clock(), threshold=0)
         self.assertRaises(ValueError, CircuitBreaker, Clock(), cooldown=-1)
+        self.assertRaises(ValueError, CircuitBreaker, Clock(), probe_interval=0)
 
     @given(st.integers(min_value=1, max_value=10), st.lists(st.booleans(), max_size=40))
     def test_opens_iff_trailing_failures(

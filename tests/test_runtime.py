@@ -85,23 +85,25 @@ class SuccessorTests(SynchronousTestCase):
 
     def test_the_breaker_is_carried_with_its_new_settings(self) -> None:
         old = self.runtime(a={})
-        breaker = old.upstreams.breakers["a"]
-        for _ in range(breaker.threshold):
-            breaker.record_failure()
+        breakers = old.upstreams.breakers["a"]
+        for _ in range(breakers.threshold):
+            breakers.record_failure("m")
         config = config_of({"a": {}}, failure_handling={"circuit_threshold": 9,
                                                         "circuit_cooldown": 99})
         new = old.successor(config, self.scripts).upstreams.breakers["a"]
-        self.assertIs(new, breaker)
-        self.assertEqual((new.state, new.threshold, new.cooldown), ("open", 9, 99))
+        self.assertIs(new, breakers)
+        breaker = new.breaker("m")
+        assert breaker is not None
+        self.assertEqual((breaker.state, breaker.threshold, breaker.cooldown), ("open", 9, 99))
 
     def test_backends_come_and_go_by_name(self) -> None:
         old = self.runtime(a={}, b={})
-        old.upstreams.breakers["a"].record_failure()
+        old.upstreams.breakers["a"].record_failure("m")
         new = old.successor(config_of({"b": {}, "c": {}}), self.scripts)
         self.assertEqual(set(new.upstreams.backends), {"b", "c"})
         self.assertEqual(set(new.upstreams.pools), {"b", "c"})
         self.assertIs(new.upstreams.breakers["b"], old.upstreams.breakers["b"])
-        self.assertEqual(new.upstreams.breakers["c"].consecutive_failures, 0)
+        self.assertEqual(new.upstreams.breakers["c"].status(), {})
         self.assertEqual(set(old.upstreams.backends), {"a", "b"}, "the old runtime is intact")
 
     def test_router_and_proxy_keys_follow_the_configuration(self) -> None:
@@ -207,7 +209,7 @@ class SwapTests(SynchronousTestCase):
         status = self._status(app)
         self.assertEqual([k["state"] for k in status["a"]["keys"]],
                          ["rate_limited", "ok", "ok"])
-        self.assertEqual(status["b"]["circuit"]["state"], "open")
+        self.assertEqual(status["b"]["circuits"]["m"]["state"], "open")
         new = self.scripts.latest("a")
         for _ in range(4):
             self.assertEqual(self._chat(app).reply().status, 200)

@@ -26,6 +26,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.http import HTTPChannel, Request
 
 from llmproxy.backends import REGISTRY
+from llmproxy.backends.health import CircuitBreaker
 from llmproxy.config import build_config
 from llmproxy.exchange.relay import StreamRelay
 from llmproxy.service import ProxyService
@@ -92,8 +93,13 @@ def faulty(proxy: Proxy) -> FaultyOpenAI:
     return proxy.fake
 
 
-def breaker(proxy: Proxy) -> Any:
-    return proxy.service.app.runtime.upstreams.breakers["openai"]
+def breaker(proxy: Proxy, model: str = "gpt-4o") -> Any:
+    """
+    The circuit breaker of the backend's C{model} (a fresh, closed one when
+    the model has none).
+    """
+    breakers = proxy.service.app.runtime.upstreams.breakers["openai"]
+    return breakers.breaker(model) or CircuitBreaker(Clock())
 
 
 def error_of(content: bytes) -> dict[str, Any]:
@@ -542,8 +548,8 @@ class StalledClientsEndToEndTests(TestCase):
         await turns(20)
         await advance(clock, 5, step=1)
         await turns(10)
-        self.assertEqual(breaker(proxy).status()["state"], "closed")
-        self.assertEqual(breaker(proxy).consecutive_failures, 0)
+        self.assertEqual(breaker(proxy, "lots").status()["state"], "closed")
+        self.assertEqual(breaker(proxy, "lots").consecutive_failures, 0)
         for _ in range(100):
             if not any(t.connected for t in proxy.fake.stream_transports):
                 break

@@ -317,8 +317,11 @@ def _circuit(outcome: Outcome) -> tuple[str, int]:
     if response is None or response.status != 200:
         return "unknown (status not readable)", -1
     try:
-        circuit = json.loads(response.body)["backends"][STALL]["circuit"]
-        return str(circuit["state"]), int(circuit["consecutive_failures"])
+        # One breaker per failing model; none listed means all closed.
+        circuits = json.loads(response.body)["backends"][STALL]["circuits"]
+        worst = max(circuits.values(), key=lambda c: int(c["consecutive_failures"]),
+                    default={"state": "closed", "consecutive_failures": 0})
+        return str(worst["state"]), int(worst["consecutive_failures"])
     except (ValueError, KeyError, TypeError):
         return "unknown (status not understood)", -1
 

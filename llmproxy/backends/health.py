@@ -1,13 +1,22 @@
-# -*- test-case-name: tests.test_health -*-
+# -*- test-case-name: tests.test_health,tests.test_breakers -*-
 """
-A circuit breaker per backend instance.
+Circuit breakers: one per (backend, model) that has been failing.
 
-After C{threshold} consecutive failures the breaker opens and the backend is
-skipped for C{cooldown} seconds.  Then a single probe request is let through
-(half-open): its success closes the breaker, its failure reopens it for
-another cooldown.  A probe that never reports (for instance because its
-request was cancelled) is given up after one more cooldown, and a new probe
-is allowed.
+A L{CircuitBreaker} opens after C{threshold} consecutive failures; the
+model is then skipped (when its route has anywhere else to go) for
+C{cooldown} seconds.  After that it is half-open: one real request at a
+time is let through as a probe.  A probe's success closes the breaker; its
+failure (the request itself fails over, so probing loses nothing) lets the
+next probe go C{probe_interval} seconds later, not a whole cooldown later,
+so a recovered model is back in use within about one interval.  A probe
+that never reports (its request was cancelled) is given up after
+C{max(cooldown, probe_interval)}, and another may go.
+
+L{ModelBreakers} holds one backend's breakers by model.  Only models that
+are failing have one (a success drops it: a fresh breaker is the same as
+none), at most C{limit} of them; failures of further models fold into one
+shared breaker, so clients naming ever new models cannot grow memory
+without bound.
 """
 
 from __future__ import annotations
@@ -21,61 +30,77 @@ CLOSED = "closed"
 OPEN = "open"
 HALF_OPEN = "half-open"
 
+#: How many failing models of one backend get a breaker of their own.
+MODEL_LIMIT = 64
+
+#: Longer model names share the overflow breaker (no upstream has such).
+LONGEST_MODEL = 200
+
+#: The status key of the breaker shared by the models beyond the limit.
+OTHER_MODELS = "*"
+
+
+def _check(threshold: int, cooldown: float, probe_interval: float) -> None:
+    """
+    @raise ValueError: on a threshold below 1, a negative cooldown or a
+        probe interval that is not positive.
+    """
+    if threshold < 1:
+        raise ValueError("threshold must be at least 1")
+    if cooldown < 0:
+        raise ValueError("cooldown must not be negative")
+    if probe_interval <= 0:
+        raise ValueError("probe_interval must be positive")
+
 
 class CircuitBreaker:
     """
-    Tracks consecutive failures of one backend instance.
+    Tracks the consecutive failures of one model of one backend.
 
     @ivar threshold: consecutive failures that open the breaker.
-    @ivar cooldown: seconds the breaker stays open before a probe.
+    @ivar cooldown: seconds the breaker stays open before the first probe.
+    @ivar probe_interval: seconds from a failed probe to the next one.
     """
 
     log = Logger()
 
     def __init__(
-        self, clock: IReactorTime, *, threshold: int = 5, cooldown: float = 30.0
+        self, clock: IReactorTime, *, threshold: int = 5, cooldown: float = 30.0,
+        probe_interval: float = 5.0, name: str = "",
     ) -> None:
         """
         @param clock: the time source.
-        @param threshold: consecutive failures that open the breaker (>= 1).
-        @param cooldown: seconds to stay open before probing (>= 0).
-        @raise ValueError: on a threshold below 1 or a negative cooldown.
+        @param name: what the log lines call it (C{backend:model}).
+        @raise ValueError: on settings L{_check} refuses.
         """
-        if threshold < 1:
-            raise ValueError("threshold must be at least 1")
-        if cooldown < 0:
-            raise ValueError("cooldown must not be negative")
+        _check(threshold, cooldown, probe_interval)
         self.threshold = threshold
         self.cooldown = cooldown
+        self.probe_interval = probe_interval
+        self.name = name
         self._clock = clock
         self._failures = 0
-        self._opened_at: float | None = None
+        self._opened = False
+        self._next_probe = 0.0
         self._probe_started: float | None = None
 
-    def _cooldown_over(self) -> bool:
-        """
-        Whether the open period has elapsed (only meaningful when open).
-        """
-        assert self._opened_at is not None
-        return self._clock.seconds() >= self._opened_at + self.cooldown
-
-    def _probe_pending(self) -> bool:
+    def _probe_pending(self, now: float) -> bool:
         """
         Whether a probe is in flight and has not yet been given up.
         """
         if self._probe_started is None:
             return False
-        return self._clock.seconds() < self._probe_started + self.cooldown
+        return now < self._probe_started + max(self.cooldown, self.probe_interval)
 
     @property
     def state(self) -> str:
         """
-        C{"closed"}, C{"open"} (skipping) or C{"half-open"} (cooldown over,
-        a probe may be or is in flight).
+        C{"closed"}, C{"open"} (skipping) or C{"half-open"} (a probe may
+        go, or is in flight).
         """
-        if self._opened_at is None:
+        if not self._opened:
             return CLOSED
-        return HALF_OPEN if self._cooldown_over() else OPEN
+        return HALF_OPEN if self._clock.seconds() >= self._next_probe else OPEN
 
     @property
     def consecutive_failures(self) -> int:
@@ -84,73 +109,192 @@ class CircuitBreaker:
         """
         return self._failures
 
+    @property
+    def holding(self) -> bool:
+        """
+        Whether the breaker is keeping requests away right now (open, or
+        half-open with its probe in flight).
+        """
+        now = self._clock.seconds()
+        return self._opened and (now < self._next_probe or self._probe_pending(now))
+
     def allow(self) -> bool:
         """
-        Whether a request may go to this backend now.
+        Whether a request may go now.
 
-        Closed: always.  Open: not until the cooldown is over; then exactly
-        one caller gets C{True} (the probe) and the others C{False} until the
-        probe reports through L{record_success} or L{record_failure}.
+        Closed: always.  Otherwise exactly one caller gets C{True} once the
+        next probe is due (that request is the probe), and the others
+        C{False} until it reports through L{record_success} or
+        L{record_failure} (or is given up).
         """
-        state = self.state
-        if state == CLOSED:
+        if not self._opened:
             return True
-        if state == OPEN or self._probe_pending():
+        now = self._clock.seconds()
+        if now < self._next_probe or self._probe_pending(now):
             return False
-        self._probe_started = self._clock.seconds()
+        self._probe_started = now
         return True
 
     def record_success(self) -> None:
         """
         A request succeeded: close the breaker and forget past failures.
         """
-        if self._opened_at is not None:
-            self.log.info("circuit closed after a successful request")
+        if self._opened:
+            self.log.info("circuit {name} closed after a successful request", name=self.name)
         self._failures = 0
-        self._opened_at = None
+        self._opened = False
         self._probe_started = None
 
     def record_failure(self) -> None:
         """
         A request failed: count it, open the breaker at the threshold, and
-        reopen it when the half-open probe failed.
+        when half-open (a probe failed) let the next probe go one probe
+        interval from now.
 
         Failures reported while open (requests that started earlier) are
-        counted but do not extend the open period.
+        counted but do not delay the next probe.
         """
         self._failures += 1
-        if self._opened_at is None:
+        now = self._clock.seconds()
+        if not self._opened:
             if self._failures >= self.threshold:
-                self._open()
-        elif self._cooldown_over():
-            self._open()
-
-    def _open(self) -> None:
-        """
-        Open (or reopen) the breaker for one cooldown from now.
-        """
-        self._opened_at = self._clock.seconds()
-        self._probe_started = None
-        self.log.warn(
-            "circuit open for {cooldown}s after {failures} failures",
-            cooldown=self.cooldown,
-            failures=self._failures,
-        )
+                self._opened = True
+                self._next_probe = now + self.cooldown
+                self._probe_started = None
+                self.log.warn(
+                    "circuit {name} open for {cooldown}s after {failures} failures",
+                    name=self.name, cooldown=self.cooldown, failures=self._failures)
+        elif now >= self._next_probe:
+            self._next_probe = now + self.probe_interval
+            self._probe_started = None
 
     def status(self) -> dict[str, Any]:
         """
         The breaker's state for the status endpoint.
 
         @return: C{state}, C{consecutive_failures}, C{threshold},
-            C{cooldown} and C{cooldown_left} (seconds until a probe may go).
+            C{cooldown}, C{probe_interval}, C{next_probe_in} (seconds until
+            a probe may go: 0 when closed or due) and C{probing} (whether a
+            probe is in flight).
         """
-        left = 0.0
-        if self._opened_at is not None:
-            left = max(0.0, self._opened_at + self.cooldown - self._clock.seconds())
+        now = self._clock.seconds()
+        left = max(0.0, self._next_probe - now) if self._opened else 0.0
         return {
             "state": self.state,
             "consecutive_failures": self._failures,
             "threshold": self.threshold,
             "cooldown": self.cooldown,
-            "cooldown_left": left,
+            "probe_interval": self.probe_interval,
+            "next_probe_in": left,
+            "probing": self._opened and self._probe_pending(now),
         }
+
+
+class ModelBreakers:
+    """
+    The circuit breakers of one backend, by model.
+
+    A model without a breaker is closed; a breaker is made at the model's
+    first failure and dropped at its next success.  With C{limit} models
+    failing at once, a further model takes the place of one whose breaker
+    is not holding requests away, else it shares the overflow breaker
+    (which then also governs every model without a breaker of its own,
+    until one of them succeeds).
+    """
+
+    def __init__(
+        self, clock: IReactorTime, *, threshold: int = 5, cooldown: float = 30.0,
+        probe_interval: float = 5.0, limit: int = MODEL_LIMIT, name: str = "",
+    ) -> None:
+        """
+        @param name: the backend's name, for log lines.
+        @raise ValueError: on settings L{_check} refuses.
+        """
+        _check(threshold, cooldown, probe_interval)
+        self.threshold = threshold
+        self.cooldown = cooldown
+        self.probe_interval = probe_interval
+        self.limit = limit
+        self.name = name
+        self._clock = clock
+        self._models: dict[str, CircuitBreaker] = {}
+        self._overflow: CircuitBreaker | None = None
+
+    def retune(self, threshold: int, cooldown: float, probe_interval: float) -> None:
+        """
+        New settings (a new configuration), for every breaker held.
+        """
+        _check(threshold, cooldown, probe_interval)
+        self.threshold, self.cooldown, self.probe_interval = threshold, cooldown, probe_interval
+        for breaker in self._held():
+            breaker.threshold, breaker.cooldown = threshold, cooldown
+            breaker.probe_interval = probe_interval
+
+    def _held(self) -> list[CircuitBreaker]:
+        extra = [self._overflow] if self._overflow is not None else []
+        return list(self._models.values()) + extra
+
+    def breaker(self, model: str) -> CircuitBreaker | None:
+        """
+        The breaker governing C{model}: its own, else the overflow one if
+        there is one; L{None} means closed.
+        """
+        return self._models.get(model) or self._overflow
+
+    def allow(self, model: str) -> bool:
+        """
+        Whether a request for C{model} may go now (see
+        L{CircuitBreaker.allow}: a C{True} may make it the probe).
+        """
+        breaker = self._models.get(model) or self._overflow
+        return breaker is None or breaker.allow()
+
+    def record_success(self, model: str) -> None:
+        """
+        A request for C{model} succeeded: its breaker closes and is dropped.
+        """
+        breaker = self._models.pop(model, None)
+        if breaker is None:
+            breaker, self._overflow = self._overflow, None
+        if breaker is not None:
+            breaker.record_success()
+
+    def record_failure(self, model: str) -> None:
+        """
+        A request for C{model} failed: counted on its breaker, made now if
+        it has none.
+        """
+        breaker = self._models.pop(model, None) or self._make(model)
+        if breaker is not self._overflow:
+            self._models[model] = breaker  # last failed, last evicted
+        breaker.record_failure()
+
+    def _make(self, model: str) -> CircuitBreaker:
+        """
+        A new breaker for C{model}, or the overflow one when every place is
+        taken by a breaker that is holding requests away.
+        """
+        if len(model) <= LONGEST_MODEL:
+            if len(self._models) >= self.limit:
+                idle = next((m for m, b in self._models.items() if not b.holding), None)
+                if idle is not None:
+                    del self._models[idle]
+            if len(self._models) < self.limit:
+                return self._new(f"{self.name}:{model}")
+        if self._overflow is None:
+            self._overflow = self._new(f"{self.name}:{OTHER_MODELS}")
+        return self._overflow
+
+    def _new(self, name: str) -> CircuitBreaker:
+        return CircuitBreaker(self._clock, threshold=self.threshold, cooldown=self.cooldown,
+                              probe_interval=self.probe_interval, name=name)
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        """
+        The status of each failing model's breaker (the overflow one as
+        C{"*"}); a model not listed is closed with no failures.
+        """
+        out = {model: b.status() for model, b in self._models.items()}
+        if self._overflow is not None:
+            out[OTHER_MODELS] = self._overflow.status()
+        return out

@@ -54,6 +54,8 @@ def _failure(reader: Reader) -> FailureConfig:
         quota_cooldown=reader.number("quota_cooldown", d.quota_cooldown),
         circuit_threshold=reader.integer("circuit_threshold", d.circuit_threshold, 1),
         circuit_cooldown=reader.number("circuit_cooldown", d.circuit_cooldown),
+        circuit_probe_interval=reader.number("circuit_probe_interval",
+                                             d.circuit_probe_interval, 0.1),
     )
     reader.finish()
     return result

@@ -160,6 +160,7 @@ class FailureConfig:
     quota_cooldown: float = 3600.0
     circuit_threshold: int = 5
     circuit_cooldown: float = 30.0
+    circuit_probe_interval: float = 5.0
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@ a request while its backend has another.
 
 This is the pure-ish half of the exchange: it decides what to try next and
 how long to wait, drops the route elements that lack a key, and records
-each attempt's verdict on its backend's key pool and circuit breaker;
+each attempt's verdict on its backend's key pool and on the circuit
+breaker of its backend's model;
 L{llmproxy.exchange.exchange} does the I/O.
 """
 
@@ -160,9 +161,9 @@ class AttemptQueue:
         """
         Take the next attempt: the first whose key is free (a planned key
         that started cooling meanwhile is swapped for a free one) and whose
-        backend's circuit is closed; failing that, the first with a free
-        key, since skipping open circuits must not leave nothing.  L{None}
-        when every planned attempt has to wait.
+        model's circuit lets it go (closed, or its half-open probe); failing
+        that, the first with a free key, since skipping open circuits must
+        not leave nothing.  L{None} when every planned attempt has to wait.
         """
         chosen = fallback = None
         for slot in self.queue:
@@ -171,7 +172,7 @@ class AttemptQueue:
                 if spare is None:
                     continue
                 slot.key = spare
-            if self.up.breakers[slot.target.backend].allow():
+            if self.up.breakers[slot.target.backend].allow(slot.target.model):
                 chosen = slot
                 break
             fallback = fallback or slot
@@ -252,10 +253,10 @@ class AttemptQueue:
 
     def record_success(self, slot: Slot) -> None:
         """
-        The attempt was answered and relayed: its backend works, and so
-        does its key.
+        The attempt was answered and relayed: its backend's model works,
+        and so does its key.
         """
-        self.up.breakers[slot.target.backend].record_success()
+        self.up.breakers[slot.target.backend].record_success(slot.target.model)
         if slot.key is not None:
             self.up.pools[slot.target.backend].mark_ok(slot.key)
 
@@ -263,20 +264,20 @@ class AttemptQueue:
         """
         The attempt's backend failed it (no answer, or a broken one).
         """
-        self.up.breakers[slot.target.backend].record_failure()
+        self.up.breakers[slot.target.backend].record_failure(slot.target.model)
 
     def record_verdict(self, slot: Slot, verdict: Verdict) -> None:
         """
         The backend answered with an error status: a failover-eligible one
-        counts against the backend; any other is the key's or the client's
-        business, and cools the key when it says so.
+        counts against the backend's model; any other is the key's or the
+        client's business, and cools the key when it says so.
         """
         backend, key = slot.target.backend, slot.key
         outcome = verdict.outcome
         if outcome is Outcome.RETRY_NEXT:
-            self.up.breakers[backend].record_failure()
+            self.up.breakers[backend].record_failure(slot.target.model)
             return
-        self.up.breakers[backend].record_success()
+        self.up.breakers[backend].record_success(slot.target.model)
         if key is None:
             return
         pool = self.up.pools[backend]

@@ -8,7 +8,7 @@ it to the end: swapping in a new runtime (a reload) never disturbs a
 request in flight.  L{Runtime.successor} builds the runtime of a new
 configuration, carrying over what the running one learnt about the
 backends that remain, by name: their key pools (cooldowns, rotation) and
-their circuit breakers.
+their circuit breakers (one per failing model).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from twisted.internet.interfaces import IReactorTime
 from llmproxy.adapt.pipeline import Pipeline
 from llmproxy.adapt.steps import default_pipeline
 from llmproxy.backends.base import Backend
-from llmproxy.backends.health import CircuitBreaker
+from llmproxy.backends.health import ModelBreakers
 from llmproxy.backends.keypool import KeyPool
 from llmproxy.config import BackendConfig, Config, FailureConfig
 from llmproxy.routing.resolve import Router
@@ -33,12 +33,13 @@ BackendFactory = Callable[[BackendConfig], Backend]
 @dataclass
 class Upstreams:
     """
-    The backend instances with their key pools and circuit breakers.
+    The backend instances with their key pools and circuit breakers (by
+    backend name, then by model).
     """
 
     backends: Mapping[str, Backend]
     pools: Mapping[str, KeyPool]
-    breakers: Mapping[str, CircuitBreaker]
+    breakers: Mapping[str, ModelBreakers]
 
 
 @dataclass(frozen=True)
@@ -91,13 +92,13 @@ def live_upstreams(
         == _cooldowns(config.failure)
     backends: dict[str, Backend] = {}
     pools: dict[str, KeyPool] = {}
-    breakers: dict[str, CircuitBreaker] = {}
+    breakers: dict[str, ModelBreakers] = {}
     for name, backend in config.backends.items():
         kept = old.backends.get(name)
         backends[name] = kept if kept is not None and kept.config == backend \
             else make_backend(backend)
         pools[name] = _pool(config, name, clock, old.pools.get(name), cooldowns_kept)
-        breakers[name] = _breaker(config.failure, clock, old.breakers.get(name))
+        breakers[name] = _breakers(config.failure, name, clock, old.breakers.get(name))
     return Upstreams(backends, pools, breakers)
 
 
@@ -120,11 +121,13 @@ def _pool(
     return pool
 
 
-def _breaker(f: FailureConfig, clock: IReactorTime, old: CircuitBreaker | None) -> CircuitBreaker:
+def _breakers(
+    f: FailureConfig, name: str, clock: IReactorTime, old: ModelBreakers | None
+) -> ModelBreakers:
     if old is None:
-        return CircuitBreaker(clock, threshold=f.circuit_threshold, cooldown=f.circuit_cooldown)
-    old.threshold = f.circuit_threshold
-    old.cooldown = f.circuit_cooldown
+        return ModelBreakers(clock, threshold=f.circuit_threshold, cooldown=f.circuit_cooldown,
+                             probe_interval=f.circuit_probe_interval, name=name)
+    old.retune(f.circuit_threshold, f.circuit_cooldown, f.circuit_probe_interval)
     return old
 
 

@@ -161,7 +161,7 @@ class ProxyApp:
         for name, backend in up.backends.items():
             entry = backends[name] = {
                 "type": backend.config.type,
-                "circuit": up.breakers[name].status(),
+                "circuits": up.breakers[name].status(),
                 "keys": up.pools[name].status(),
             }
             # Backends whose keys are accounts say more of them.
