@@ -80,9 +80,20 @@ class CircuitBreaker:
         self.name = name
         self._clock = clock
         self._failures = 0
-        self._opened = False
-        self._next_probe = 0.0
+        self._opened_at: float | None = None
+        self._probe_failed_at: float | None = None
         self._probe_started: float | None = None
+
+    def _next_probe(self) -> float:
+        """
+        When the next probe may go (only meaningful when open): a cooldown
+        after opening, then a probe interval after the last failed probe
+        (by the current settings, so a new configuration applies at once).
+        """
+        if self._probe_failed_at is not None:
+            return self._probe_failed_at + self.probe_interval
+        assert self._opened_at is not None
+        return self._opened_at + self.cooldown
 
     def _probe_pending(self, now: float) -> bool:
         """
@@ -98,9 +109,9 @@ class CircuitBreaker:
         C{"closed"}, C{"open"} (skipping) or C{"half-open"} (a probe may
         go, or is in flight).
         """
-        if not self._opened:
+        if self._opened_at is None:
             return CLOSED
-        return HALF_OPEN if self._clock.seconds() >= self._next_probe else OPEN
+        return HALF_OPEN if self._clock.seconds() >= self._next_probe() else OPEN
 
     @property
     def consecutive_failures(self) -> int:
@@ -115,8 +126,10 @@ class CircuitBreaker:
         Whether the breaker is keeping requests away right now (open, or
         half-open with its probe in flight).
         """
+        if self._opened_at is None:
+            return False
         now = self._clock.seconds()
-        return self._opened and (now < self._next_probe or self._probe_pending(now))
+        return now < self._next_probe() or self._probe_pending(now)
 
     def allow(self) -> bool:
         """
@@ -127,10 +140,10 @@ class CircuitBreaker:
         C{False} until it reports through L{record_success} or
         L{record_failure} (or is given up).
         """
-        if not self._opened:
+        if self._opened_at is None:
             return True
         now = self._clock.seconds()
-        if now < self._next_probe or self._probe_pending(now):
+        if now < self._next_probe() or self._probe_pending(now):
             return False
         self._probe_started = now
         return True
@@ -139,11 +152,10 @@ class CircuitBreaker:
         """
         A request succeeded: close the breaker and forget past failures.
         """
-        if self._opened:
+        if self._opened_at is not None:
             self.log.info("circuit {name} closed after a successful request", name=self.name)
         self._failures = 0
-        self._opened = False
-        self._probe_started = None
+        self._opened_at = self._probe_failed_at = self._probe_started = None
 
     def record_failure(self) -> None:
         """
@@ -156,16 +168,14 @@ class CircuitBreaker:
         """
         self._failures += 1
         now = self._clock.seconds()
-        if not self._opened:
+        if self._opened_at is None:
             if self._failures >= self.threshold:
-                self._opened = True
-                self._next_probe = now + self.cooldown
-                self._probe_started = None
+                self._opened_at = now
                 self.log.warn(
                     "circuit {name} open for {cooldown}s after {failures} failures",
                     name=self.name, cooldown=self.cooldown, failures=self._failures)
-        elif now >= self._next_probe:
-            self._next_probe = now + self.probe_interval
+        elif now >= self._next_probe():
+            self._probe_failed_at = now
             self._probe_started = None
 
     def status(self) -> dict[str, Any]:
@@ -178,7 +188,8 @@ class CircuitBreaker:
             probe is in flight).
         """
         now = self._clock.seconds()
-        left = max(0.0, self._next_probe - now) if self._opened else 0.0
+        opened = self._opened_at is not None
+        left = max(0.0, self._next_probe() - now) if opened else 0.0
         return {
             "state": self.state,
             "consecutive_failures": self._failures,
@@ -186,7 +197,7 @@ class CircuitBreaker:
             "cooldown": self.cooldown,
             "probe_interval": self.probe_interval,
             "next_probe_in": left,
-            "probing": self._opened and self._probe_pending(now),
+            "probing": opened and self._probe_pending(now),
         }
 
 

@@ -67,3 +67,5 @@ __all__ = [
     "FakeTokenEndpoint", "TokenCall", "listen_tokens",
 ]
 __all__ += ["FakeChatGPT", "listen_chatgpt"]
+from llmproxy.testing.outage import UNAVAILABLE, Outage  # noqa: E402
+__all__ += ["Outage", "UNAVAILABLE"]
