@@ -28,6 +28,7 @@ from llmproxy.backends.health import (
     CircuitBreaker,
     ModelBreakers,
 )
+from llmproxy.config import ConfigError, FailureConfig
 from llmproxy.testing import (
     UNAVAILABLE, Outage, Stall, backend_data, config_data, make_config,
 )
@@ -238,6 +239,17 @@ class SwapTests(SynchronousTestCase):
         proxy.chat(model="primary:x|fallback:z")
         self.assertEqual(circuits(proxy)["x"]["next_probe_in"], 3.0)
         self.assertEqual(sum(1 for r in proxy.fake.requests if r.model == "x"), 2)
+
+
+class ConfigTests(SynchronousTestCase):
+    def test_probe_interval_defaults_to_5_s_and_must_be_positive(self) -> None:
+        self.assertEqual(FailureConfig().circuit_probe_interval, 5.0)
+        data = two_backends(circuit_probe_interval=2.5)("http://upstream.test/v1")
+        self.assertEqual(make_config(data).failure.circuit_probe_interval, 2.5)
+        data = two_backends(circuit_probe_interval=0)("http://upstream.test/v1")
+        with self.assertRaises(ConfigError) as caught:
+            make_config(data)
+        self.assertIn("circuit_probe_interval", str(caught.exception))
 
 
 # The state machine under hypothesis: any sequence of outcomes, probes and
