@@ -54,6 +54,10 @@ def _failure(reader: Reader) -> FailureConfig:
         quota_cooldown=reader.number("quota_cooldown", d.quota_cooldown),
         circuit_threshold=reader.integer("circuit_threshold", d.circuit_threshold, 1),
         circuit_cooldown=reader.number("circuit_cooldown", d.circuit_cooldown),
+        first_token_timeout=reader.number("first_token_timeout", d.first_token_timeout),
+        reasoning_first_token_timeout=reader.number("reasoning_first_token_timeout",
+                                                    d.reasoning_first_token_timeout),
+        stream_idle_timeout=reader.number("stream_idle_timeout", d.stream_idle_timeout),
     )
     reader.finish()
     return result
