@@ -125,6 +125,24 @@ class FirstTokenTests(SynchronousTestCase):
         self.assertEqual(events[-1]["response"]["output"][0]["content"][0]["text"],
                          "fake: hi ")
 
+    def test_responses_upstream(self) -> None:
+        """
+        A Responses upstream whose C{response.created} and
+        C{response.in_progress} come at once and its text after 20 s: the
+        client sees the fallback's events only.
+        """
+        proxy = MemoryProxy(config(type="openai-responses"))
+        created, progress, *rest = responses_events("slow", ["late"])
+        proxy.fake.by_model["slow"] = [Stream([created + progress, b"".join(rest)], delay=20)]
+        d = proxy.request("POST", "/v1/responses",
+                          {"model": ROUTE, "input": "hi", "stream": True})
+        proxy.advance(15)
+        events = sse_json(proxy.result(d).content)
+        self.assertEqual([r.model for r in proxy.fake.requests], ["slow", "fast"])
+        self.assertEqual([e["sequence_number"] for e in events], list(range(len(events))))
+        self.assertEqual({e["response"]["model"] for e in events if "response" in e}, {"fast"})
+        self.assertEqual(events[-1]["type"], "response.completed")
+
     def test_no_headers_within_the_limit_fails_over_too(self) -> None:
         """
         The first-token limit caps the wait for a stream's headers (the
@@ -512,6 +530,20 @@ class ContentPredicateTests(SynchronousTestCase):
            st.dictionaries(st.sampled_from(["response", "part", "item_id"]), st.integers()))
     def test_responses_preamble(self, kind: str, extra: dict[str, Any]) -> None:
         self.assertFalse(responses_starts({**extra, "type": kind}))
+
+    @given(st.sampled_from(["response.created", "response.in_progress"]),
+           st.booleans())
+    def test_responses_preamble_by_name(self, kind: str, named: bool) -> None:
+        """
+        A preamble event is known by its C{event:} line without parsing
+        (its data may be anything), or by its data's type.
+        """
+        # Data without a type would start the answer, were it parsed.
+        data = {"response": {"id": "r"}} if named else {"type": kind, "response": {"id": "r"}}
+        raw = encode_event(data, kind if named else None)
+        self.assertFalse(raw_starts(responses_starts, [raw]))
+        self.assertTrue(raw_starts(responses_starts, [
+            raw, encode_event({"type": "response.output_text.delta", "delta": "x"})]))
 
     @given(st.sampled_from(["message", "reasoning"]))
     def test_responses_shell_items(self, item: str) -> None:

@@ -79,8 +79,9 @@ class StreamTransform(TypingProtocol):
         """
 
 
-#: The most bytes held back before the answer starts.
-HOLD_LIMIT = 65_536
+#: The most bytes held back before the answer starts (a Responses upstream's
+#: first two events echo the request's instructions and tools).
+HOLD_LIMIT = 1_048_576
 
 
 @dataclass(frozen=True, slots=True)

@@ -85,6 +85,18 @@ def responses_starts(data: Mapping[str, Any]) -> bool:
     return True
 
 
+def _named_before(item: bytes) -> bool:
+    """
+    Whether a raw Responses event's leading C{event:} line names an event
+    that comes before the answer (so C{response.created}, which echoes the
+    whole request's instructions and tools, is not parsed).
+    """
+    if not item.startswith(b"event: "):
+        return False
+    end = item.find(b"\n")
+    return item[7:end].rstrip(b"\r").decode("ascii", "replace") in _RESPONSES_BEFORE
+
+
 def raw_starts(starts: Callable[[Mapping[str, Any]], bool], raw: Sequence[bytes]) -> bool:
     """
     Whether any of these raw SSE events starts the answer by C{starts}; the
@@ -92,6 +104,8 @@ def raw_starts(starts: Callable[[Mapping[str, Any]], bool], raw: Sequence[bytes]
     are not JSON objects do not (the stream transform judges those).
     """
     for item in raw:
+        if starts is responses_starts and _named_before(item):
+            continue
         event = parse_event(item)
         if event is None or event.data is None:
             continue
