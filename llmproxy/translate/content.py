@@ -16,6 +16,7 @@ upstream dialect.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Callable, Mapping, Sequence
 
 from llmproxy.dialects import CHAT
@@ -106,18 +107,33 @@ def raw_starts(starts: Callable[[Mapping[str, Any]], bool], raw: Sequence[bytes]
     for item in raw:
         if starts is responses_starts and _named_before(item):
             continue
-        event = parse_event(item)
-        if event is None or event.data is None:
-            continue
-        if event.done:
-            return True
         try:
-            data = event.json()
+            data = _data(item)
         except ValueError:
             continue
-        if isinstance(data, Mapping) and starts(data):
+        if data is _DONE or (isinstance(data, Mapping) and starts(data)):
             return True
     return False
+
+
+#: What L{_data} returns for C{data: [DONE]}.
+_DONE = object()
+
+
+def _data(item: bytes) -> Any:
+    """
+    A raw event's data as JSON (L{_DONE} for the end marker, L{None} for
+    none); the usual one-line C{data: {...}} is read without the SSE
+    parser.
+
+    @raise ValueError: for data that is not JSON.
+    """
+    if item.startswith(b"data: {") and item.count(b"\n") == 2:
+        return json.loads(item[6:])
+    event = parse_event(item)
+    if event is None or event.data is None:
+        return None
+    return _DONE if event.done else event.json()
 
 
 def answer_starts(dialect: str) -> Callable[[Sequence[bytes]], bool]:
