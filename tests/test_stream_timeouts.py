@@ -104,6 +104,18 @@ class FirstTokenTests(SynchronousTestCase):
         self.assertEqual(sse_data(answer.content)[-1], "[DONE]")
         self.assertEqual(proxy.fake.lost, 1, "the slow upstream's connection is closed")
 
+    def test_attempt_is_a_timeout(self) -> None:
+        proxy = MemoryProxy(config())
+        seen: list[Any] = []
+        proxy.service.app.events.addObserver(seen.append)
+        proxy.fake.by_model["slow"] = [slow_first_token("slow")]
+        d = start_chat(proxy)
+        proxy.advance(15)
+        proxy.result(d)
+        attempts = [(e["model"], e["outcome"], e["error"]) for e in seen if "outcome" in e]
+        self.assertEqual(attempts, [("slow", "timeout", "FirstTokenTimeout"),
+                                    ("fast", "ok", None)])
+
     def test_responses_client_sees_one_response(self) -> None:
         """
         A Responses client (chat upstream): the events of the fallback
@@ -230,6 +242,8 @@ class FirstTokenTests(SynchronousTestCase):
         answer = proxy.result(d)
         self.assertEqual(answer.status, 504)
         self.assertIn("did not start within 15 s", answer.json()["error"]["message"])
+        self.assertEqual(proxy.service.app.runtime.upstreams.breakers["openai"]
+                         .consecutive_failures, 1, "the backend is blamed, as for a timeout")
         proxy = MemoryProxy(config(failure_handling={"keepalive_after": 5}))
         proxy.fake.by_model["slow"] = [slow_first_token("slow")]
         d = start_chat(proxy, "openai:slow")
