@@ -122,6 +122,26 @@ class StreamBroken(UpstreamError):
     """
 
 
+class FirstTokenTimeout(StreamTimeout):
+    """
+    A streamed answer did not start within C{first_token_timeout}: nothing
+    of it reached the client, so the request fails over.
+    """
+
+
+class StreamStalled(StreamTimeout):
+    """
+    A streamed answer that had started sent nothing for longer than
+    C{stream_idle_timeout}: what the client has is cut short.
+
+    @ivar reason: why, in words (the silence and the limit).
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"upstream stream stalled: {reason}", code="upstream_timeout")
+        self.reason = reason
+
+
 class BodyTooLarge(UpstreamError):
     """
     The upstream body exceeded the configured limit.

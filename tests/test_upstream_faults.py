@@ -324,7 +324,7 @@ class StreamAnswerTests(TestCase):
         with an in-band error; it is not relayed.
         """
         proxy = await start_faulty(self, config)
-        faulty(proxy).script.append(Stream([EVENTS[0], b"data: <html>\n\n", *EVENTS[1:]]))
+        faulty(proxy).script.append(Stream([*EVENTS[:2], b"data: <html>\n\n", *EVENTS[2:]]))
         status, _, content = await post(self, proxy.url + "/v1/chat/completions", STREAM)
         data = sse_data(content)
         self.assertEqual(status, 200)
@@ -416,12 +416,12 @@ class TimeBudgetTests(TestCase):
         After its first event, an upstream that only sends comments is
         idle: it is cut after the idle timeout with an in-band error.
         """
-        comments = Stream([EVENTS[0]] + [b": ping\n\n"] * 40, delay=0.5)
+        comments = Stream(EVENTS[:2] + [b": ping\n\n"] * 40, delay=0.5)
         _, d = await self._dripped(STREAM, comments, 3)
         status, _, content = await d
         data = sse_data(content)
-        self.assertEqual((status, len(data)), (200, 3))
-        self.assertEqual(json.loads(data[1])["error"]["code"], "upstream_timeout")
+        self.assertEqual((status, len(data)), (200, 4))
+        self.assertEqual(json.loads(data[2])["error"]["code"], "upstream_timeout")
 
     async def test_events_may_outlast_the_budget(self) -> None:
         """

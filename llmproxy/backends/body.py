@@ -117,6 +117,15 @@ class Watchdog:
         """
         self._last = self.clock.seconds()
 
+    def set_idle(self, idle: float) -> None:
+        """
+        Change the idle limit from now on (a shorter one takes effect at
+        once).
+        """
+        self.idle = idle
+        if self._call is not None:
+            self._schedule()
+
     def pause(self) -> None:
         if self._paused_at is None:
             self._paused_at = self.clock.seconds()

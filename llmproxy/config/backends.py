@@ -173,6 +173,7 @@ def _backend(
         reasoning_models=reasoning_models,
         max_connections=reader.integer("max_connections", 64, minimum=1),
         options=options,
+        **_stream_limits(reader),
     )
     reader.finish()
     return backend
@@ -264,6 +265,16 @@ def expand_user(path: str, environ: Mapping[str, str]) -> str:
         return path
     home = environ.get("HOME") or os.path.expanduser("~")
     return home + path[1:]
+
+
+def _stream_limits(reader: Reader) -> dict[str, float | None]:
+    """
+    The backend's overrides of C{failure_handling}'s stream limits (the
+    ones it sets; at least 0).
+    """
+    names = ("first_token_timeout", "reasoning_first_token_timeout", "stream_idle_timeout")
+    return {name: None if reader.get(name, float) is None else reader.number(name, 0.0)
+            for name in names}
 
 
 def _reasoning_models(reader: Reader) -> re.Pattern[str] | None:

@@ -56,6 +56,10 @@ def _failure(reader: Reader) -> FailureConfig:
         circuit_cooldown=reader.number("circuit_cooldown", d.circuit_cooldown),
         circuit_probe_interval=reader.number("circuit_probe_interval",
                                              d.circuit_probe_interval, 0.1),
+        first_token_timeout=reader.number("first_token_timeout", d.first_token_timeout),
+        reasoning_first_token_timeout=reader.number("reasoning_first_token_timeout",
+                                                    d.reasoning_first_token_timeout),
+        stream_idle_timeout=reader.number("stream_idle_timeout", d.stream_idle_timeout),
     )
     reader.finish()
     return result

@@ -128,6 +128,11 @@ class BackendConfig:
     models: tuple[str, ...] = ()
     reasoning_models: re.Pattern[str] | None = None
     max_connections: int = 64
+    #: Per-backend overrides of L{FailureConfig}'s stream limits (L{None}:
+    #: the global value).
+    first_token_timeout: float | None = None
+    reasoning_first_token_timeout: float | None = None
+    stream_idle_timeout: float | None = None
     options: Mapping[str, Any] = field(
         default_factory=lambda: MappingProxyType({}), hash=False
     )
@@ -161,6 +166,12 @@ class FailureConfig:
     circuit_threshold: int = 5
     circuit_cooldown: float = 30.0
     circuit_probe_interval: float = 5.0
+    #: Streams: the longest wait from an attempt's send to its answer's
+    #: first content event (0: off), for ordinary and for reasoning models,
+    #: and the longest gap between events once content started.
+    first_token_timeout: float = 15.0
+    reasoning_first_token_timeout: float = 300.0
+    stream_idle_timeout: float = 30.0
 
 
 @dataclass(frozen=True)

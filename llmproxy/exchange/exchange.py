@@ -27,7 +27,7 @@ from twisted.web.server import Request
 from llmproxy.backends.base import Backend
 from llmproxy.backends.body import collect_body, drop_body
 from llmproxy.dialects import CHAT
-from llmproxy.errors import InvalidRequest, ProxyError
+from llmproxy.errors import InvalidRequest, ProxyError, StreamTimeout
 from llmproxy.exchange import prepare
 from llmproxy.exchange.aggregated import (
     STREAM_FACTOR, FailedStream, aggregated_answer, streams_only,
@@ -35,10 +35,11 @@ from llmproxy.exchange.aggregated import (
 from llmproxy.exchange.answers import InvalidAnswer, content_coding, head_problem, parse_answer
 from llmproxy.exchange.attempts import AttemptQueue, Slot, keyed_route
 from llmproxy.exchange.events import (
-    BROKEN, CANCELLED, CLIENT_ERROR, OK, AttemptNote, ExchangeEvents, ReplyNote,
+    BROKEN, CANCELLED, CLIENT_ERROR, OK, TIMEOUT, AttemptNote, ExchangeEvents, ReplyNote,
 )
+from llmproxy.exchange.limits import header_wait, stream_limits
 from llmproxy.exchange.outcome import Outcome, classify_exception, classify_status, is_timeout
-from llmproxy.exchange.relay import StreamRelay
+from llmproxy.exchange.relay import AnswerWatch, StreamRelay
 from llmproxy.exchange.reply import (
     MAX_ERROR_BODY, ClientReply, Failed, Tried, cooling_failure, error_from_upstream,
     final_error, kept_headers, label, lower_headers, network_error, redact,
@@ -46,6 +47,7 @@ from llmproxy.exchange.reply import (
 from llmproxy.exchange.runtime import Runtime
 from llmproxy.exchange.transform import UsageTap, choose_transform, response_id
 from llmproxy.routing.resolve import Route, Target
+from llmproxy.translate.content import answer_starts
 from llmproxy.translate.transforms import Transform
 
 #: An attempt's result: the body to write (whole answers), L{None} (all
@@ -153,13 +155,18 @@ class Exchange:
         """
         return self.started + self.runtime.config.failure.total_timeout_budget
 
-    def _time_left(self, backend: Backend) -> float:
+    def _time_left(self, backend: Backend, model: str) -> float:
         """
-        The first-byte timeout of this attempt: the backend's, within what
-        is left of the request's total budget.
+        The first-byte timeout of this attempt: the backend's (for a
+        stream, within its first-token limit), within what is left of the
+        request's total budget.
         """
+        timeout = backend.config.timeout
+        if self.call.stream:
+            limits = stream_limits(self.runtime.config.failure, backend.config, model)
+            timeout = header_wait(limits, timeout)
         left = self._deadline() - self.clock.seconds()
-        return max(0.001, min(backend.config.timeout, left))
+        return max(0.001, min(timeout, left))
 
     # one attempt
 
@@ -196,7 +203,8 @@ class Exchange:
         # client that wants a whole answer (see _collect).
         stream = self.call.stream or streams_only(backend)
         try:
-            response = await backend.send(out.payload, key, stream, self._time_left(backend))
+            response = await backend.send(out.payload, key, stream,
+                                          self._time_left(backend, target.model))
         except CancelledError:
             raise
         except Exception as e:
@@ -251,8 +259,9 @@ class Exchange:
         """
         queue.record_failure(slot)
         name = label(slot.target, slot.key)
-        self.tried.append(Tried(name, type(error).__name__))
-        note.outcome, note.error = BROKEN, type(error).__name__
+        timeout = isinstance(error, StreamTimeout)
+        self.tried.append(Tried(name, "timeout" if timeout else type(error).__name__))
+        note.outcome, note.error = TIMEOUT if timeout else BROKEN, type(error).__name__
         self.note.route = self.note.key = None
         self.reply.forget_route()
         self.log.warn("{label}: {error}", label=name, error=error.message)
@@ -411,9 +420,13 @@ class Exchange:
             note.first_event_at = self.clock.seconds()
             reply.first_event()
 
+        limits = stream_limits(self.runtime.config.failure, backend.config, target.model)
+        first_at = note.started + limits.first_token if limits.first_token > 0 else None
+        watch = AnswerWatch(answer_starts(backend.dialect), first_at, limits.first_token,
+                            limits.stream_idle)
         relay = StreamRelay(reply.request, tap or transform, self.clock,
                             backend.config.idle_timeout, on_first_write=first_event,
-                            deadline=self._deadline())
+                            deadline=self._deadline(), answer=watch)
         response.deliverBody(relay)
         try:
             await relay.finished

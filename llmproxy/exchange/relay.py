@@ -20,11 +20,22 @@ One timer (L{Watchdog}) bounds the stream:
    not read for C{idle_timeout} has its connection closed.  The request is
    then cancelled like any client that left, and the backend's breaker
    hears nothing of it.
+
+With an L{AnswerWatch} (every stream the exchange relays), the answer's
+start is watched for (L{llmproxy.translate.content}): events before it (a
+role chunk, C{response.created}) are held back, not written, so an attempt
+whose answer never starts fails over unseen (the next attempt's transform
+starts its own stream: one id, one numbering).  Until the start, the
+watch's first-token time bounds the wait, with C{idle_timeout} between
+events; once started, the gap between events is bounded by its
+C{stream_idle}, and a stream that falls silent fails with
+L{StreamStalled}, however it started.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Protocol as TypingProtocol
+from dataclasses import dataclass
+from typing import Callable, Protocol as TypingProtocol, Sequence
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorTime
@@ -38,7 +49,9 @@ from zope.interface import implementer
 from llmproxy.backends.body import (
     CLIENT, DEADLINE, Watchdog, body_done, body_producer, budget_timeout, stop_later,
 )
-from llmproxy.errors import ProxyError, StreamBroken, StreamTimeout
+from llmproxy.errors import (
+    FirstTokenTimeout, ProxyError, StreamBroken, StreamStalled, StreamTimeout,
+)
 from llmproxy.exchange.answers import InvalidAnswer
 from llmproxy.sse import SSEError, SSEFramer, parse_event
 from llmproxy.translate.transforms import BadStream
@@ -64,6 +77,30 @@ class StreamTransform(TypingProtocol):
         """
         Whether the upstream's stream reached its final event.
         """
+
+
+#: The most bytes held back before the answer starts (a Responses upstream's
+#: first two events echo the request's instructions and tools).
+HOLD_LIMIT = 1_048_576
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerWatch:
+    """
+    How a relay watches for its answer's start.
+
+    @ivar starts: whether some raw upstream events start the answer.
+    @ivar first_token_at: when the answer must have started (a time by the
+        relay's clock), or L{None}.
+    @ivar first_token: the limit behind C{first_token_at}, in seconds (for
+        the error).
+    @ivar stream_idle: the longest gap between events once it started.
+    """
+
+    starts: Callable[[Sequence[bytes]], bool]
+    first_token_at: float | None
+    first_token: float
+    stream_idle: float
 
 
 def _is_comment(raw: bytes) -> bool:
@@ -120,10 +157,13 @@ class StreamRelay(Protocol):
         max_event_bytes: int = 262_144,
         on_first_write: Callable[[], None] | None = None,
         deadline: float | None = None,
+        answer: AnswerWatch | None = None,
     ) -> None:
         """
         @param deadline: when the first event must have reached the client
             (a time by C{clock}), or L{None}.
+        @param answer: how to watch for the answer's start; without it, the
+            first event starts it.
         """
         self.consumer = consumer
         self.on_first_write = on_first_write
@@ -133,6 +173,15 @@ class StreamRelay(Protocol):
         self.framer = SSEFramer(max_event_bytes)
         self.finished: Deferred[None] = Deferred(self._cancel)
         self.wrote = False
+        self.answer = answer
+        #: Events held back until the answer starts (L{None}: it started).
+        self._held: list[bytes] | None = None
+        self._held_size = 0
+        if answer is not None:
+            self._held = []
+            if answer.first_token_at is not None and (
+                    deadline is None or answer.first_token_at < deadline):
+                deadline = answer.first_token_at
         self.watchdog = Watchdog(clock, idle_timeout, deadline, self._expired)
         self._registered = False
         self._stopped = False
@@ -166,7 +215,26 @@ class StreamRelay(Protocol):
             content = not all(map(_is_comment, raw))
             if content:
                 self.watchdog.progress()
+                if self._held is not None:
+                    out = self._hold(raw, out)
             self._write(out, self.wrote or content)
+
+    def _hold(self, raw: list[bytes], out: bytes) -> bytes:
+        """
+        Until the answer starts, keep C{out} back; at its start (or once
+        L{HOLD_LIMIT} bytes are held: no preamble is that long), what to
+        write: everything held, then C{out}.
+        """
+        assert self._held is not None and self.answer is not None
+        if not self.answer.starts(raw):
+            self._held_size += len(out)
+            if self._held_size <= HOLD_LIMIT:
+                if out:
+                    self._held.append(out)
+                return b""
+        held, self._held = self._held, None
+        self.watchdog.set_idle(self.answer.stream_idle)
+        return b"".join(held) + out if held else out
 
     def _write(self, out: bytes, content: bool = True) -> None:
         """
@@ -208,6 +276,8 @@ class StreamRelay(Protocol):
             if tail is None:
                 raise StreamBroken("upstream stream ended in the middle of an event")
             out = (self.transform.events([tail]) if tail else b"") + self.transform.end()
+            if self._held:
+                out, self._held = b"".join(self._held) + out, None
             if reason.check(PotentialDataLoss) and not self.transform.finished:
                 raise StreamBroken("upstream connection closed before the stream's last event")
         except StreamBroken as e:
@@ -226,12 +296,16 @@ class StreamRelay(Protocol):
     # IPushProducer
 
     def pauseProducing(self) -> None:
+        # A client that does not read has idle_timeout, inside the answer too.
+        self.watchdog.idle = self.idle_timeout
         self.watchdog.pause()
         producer = body_producer(self)
         if producer is not None:
             producer.pauseProducing()
 
     def resumeProducing(self) -> None:
+        if self.answer is not None and self._held is None:
+            self.watchdog.idle = self.answer.stream_idle
         self.watchdog.resume()
         producer = body_producer(self)
         if producer is not None:
@@ -273,13 +347,29 @@ class StreamRelay(Protocol):
         if why == CLIENT:
             self._client_stalled()
             return
-        error = budget_timeout("stream: no event") if why == DEADLINE else StreamTimeout(
-            f"upstream stream idle for more than {self.idle_timeout:g} s",
-            code="upstream_timeout")
+        error = self._timeout(why)
         if not self.finished.called:
             self._unregister()
             self.finished.errback(error)
         self.stopProducing()
+
+    def _timeout(self, why: str) -> StreamTimeout:
+        """
+        The error of a watchdog's expiry for C{why} (not the client).
+        """
+        answer = self.answer
+        if why == DEADLINE:
+            if answer is not None and answer.first_token_at is not None \
+                    and self.clock.seconds() >= answer.first_token_at:
+                return FirstTokenTimeout(
+                    f"upstream answer did not start within {answer.first_token:g} s "
+                    "(first_token_timeout)", code="upstream_timeout")
+            return budget_timeout("stream: no event")
+        if self.wrote:
+            return StreamStalled(f"no event for more than {self.watchdog.idle:g} s "
+                                 "after the answer started")
+        return StreamTimeout(f"upstream stream idle for more than {self.watchdog.idle:g} s",
+                             code="upstream_timeout")
 
     def _client_stalled(self) -> None:
         """
@@ -295,4 +385,4 @@ class StreamRelay(Protocol):
             abort()
 
 
-__all__ = ["StreamRelay", "StreamTransform"]
+__all__ = ["AnswerWatch", "StreamRelay", "StreamTransform"]
