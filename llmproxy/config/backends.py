@@ -172,6 +172,7 @@ def _backend(
         models=reader.strings("models"),
         reasoning_models=reasoning_models,
         max_connections=reader.integer("max_connections", 64, minimum=1),
+        continuation=_continuation(reader),
         options=options,
     )
     reader.finish()
@@ -264,6 +265,16 @@ def expand_user(path: str, environ: Mapping[str, str]) -> str:
         return path
     home = environ.get("HOME") or os.path.expanduser("~")
     return home + path[1:]
+
+
+def _continuation(reader: Reader) -> str:
+    """
+    C{continuation}: how this backend continues a stream broken elsewhere.
+    """
+    value = reader.get("continuation", str, "restart")
+    if value not in ("prefill", "restart"):
+        raise reader.fail("continuation", f"expected prefill or restart, not {value!r}")
+    return value
 
 
 def _reasoning_models(reader: Reader) -> re.Pattern[str] | None:

@@ -54,6 +54,7 @@ def _failure(reader: Reader) -> FailureConfig:
         quota_cooldown=reader.number("quota_cooldown", d.quota_cooldown),
         circuit_threshold=reader.integer("circuit_threshold", d.circuit_threshold, 1),
         circuit_cooldown=reader.number("circuit_cooldown", d.circuit_cooldown),
+        continuation=reader.get("continuation", bool, d.continuation),
     )
     reader.finish()
     return result
@@ -75,10 +76,11 @@ def _routes(reader: Reader, data: Mapping[str, Any]) -> Mapping[str, FailoverRou
         if policy not in ("k", "m", "km", "mk", "ordered"):
             raise sub.fail("policy", f"unknown policy {policy!r}; known: k, m, km, mk, ordered")
         elements = sub.strings("elements")
+        continuation = sub.get("continuation", bool, True)
         sub.finish()
         if not elements:
             raise sub.fail("elements", "needs at least one selector")
-        routes[str(key)] = FailoverRoute(policy, elements)
+        routes[str(key)] = FailoverRoute(policy, elements, continuation)
     return MappingProxyType(routes)
 
 

@@ -128,6 +128,9 @@ class BackendConfig:
     models: tuple[str, ...] = ()
     reasoning_models: re.Pattern[str] | None = None
     max_connections: int = 64
+    #: How a stream broken elsewhere is continued here: C{prefill} (the
+    #: partial answer sent as a final assistant message) or C{restart}.
+    continuation: str = "restart"
     options: Mapping[str, Any] = field(
         default_factory=lambda: MappingProxyType({}), hash=False
     )
@@ -141,6 +144,7 @@ class FailoverRoute:
 
     policy: str
     elements: tuple[str, ...]
+    continuation: bool = True
 
 
 @dataclass(frozen=True)
@@ -160,6 +164,9 @@ class FailureConfig:
     quota_cooldown: float = 3600.0
     circuit_threshold: int = 5
     circuit_cooldown: float = 30.0
+    #: Whether a stream broken after content reached the client is
+    #: continued on the route's next target.
+    continuation: bool = True
 
 
 @dataclass(frozen=True)
