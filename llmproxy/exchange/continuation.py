@@ -36,7 +36,7 @@ from llmproxy.exchange.reply import MAX_ERROR_BODY, Tried, label, lower_headers
 from llmproxy.exchange.transform import choose_transform
 from llmproxy.routing.resolve import named_route
 from llmproxy.translate.splice import (
-    PREFILL, RESTART, Partial, SpliceMismatch, partial_from, prefill_body, seam_comment, splicer,
+    PREFILL, RESTART, Partial, partial_from, prefill_body, seam_comment, splicer,
 )
 from llmproxy.translate.transforms import Transform
 
@@ -211,6 +211,8 @@ async def _send(
     queue.record_success(slot)
     note.outcome = OK
     exchange.note.continued = f"{slot.target.backend}:{slot.target.model}"
+    if exchange.events.observed:
+        exchange.note.usage = splice.usage
     final = splice.final()
     if exchange.call.on_response is not None and final is not None:
         exchange.call.on_response(json.dumps(final).encode())

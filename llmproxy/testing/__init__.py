@@ -67,3 +67,5 @@ __all__ = [
     "FakeTokenEndpoint", "TokenCall", "listen_tokens",
 ]
 __all__ += ["FakeChatGPT", "listen_chatgpt"]
+from llmproxy.testing.continuation import Speak, SpeakingOpenAI, listen_speaking  # noqa: E402
+__all__ += ["Speak", "SpeakingOpenAI", "listen_speaking"]

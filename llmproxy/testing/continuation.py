@@ -74,10 +74,10 @@ def _stream(speak: Speak, recorded: Recorded, text: str) -> Stream:
     model = str(body.get("model", "gpt-4o"))
     pieces = words(text)
     if recorded.path.endswith("/responses"):
-        chunks, head = responses_events(model, pieces), 4
+        chunks, head = responses_events(model, pieces, ident=f"resp_{model}"), 4
     else:
         usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        chunks, head = chat_chunks(model, pieces, usage=usage), 1
+        chunks, head = chat_chunks(model, pieces, f"chatcmpl-{model}", usage), 1
     for limit, end in ((speak.cut_after, "drop"), (speak.stall_after, "stall")):
         if limit is not None:
             return Stream(chunks[:head + limit], speak.delay, end)

@@ -247,6 +247,8 @@ class _Splicer:
         self.finished = False
         #: Whether anything of the continuation reached the client.
         self.wrote = False
+        #: The continuation's usage (in the client's dialect), once seen.
+        self.usage: dict[str, Any] | None = None
         #: Why the continuation cannot be joined on, once known.
         self.mismatch: SpliceMismatch | None = None
 
@@ -315,6 +317,7 @@ class ChatSplicer(_Splicer):
         choices = data.get("choices") or []
         if not choices:
             if isinstance(data.get("usage"), dict):
+                self.usage = data["usage"]
                 data[CONTINUED] = 1
                 return [encode_event(data)]
             return []
@@ -437,6 +440,8 @@ class ResponsesSplicer(_Splicer):
         head = {k: self.partial.head[k] for k in ("id", "created_at", "model")
                 if k in self.partial.head}
         response = {**got, **head, "output": output, CONTINUED: 1}
+        if isinstance(got.get("usage"), dict):
+            self.usage = got["usage"]
         self._final = response
         self.finished = True
         return self._emit({**data, "response": response})
