@@ -207,6 +207,44 @@ class ChatContinuationTests(SynchronousTestCase):
         [error] = [c["error"] for c in sse_json(answer.content) if "error" in c]
         self.assertIn("upstream connection lost", error["message"])
 
+    def test_a_continuation_that_breaks_too_ends_in_band(self) -> None:
+        proxy = memory(two_backends("prefill"))
+        proxy.fake.by_model["m1"] = [Speak(TEXT, cut_after=3)]
+        proxy.fake.by_model["m2"] = [Speak(TEXT, cut_after=2)]
+        answer = chat(proxy)
+        chunks = sse_json(answer.content)
+        self.assertEqual(chat_text(answer.content), "The quick brown fox jumps ")
+        self.assertEqual(len([c for c in chunks if "error" in c]), 1)
+        self.assertFalse(any(CONTINUED in c for c in chunks))
+        self.assertEqual(len(seams(answer.content)), 1)
+
+    def test_a_responses_backend_continues_a_chat_client(self) -> None:
+        proxy = memory(lambda u: config_data({
+            "first": backend_data(u, "k1"),
+            "second": backend_data(u, "k2", type="openai-responses", continuation="prefill")}))
+        proxy.fake.by_model["m1"] = [Speak(TEXT, cut_after=4)]
+        proxy.fake.by_model["m2"] = [Speak(TEXT)]
+        answer = chat(proxy)
+        self.assertEqual(chat_text(answer.content), TEXT)
+        self.assertEqual({c["id"] for c in sse_json(answer.content)}, {"chatcmpl-m1"})
+        self.assertEqual(proxy.fake.requests[1].path, "/v1/responses")
+
+    def test_a_route_without_a_next_attempt_records_nothing(self) -> None:
+        """
+        The hot path: a stream with nowhere to continue is relayed as
+        before, nothing kept.
+        """
+        from llmproxy.exchange import exchange
+
+        made: list[Any] = []
+        real = exchange.Recorder
+        self.patch(exchange, "Recorder", lambda t: made.append(t) or real(t))
+        proxy = memory(two_backends())
+        chat(proxy, "first:m1")
+        self.assertEqual(made, [])
+        chat(proxy)
+        self.assertEqual(len(made), 1)
+
     def test_reply_event_notes_the_continuation(self) -> None:
         proxy = memory(two_backends("prefill"))
         seen: list[Any] = []
@@ -289,6 +327,19 @@ class ResponsesContinuationTests(SynchronousTestCase):
         self.assertIn("could not be continued verbatim",
                       events[-1]["response"]["error"]["message"])
         self.assertEqual(len({e["response"]["id"] for e in events if "response" in e}), 1)
+
+    def test_the_continued_answer_is_stored_whole(self) -> None:
+        proxy = memory(lambda u: config_data({
+            "first": backend_data(u, "k1", type="openai-responses"),
+            "second": backend_data(u, "k2", type="openai-responses", continuation="prefill"),
+            "chat": backend_data(u, "k3")}))
+        proxy.fake.by_model["m1"] = [Speak(TEXT, cut_after=4)]
+        proxy.fake.by_model["m2"] = [Speak(TEXT)]
+        first = self.check_whole(respond(proxy))
+        proxy.post("/v1/responses", {"model": "chat:m3", "input": "more",
+                                     "previous_response_id": first["id"]})
+        sent = json.dumps(proxy.fake.requests[-1].body)
+        self.assertIn(TEXT, sent)
 
     def test_function_call_in_progress_is_never_continued(self) -> None:
         proxy = memory(lambda u: config_data({

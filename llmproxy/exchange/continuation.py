@@ -110,6 +110,8 @@ async def continue_cut(exchange: Exchange, queue: AttemptQueue, slot: Slot, cut:
     the original failure.
     """
     exchange.tried.append(Tried(label(slot.target, slot.key), "cut"))
+    if exchange.reply.gone:
+        return
     partial = partial_from(exchange.call.frontend, b"".join(cut.recorder.sent))
     route = named_route(exchange.runtime.config, str(exchange.call.body.get("model")))
     if partial.blocker is None and (route is None or route.continuation):
@@ -253,6 +255,7 @@ def _failed(
     exchange: Exchange, queue: AttemptQueue, slot: Slot, note: AttemptNote, what: str
 ) -> _Ended:
     queue.record_failure(slot)
+    queue.failed(slot, Outcome.RETRY_NEXT, None)
     exchange.tried.append(Tried(label(slot.target, slot.key), what))
     note.outcome = BROKEN
     return _Ended.FAILED
