@@ -18,8 +18,9 @@ from hypothesis import given, settings, strategies as st
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from llmproxy.config import ConfigError
+from llmproxy.config.load import load_yaml
 from llmproxy.dialects import CHAT, RESPONSES
-from llmproxy.exchange.events import REPLY_NAMESPACE
+from llmproxy.exchange.events import ATTEMPT_NAMESPACE, BROKEN, OK, REPLY_NAMESPACE
 from llmproxy.sse import SSEFramer
 from llmproxy.testing import (
     Reply, Stream, backend_data, chat_chunks, chat_tool_chunks, config_data,
@@ -254,6 +255,9 @@ class ChatContinuationTests(SynchronousTestCase):
         chat(proxy)
         [reply] = [e for e in seen if e["log_namespace"] == REPLY_NAMESPACE]
         self.assertEqual((reply["continued"], reply["attempts"]), ("second:m2", 2))
+        attempts = [e for e in seen if e["log_namespace"] == ATTEMPT_NAMESPACE]
+        self.assertEqual([(a["backend"], a["outcome"]) for a in attempts],
+                         [("first", BROKEN), ("second", OK)])
         self.assertEqual(reply["usage"]["total_tokens"], 3 + len(words(TEXT)) - 3)
 
 
@@ -491,6 +495,16 @@ class ConfigTests(SynchronousTestCase):
             failover_routes={"r": {"elements": ["a:m"], "continuation": False}}))
         self.assertEqual((config.backends["a"].continuation, config.failure.continuation,
                           config.failover_routes["r"].continuation), ("prefill", False, False))
+
+    def test_off_in_yaml(self) -> None:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("backends: {a: {type: openai, base_url: 'http://x/v1', api_key: k}}\n"
+                    "failure_handling: {continuation: off}\n"
+                    "failover_routes: {r: {elements: ['a:m'], continuation: off}}\n")
+        config = make_config(load_yaml(path))
+        self.assertEqual((config.failure.continuation, config.failover_routes["r"].continuation),
+                         (False, False))
 
     def test_bad_values_name_the_key(self) -> None:
         with self.assertRaises(ConfigError) as e:

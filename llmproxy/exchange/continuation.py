@@ -36,7 +36,7 @@ from llmproxy.exchange.reply import MAX_ERROR_BODY, Tried, label, lower_headers
 from llmproxy.exchange.transform import choose_transform
 from llmproxy.routing.resolve import named_route
 from llmproxy.translate.splice import (
-    PREFILL, RESTART, Partial, partial_from, prefill_body, seam_comment, splicer,
+    PREFILL, RESTART, Partial, Splicer, partial_from, prefill_body, seam_comment, splicer,
 )
 from llmproxy.translate.transforms import Transform
 
@@ -144,6 +144,8 @@ async def _continue(exchange: Exchange, queue: AttemptQueue, cut: Cut, partial: 
         modes = (PREFILL, RESTART) if backend.config.continuation == PREFILL and partial.text \
             else (RESTART,)
         for mode in modes:
+            log.info("continuing a broken stream on {label} ({mode})", mode=mode,
+                     label=label(slot.target, slot.key))
             ended = await _attempt(exchange, queue, slot, backend, partial, mode, reason)
             if ended in (_Ended.DONE, _Ended.OVER):
                 return True
@@ -182,7 +184,7 @@ async def _attempt(
 
 async def _send(
     exchange: Exchange, queue: AttemptQueue, slot: Slot, backend: Backend, payload: bytes,
-    splice: Any, note: AttemptNote, mode: str,
+    splice: Splicer, note: AttemptNote, mode: str,
 ) -> _Ended:
     clock = exchange.clock
     try:
@@ -262,7 +264,7 @@ def _failed(
 
 
 def _broken(
-    exchange: Exchange, queue: AttemptQueue, slot: Slot, note: AttemptNote, splice: Any,
+    exchange: Exchange, queue: AttemptQueue, slot: Slot, note: AttemptNote, splice: Splicer,
     error: ProxyError,
 ) -> _Ended:
     """

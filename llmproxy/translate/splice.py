@@ -233,7 +233,7 @@ class _Joiner:
         return self.prefix + self.added
 
 
-class _Splicer:
+class Splicer:
     """
     A transform: the continuation's own transform, its output rewritten.
     """
@@ -300,7 +300,7 @@ class _Splicer:
         return None
 
 
-class ChatSplicer(_Splicer):
+class ChatSplicer(Splicer):
     """
     Chat chunks of the continuation, under the broken answer's id.
     """
@@ -340,7 +340,7 @@ class ChatSplicer(_Splicer):
         return encode_event({"error": stream_error_payload(error)}) + DONE
 
 
-class ResponsesSplicer(_Splicer):
+class ResponsesSplicer(Splicer):
     """
     Responses events of the continuation, numbered on from the broken
     stream's, inside its response and its message item.
@@ -454,7 +454,7 @@ class ResponsesSplicer(_Splicer):
         return self._final
 
 
-def splicer(inner: Transform, partial: Partial, mode: str, seam: bytes) -> _Splicer:
+def splicer(inner: Transform, partial: Partial, mode: str, seam: bytes) -> Splicer:
     """
     The transform that joins a continuation (relayed through C{inner}) onto
     C{partial}.
@@ -464,6 +464,6 @@ def splicer(inner: Transform, partial: Partial, mode: str, seam: bytes) -> _Spli
 
 
 __all__ = [
-    "CONTINUED", "PREFILL", "RESTART", "ContinuationFailed", "Partial", "SpliceMismatch",
+    "CONTINUED", "PREFILL", "RESTART", "ContinuationFailed", "Partial", "SpliceMismatch", "Splicer",
     "partial_from", "prefill_body", "seam_comment", "splicer",
 ]
