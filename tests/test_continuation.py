@@ -50,6 +50,17 @@ def two_backends(second: str = "restart", **extra: Any) -> Callable[[str], dict[
     return make
 
 
+def three_backends() -> Callable[[str], dict[str, Any]]:
+    """
+    C{first} (restart), C{second} and C{third} (prefill).
+    """
+    def make(u: str) -> dict[str, Any]:
+        return config_data({"first": backend_data(u, "k1"),
+                            "second": backend_data(u, "k2", continuation="prefill"),
+                            "third": backend_data(u, "k3", continuation="prefill")})
+    return make
+
+
 def memory(make: Callable[[str], Mapping[str, Any]]) -> MemoryProxy:
     proxy = MemoryProxy(make)
     proxy.fake.__class__ = SpeakingOpenAI  # adds behaviour, no state
@@ -219,6 +230,19 @@ class ChatContinuationTests(SynchronousTestCase):
         self.assertFalse(any(CONTINUED in c for c in chunks))
         self.assertEqual(len(seams(answer.content)), 1)
 
+    def test_a_continuation_that_breaks_is_continued_in_turn(self) -> None:
+        proxy = memory(three_backends())
+        proxy.fake.by_model["m1"] = [Speak(TEXT, cut_after=3)]
+        proxy.fake.by_model["m2"] = [Speak(TEXT, cut_after=2)]
+        proxy.fake.by_model["m3"] = [Speak(TEXT)]
+        answer = chat(proxy, ROUTE + "|third:m3")
+        self.assertEqual(chat_text(answer.content), TEXT)
+        self.assertEqual(seams(answer.content), [
+            b": llmproxy continuation from second:m2 after stream_cut",
+            b": llmproxy continuation from third:m3 after stream_cut"])
+        self.assertEqual(proxy.fake.requests[2].body["messages"][-1]["content"],
+                         "The quick brown fox jumps ")
+
     def test_a_responses_backend_continues_a_chat_client(self) -> None:
         proxy = memory(lambda u: config_data({
             "first": backend_data(u, "k1"),
@@ -344,6 +368,18 @@ class ResponsesContinuationTests(SynchronousTestCase):
                                      "previous_response_id": first["id"]})
         sent = json.dumps(proxy.fake.requests[-1].body)
         self.assertIn(TEXT, sent)
+
+    def test_a_continuation_that_breaks_is_continued_in_turn(self) -> None:
+        proxy = memory(three_backends())
+        proxy.fake.by_model["m1"] = [Speak(TEXT, cut_after=3)]
+        proxy.fake.by_model["m2"] = [Speak(TEXT, cut_after=2)]
+        proxy.fake.by_model["m3"] = [Speak(TEXT)]
+        answer = respond(proxy, ROUTE + "|third:m3")
+        self.assertEqual(len(seams(answer.content)), 2)
+        events = response_events(answer.content)
+        self.assertEqual([e["sequence_number"] for e in events], list(range(len(events))))
+        self.assertEqual(responses_text(events), TEXT)
+        self.assertEqual(events[-1]["response"]["output"][0]["content"][0]["text"], TEXT)
 
     def test_function_call_in_progress_is_never_continued(self) -> None:
         proxy = memory(lambda u: config_data({

@@ -102,6 +102,20 @@ class _Ended(Enum):
     OVER = "over"          # an in-band error ended the stream
     REFUSED = "refused"    # the prefill was refused: restart on the same slot
     FAILED = "failed"      # nothing reached the client: the next slot
+    BROKE = "broke"        # the continuation broke in turn: continue it on the next slot
+
+
+@dataclass
+class _Break:
+    """
+    The latest break: what the client has, what renders an error after
+    it, the failure and its short name for the seam.
+    """
+
+    partial: Partial
+    writer: Transform
+    error: ProxyError
+    reason: str
 
 
 async def continue_cut(exchange: Exchange, queue: AttemptQueue, slot: Slot, cut: Cut) -> None:
@@ -113,13 +127,12 @@ async def continue_cut(exchange: Exchange, queue: AttemptQueue, slot: Slot, cut:
     if exchange.reply.gone:
         return
     partial = partial_from(exchange.call.frontend, b"".join(cut.recorder.sent))
+    state = _Break(partial, cut.recorder, cut.error, _reason(cut.error))
     route = named_route(exchange.runtime.config, str(exchange.call.body.get("model")))
-    if partial.blocker is None and (route is None or route.continuation):
-        if await _continue(exchange, queue, cut, partial):
+    if route is None or route.continuation:
+        if await _continue(exchange, queue, state):
             return
-    elif partial.blocker is not None:
-        log.info("not continuing a broken stream: {why}", why=partial.blocker)
-    exchange.reply.stream_error(cut.recorder, cut.error)
+    exchange.reply.stream_error(state.writer, state.error)
 
 
 def _reason(error: ProxyError) -> str:
@@ -128,53 +141,55 @@ def _reason(error: ProxyError) -> str:
     return "upstream_timeout" if error.status == 504 else "stream_cut"
 
 
-async def _continue(exchange: Exchange, queue: AttemptQueue, cut: Cut, partial: Partial) -> bool:
+async def _continue(exchange: Exchange, queue: AttemptQueue, state: _Break) -> bool:
     """
     Try the queue's attempts; whether the stream was ended (whole, or by an
-    in-band error written here).
+    in-band error written here).  A continuation that breaks in turn is
+    continued from where it got to.
     """
     failure = exchange.runtime.config.failure
-    reason = _reason(cut.error)
     while not queue.empty() and len(exchange.tried) < failure.max_attempts \
             and exchange.clock.seconds() < exchange._deadline():
+        if state.partial.blocker is not None:
+            log.info("not continuing a broken stream: {why}", why=state.partial.blocker)
+            return False
         slot = queue.next()
         if slot is None:
             return False
         backend = exchange.runtime.upstreams.backends[slot.target.backend]
-        modes = (PREFILL, RESTART) if backend.config.continuation == PREFILL and partial.text \
-            else (RESTART,)
-        for mode in modes:
+        prefill = backend.config.continuation == PREFILL and state.partial.text
+        for mode in (PREFILL, RESTART) if prefill else (RESTART,):
             log.info("continuing a broken stream on {label} ({mode})", mode=mode,
                      label=label(slot.target, slot.key))
-            ended = await _attempt(exchange, queue, slot, backend, partial, mode, reason)
+            ended = await _attempt(exchange, queue, slot, backend, state, mode)
             if ended in (_Ended.DONE, _Ended.OVER):
                 return True
-            if ended is _Ended.FAILED or len(exchange.tried) >= failure.max_attempts:
+            if ended is not _Ended.REFUSED or len(exchange.tried) >= failure.max_attempts:
                 break
     return False
 
 
 async def _attempt(
-    exchange: Exchange, queue: AttemptQueue, slot: Slot, backend: Backend, partial: Partial,
-    mode: str, reason: str,
+    exchange: Exchange, queue: AttemptQueue, slot: Slot, backend: Backend, state: _Break,
+    mode: str,
 ) -> _Ended:
     """
     One continuation attempt, and its event.
     """
     target = slot.target
     if mode == PREFILL:
-        body = prefill_body(exchange.call.frontend, target.body, partial.text)
+        body = prefill_body(exchange.call.frontend, target.body, state.partial.text)
         target = replace(target, body=body, changed=True)
     payload, _ = exchange._prepare(target, backend)
     inner = choose_transform(exchange.call.frontend, backend.dialect, target.model,
                              exchange.call.body, exchange.clock)
     name = f"{target.backend}:{target.model}"
-    splice = splicer(inner, partial, mode, seam_comment(name, reason))
+    splice = splicer(inner, state.partial, mode, seam_comment(name, state.reason))
     exchange.note.attempts += 1
     note = AttemptNote(exchange.note.attempts, target.backend, target.model,
                        slot.key.name if slot.key is not None else None, exchange.clock.seconds())
     try:
-        return await _send(exchange, queue, slot, backend, payload, splice, note, mode)
+        return await _send(exchange, queue, slot, backend, payload, splice, note, state)
     except CancelledError:
         note.outcome = CANCELLED
         raise
@@ -184,7 +199,7 @@ async def _attempt(
 
 async def _send(
     exchange: Exchange, queue: AttemptQueue, slot: Slot, backend: Backend, payload: bytes,
-    splice: Splicer, note: AttemptNote, mode: str,
+    splice: Splicer, note: AttemptNote, state: _Break,
 ) -> _Ended:
     clock = exchange.clock
     try:
@@ -199,7 +214,7 @@ async def _send(
         return _Ended.FAILED
     note.status, note.headers_at = response.code, clock.seconds()
     if response.code // 100 != 2:
-        return await _refused(exchange, queue, slot, backend, response, note, mode)
+        return await _refused(exchange, queue, slot, backend, response, note, splice.mode)
     if head_problem(response, True) is not None:
         drop_body(response, clock)
         return _failed(exchange, queue, slot, note, "invalid answer")
@@ -211,7 +226,7 @@ async def _send(
     except CancelledError:
         raise
     except ProxyError as e:
-        return _broken(exchange, queue, slot, note, splice, e)
+        return _broken(exchange, queue, slot, note, splice, e, state)
     queue.record_success(slot)
     note.outcome = OK
     exchange.note.continued = f"{slot.target.backend}:{slot.target.model}"
@@ -265,11 +280,12 @@ def _failed(
 
 def _broken(
     exchange: Exchange, queue: AttemptQueue, slot: Slot, note: AttemptNote, splice: Splicer,
-    error: ProxyError,
+    error: ProxyError, state: _Break,
 ) -> _Ended:
     """
-    The continuation's stream failed: a splice that cannot be verbatim, or
-    one that wrote and broke, ends the stream in-band; else the next slot.
+    The continuation's stream failed: a splice that cannot be verbatim ends
+    the stream in-band; one that wrote and broke is the latest break, to
+    continue in turn; else the next slot.
     """
     note.error = type(error).__name__
     name = f"{slot.target.backend}:{slot.target.model}"
@@ -281,9 +297,12 @@ def _broken(
         return _Ended.OVER
     if splice.wrote:
         queue.record_failure(slot)
+        queue.failed(slot, Outcome.RETRY_NEXT, None)
+        exchange.tried.append(Tried(label(slot.target, slot.key), "cut"))
         note.outcome = BROKEN
-        exchange.reply.stream_error(splice, error)
-        return _Ended.OVER
+        state.partial, state.writer = splice.partial_now(), splice
+        state.error, state.reason = error, _reason(error)
+        return _Ended.BROKE
     return _failed(exchange, queue, slot, note, type(error).__name__)
 
 

@@ -9,7 +9,8 @@ What to try next and the key and breaker bookkeeping are
 L{llmproxy.exchange.attempts}'s; what the client sees is
 L{llmproxy.exchange.reply}'s; each attempt ends with an event
 (L{llmproxy.exchange.events}).  Nothing is retried once a byte of the
-answer's body reached the client.
+answer's body reached the client; a stream broken after that may be
+continued (L{llmproxy.exchange.continuation}).
 """
 
 from __future__ import annotations

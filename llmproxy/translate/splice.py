@@ -241,12 +241,15 @@ class Splicer:
     def __init__(self, inner: Transform, partial: Partial, mode: str, seam: bytes) -> None:
         self.inner = inner
         self.partial = partial
+        self.mode = mode
         self.joiner = _Joiner(partial.text, mode)
         self.seam = seam
         self.framer = SSEFramer(1 << 30)
         self.finished = False
         #: Whether anything of the continuation reached the client.
         self.wrote = False
+        #: Whether the answer's text ended (its finish, or its text's done).
+        self.ended = False
         #: The continuation's usage (in the client's dialect), once seen.
         self.usage: dict[str, Any] | None = None
         #: Why the continuation cannot be joined on, once known.
@@ -299,6 +302,13 @@ class Splicer:
     def final(self) -> dict[str, Any] | None:
         return None
 
+    def partial_now(self) -> Partial:
+        """
+        What the client has now, to continue from should this stream break
+        in turn.
+        """
+        raise NotImplementedError
+
 
 class ChatSplicer(Splicer):
     """
@@ -329,6 +339,7 @@ class ChatSplicer(Splicer):
         finish = choice.get("finish_reason")
         if finish:
             self.joiner.close()
+            self.ended = True
             data[CONTINUED] = 1
         elif not text:
             return []
@@ -338,6 +349,10 @@ class ChatSplicer(Splicer):
 
     def _error(self, error: ProxyError) -> bytes:
         return encode_event({"error": stream_error_payload(error)}) + DONE
+
+    def partial_now(self) -> Partial:
+        return Partial(CHAT, self.joiner.whole,
+                       "the answer already ended" if self.ended else None, self.partial.head)
 
 
 class ResponsesSplicer(Splicer):
@@ -389,6 +404,7 @@ class ResponsesSplicer(Splicer):
             data["delta"] = text
         elif kind == "response.output_text.done":
             self.joiner.close()
+            self.ended = True
             data["text"] = self.joiner.whole
         elif kind == "response.content_part.done":
             data["part"] = {**(data.get("part") or {}), "text": self.joiner.whole}
@@ -452,6 +468,16 @@ class ResponsesSplicer(Splicer):
 
     def final(self) -> dict[str, Any] | None:
         return self._final
+
+    def partial_now(self) -> Partial:
+        message: dict[str, Any] | None = None
+        if self.item_open:
+            message = {"id": self.item_id, "output_index": self.index}
+            if self.part_open:
+                message["content_index"] = self.content_index
+        return Partial(self.partial.dialect, self.joiner.whole,
+                       "the answer's text already ended" if self.ended else None,
+                       self.partial.head, self.sequence, self.partial.done_items, message)
 
 
 def splicer(inner: Transform, partial: Partial, mode: str, seam: bytes) -> Splicer:
