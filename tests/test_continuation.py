@@ -270,6 +270,21 @@ class ChatContinuationTests(SynchronousTestCase):
         chat(proxy)
         self.assertEqual(len(made), 1)
 
+    def test_an_internal_error_while_continuing_ends_in_band(self) -> None:
+        from llmproxy.exchange import continuation
+
+        def broken(*args: Any) -> Any:
+            raise RuntimeError("bug")
+
+        self.patch(continuation, "choose_transform", broken)
+        proxy = memory(two_backends())
+        proxy.fake.by_model["m1"] = [Speak(TEXT, cut_after=3)]
+        answer = chat(proxy)
+        self.assertEqual(answer.status, 200)
+        [error] = [c["error"] for c in sse_json(answer.content) if "error" in c]
+        self.assertIn("upstream connection lost", error["message"])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
     def test_reply_event_notes_the_continuation(self) -> None:
         proxy = memory(two_backends("prefill"))
         seen: list[Any] = []

@@ -130,8 +130,14 @@ async def continue_cut(exchange: Exchange, queue: AttemptQueue, slot: Slot, cut:
     state = _Break(partial, cut.recorder, cut.error, _reason(cut.error))
     route = named_route(exchange.runtime.config, str(exchange.call.body.get("model")))
     if route is None or route.continuation:
-        if await _continue(exchange, queue, state):
-            return
+        try:
+            if await _continue(exchange, queue, state):
+                return
+        except CancelledError:
+            raise
+        except Exception:
+            # The stream has started: whatever went wrong ends it in-band.
+            log.failure("continuing a broken stream failed")
     exchange.reply.stream_error(state.writer, state.error)
 
 
@@ -180,7 +186,12 @@ async def _attempt(
     if mode == PREFILL:
         body = prefill_body(exchange.call.frontend, target.body, state.partial.text)
         target = replace(target, body=body, changed=True)
-    payload, _ = exchange._prepare(target, backend)
+    try:
+        payload, _ = exchange._prepare(target, backend)
+    except ProxyError as e:
+        log.info("{name}: cannot continue there: {error}", name=label(slot.target, slot.key),
+                 error=e.message)
+        return _Ended.FAILED
     inner = choose_transform(exchange.call.frontend, backend.dialect, target.model,
                              exchange.call.body, exchange.clock)
     name = f"{target.backend}:{target.model}"
