@@ -448,6 +448,41 @@ class SDKTests(TestCase):
         self.assertEqual((final.output_text, final.status), (TEXT, "completed"))
 
 
+class DisconnectTests(TestCase):
+    async def test_a_client_leaving_during_a_continuation_stops_it(self) -> None:
+        from twisted.internet import reactor
+        from twisted.internet.protocol import Protocol
+        from twisted.internet.task import deferLater
+
+        from tests.harness import client
+
+        proxy = await start(self, two_backends())
+        proxy.fake.__class__ = SpeakingOpenAI
+        proxy.fake.by_model["m1"] = [Speak(TEXT, cut_after=3)]
+        proxy.fake.by_model["m2"] = [Speak(TEXT, stall_after=1)]
+        body = {"model": ROUTE, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+        response = await client(self).post(proxy.url + "/v1/chat/completions", json=body)
+
+        class Reader(Protocol):
+            def connectionLost(self, reason: Any = None) -> None:
+                pass
+
+        reader = Reader()
+        response.deliverBody(reader)
+        for _ in range(200):
+            if len(proxy.fake.requests) == 2 and proxy.fake.open:
+                break
+            await deferLater(reactor, 0.01, lambda: None)
+        self.assertEqual(len(proxy.fake.requests), 2)
+        reader.transport.stopProducing()
+        for _ in range(200):
+            if not proxy.fake.open:
+                break
+            await deferLater(reactor, 0.01, lambda: None)
+        self.assertEqual(proxy.fake.open, [], "the continuation's upstream was stopped")
+        self.assertEqual(proxy.fake.lost, 2)
+
+
 def chunks_of(text: str, cuts: list[int]) -> list[str]:
     points = sorted({c % (len(text) + 1) for c in cuts} | {0, len(text)})
     return [text[a:b] for a, b in zip(points, points[1:]) if b > a]
