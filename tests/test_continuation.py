@@ -92,6 +92,23 @@ def last_user(body: Any) -> str:
 
 
 class ChatContinuationTests(SynchronousTestCase):
+    def test_prefill_fields_the_server_wants(self) -> None:
+        def make(u: str) -> dict[str, Any]:
+            return config_data({"first": backend_data(u, "k1"), "second": backend_data(
+                u, "k2", continuation="prefill", prefill_message={"prefix": True},
+                prefill_params={"continue_final_message": True,
+                                "add_generation_prompt": False})})
+        proxy = memory(make)
+        proxy.fake.by_model["m1"] = [Speak(TEXT, cut_after=4)]
+        proxy.fake.by_model["m2"] = [Speak(TEXT)]
+        self.assertEqual(chat_text(chat(proxy).content), TEXT)
+        prefill = proxy.fake.requests[1].body
+        self.assertEqual(prefill["messages"][-1],
+                         {"role": "assistant", "content": "The quick brown fox ", "prefix": True})
+        self.assertEqual((prefill["continue_final_message"], prefill["add_generation_prompt"]),
+                         (True, False))
+        self.assertNotIn("prefix", json.dumps(proxy.fake.requests[0].body))
+
     def test_prefill_continues_whole_and_marked(self) -> None:
         proxy = memory(two_backends("prefill"))
         proxy.fake.by_model["m1"] = [Speak(TEXT, cut_after=4)]

@@ -173,6 +173,8 @@ def _backend(
         reasoning_models=reasoning_models,
         max_connections=reader.integer("max_connections", 64, minimum=1),
         continuation=_continuation(reader),
+        prefill_params=MappingProxyType(dict(reader.mapping("prefill_params"))),
+        prefill_message=MappingProxyType(dict(reader.mapping("prefill_message"))),
         options=options,
     )
     reader.finish()

@@ -131,6 +131,15 @@ class BackendConfig:
     #: How a stream broken elsewhere is continued here: C{prefill} (the
     #: partial answer sent as a final assistant message) or C{restart}.
     continuation: str = "restart"
+    #: Fields added to a prefill request (its top level), and to its final
+    #: assistant message, as the server wants them (vLLM:
+    #: C{continue_final_message}; DeepSeek, Mistral: C{prefix}).
+    prefill_params: Mapping[str, Any] = field(
+        default_factory=lambda: MappingProxyType({}), hash=False
+    )
+    prefill_message: Mapping[str, Any] = field(
+        default_factory=lambda: MappingProxyType({}), hash=False
+    )
     options: Mapping[str, Any] = field(
         default_factory=lambda: MappingProxyType({}), hash=False
     )

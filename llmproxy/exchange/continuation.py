@@ -37,6 +37,7 @@ from llmproxy.exchange.transform import choose_transform
 from llmproxy.routing.resolve import named_route
 from llmproxy.translate.splice import (
     PREFILL, RESTART, Partial, Splicer, partial_from, prefill_body, seam_comment, splicer,
+    with_prefill_fields,
 )
 from llmproxy.translate.transforms import Transform
 
@@ -141,6 +142,15 @@ async def continue_cut(exchange: Exchange, queue: AttemptQueue, slot: Slot, cut:
     exchange.reply.stream_error(state.writer, state.error)
 
 
+def _with_fields(payload: bytes, backend: Backend) -> bytes:
+    """
+    A prefill request with the fields its server wants added.
+    """
+    body = with_prefill_fields(json.loads(payload), backend.config.prefill_params,
+                               backend.config.prefill_message)
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
 def _reason(error: ProxyError) -> str:
     if error.code:
         return error.code
@@ -188,6 +198,8 @@ async def _attempt(
         target = replace(target, body=body, changed=True)
     try:
         payload, _ = exchange._prepare(target, backend)
+        if mode == PREFILL and (backend.config.prefill_params or backend.config.prefill_message):
+            payload = _with_fields(payload, backend)
     except ProxyError as e:
         log.info("{name}: cannot continue there: {error}", name=label(slot.target, slot.key),
                  error=e.message)

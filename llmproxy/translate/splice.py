@@ -180,6 +180,23 @@ def prefill_body(dialect: str, body: Mapping[str, Any], text: str) -> dict[str, 
     return out
 
 
+def with_prefill_fields(
+    body: Mapping[str, Any], params: Mapping[str, Any], message: Mapping[str, Any]
+) -> dict[str, Any]:
+    """
+    A prefill request (in the backend's dialect) with the server's own
+    fields: C{params} at its top level, C{message} on its final assistant
+    message (or Responses input item).
+    """
+    out = {**body, **params}
+    key = "messages" if isinstance(body.get("messages"), list) else "input"
+    items = list(out.get(key) or ())
+    if message and items and isinstance(items[-1], dict):
+        items[-1] = {**items[-1], **message}
+        out[key] = items
+    return out
+
+
 def seam_comment(source: str, reason: str) -> bytes:
     """
     The SSE comment that marks a seam.
@@ -491,5 +508,5 @@ def splicer(inner: Transform, partial: Partial, mode: str, seam: bytes) -> Splic
 
 __all__ = [
     "CONTINUED", "PREFILL", "RESTART", "ContinuationFailed", "Partial", "SpliceMismatch", "Splicer",
-    "partial_from", "prefill_body", "seam_comment", "splicer",
+    "partial_from", "prefill_body", "seam_comment", "splicer", "with_prefill_fields",
 ]
