@@ -562,6 +562,23 @@ class SpliceTests(SynchronousTestCase):
         self.assertEqual(events[-1]["response"]["output"][0]["content"][0]["text"], head + rest)
         self.assertEqual(events[-1]["response"]["id"], "resp_fake")
 
+    @settings(max_examples=40, deadline=None)
+    @given(st.lists(st.text(min_size=1, max_size=6), min_size=1, max_size=8),
+           st.integers(0, 8), st.integers(1, 4))
+    def test_responses_restart_of_the_same_text_joins_whole(
+        self, pieces: list[str], sent_count: int, batch: int
+    ) -> None:
+        text, kept = "".join(pieces), min(sent_count, len(pieces))
+        sent = b"".join(responses_events("m", pieces)[:4 + kept])
+        out = run(RESPONSES, b"".join(responses_events("m2", [text], "resp_2")), sent,
+                  RESTART, batch)
+        events = sse_json(out)
+        self.assertEqual("".join(pieces[:kept]) + responses_text(events), text)
+        self.assertEqual(events[-1]["response"]["output"][0]["content"][0]["text"], text)
+        self.assertEqual({e.get("item_id", "msg_fake") for e in events}, {"msg_fake"})
+        self.assertEqual([e["sequence_number"] for e in events],
+                         list(range(4 + kept, 4 + kept + len(events))))
+
     def test_partial_blockers(self) -> None:
         self.assertIsNone(partial_from(CHAT, b"".join(chat_chunks("m", ["a"])[:2])).blocker)
         tool = b"".join(chat_tool_chunks("m", "f", ["{}"])[:2])
@@ -617,3 +634,7 @@ class ConfigTests(SynchronousTestCase):
         with self.assertRaises(ConfigError):
             make_config(config_data({"a": backend_data("http://x/v1", "k")},
                                     failure_handling={"continuation": "maybe"}))
+        with self.assertRaises(ConfigError) as e:
+            make_config(config_data({"a": backend_data("http://x/v1", "k",
+                                                       prefill_params=["x"])}))
+        self.assertIn("prefill_params", str(e.exception))
