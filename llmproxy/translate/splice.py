@@ -226,9 +226,11 @@ class _Joiner:
         if self.passed:
             self.added += text
             return text
+        start, size = len(self.held), len(self.prefix)
         self.held += text
-        size = len(self.prefix)
-        if not (self.prefix.startswith(self.held) or self.held.startswith(self.prefix)):
+        # Only the new text is compared: what was held already matched.
+        end = min(len(self.held), size)
+        if self.prefix[start:end] != self.held[start:end]:
             raise SpliceMismatch("the restarted answer differs from the part already sent")
         if len(self.held) < size:
             return ""
@@ -261,7 +263,6 @@ class Splicer:
         self.mode = mode
         self.joiner = _Joiner(partial.text, mode)
         self.seam = seam
-        self.framer = SSEFramer(1 << 30)
         self.finished = False
         #: Whether anything of the continuation reached the client.
         self.wrote = False
