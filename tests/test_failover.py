@@ -283,7 +283,9 @@ class RedactionTests(SynchronousTestCase):
 
 class StreamingFailureTests(TestCase):
     async def test_stream_cut_midway_is_an_error_event_not_a_retry(self) -> None:
-        proxy = await started(self, lambda u: openai_config(u, ["k1", "k2"]))
+        # With continuation on, see tests.test_continuation.
+        proxy = await started(self, lambda u: openai_config(u, ["k1", "k2"], failure_handling={
+            "continuation": False}))
         proxy.fake.script.append(Stream(chat_chunks("gpt-4o", ["par", "tial"])[:2], delay=0.05,
                                         end="drop"))
         status, _, content = await _chat(proxy, {"stream": True, "model": "openai:a|openai:b"})

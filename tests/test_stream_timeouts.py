@@ -40,9 +40,12 @@ def config(**backend: Any) -> Any:
     """
     One openai backend (one key) with these settings on top; the failure
     handling's own settings come as C{failure_handling=...} (keepalives off
-    unless they say otherwise: the route header then names what answered).
+    unless they say otherwise: the route header then names what answered;
+    continuation off: these tests are about how a stream ends, not how it is
+    rescued, which tests/test_continuation.py covers).
     """
-    failure = {"keepalive_after": 0, **backend.pop("failure_handling", {})}
+    failure = {"keepalive_after": 0, "continuation": False,
+               **backend.pop("failure_handling", {})}
 
     def make(upstream: str) -> dict[str, Any]:
         data = openai_config(upstream, ["k"], failure_handling=failure)

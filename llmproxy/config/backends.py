@@ -172,6 +172,9 @@ def _backend(
         models=reader.strings("models"),
         reasoning_models=reasoning_models,
         max_connections=reader.integer("max_connections", 64, minimum=1),
+        continuation=_continuation(reader),
+        prefill_params=MappingProxyType(dict(reader.mapping("prefill_params"))),
+        prefill_message=MappingProxyType(dict(reader.mapping("prefill_message"))),
         options=options,
         **_stream_limits(reader),
     )
@@ -275,6 +278,16 @@ def _stream_limits(reader: Reader) -> dict[str, float | None]:
     names = ("first_token_timeout", "reasoning_first_token_timeout", "stream_idle_timeout")
     return {name: None if reader.get(name, float) is None else reader.number(name, 0.0)
             for name in names}
+
+
+def _continuation(reader: Reader) -> str:
+    """
+    C{continuation}: how this backend continues a stream broken elsewhere.
+    """
+    value = reader.get("continuation", str, "restart")
+    if value not in ("prefill", "restart"):
+        raise reader.fail("continuation", f"expected prefill or restart, not {value!r}")
+    return value
 
 
 def _reasoning_models(reader: Reader) -> re.Pattern[str] | None:

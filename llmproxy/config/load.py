@@ -60,6 +60,7 @@ def _failure(reader: Reader) -> FailureConfig:
         reasoning_first_token_timeout=reader.number("reasoning_first_token_timeout",
                                                     d.reasoning_first_token_timeout),
         stream_idle_timeout=reader.number("stream_idle_timeout", d.stream_idle_timeout),
+        continuation=reader.get("continuation", bool, d.continuation),
     )
     reader.finish()
     return result
@@ -81,10 +82,11 @@ def _routes(reader: Reader, data: Mapping[str, Any]) -> Mapping[str, FailoverRou
         if policy not in ("k", "m", "km", "mk", "ordered"):
             raise sub.fail("policy", f"unknown policy {policy!r}; known: k, m, km, mk, ordered")
         elements = sub.strings("elements")
+        continuation = sub.get("continuation", bool, True)
         sub.finish()
         if not elements:
             raise sub.fail("elements", "needs at least one selector")
-        routes[str(key)] = FailoverRoute(policy, elements)
+        routes[str(key)] = FailoverRoute(policy, elements, continuation)
     return MappingProxyType(routes)
 
 

@@ -133,6 +133,18 @@ class BackendConfig:
     first_token_timeout: float | None = None
     reasoning_first_token_timeout: float | None = None
     stream_idle_timeout: float | None = None
+    #: How a stream broken elsewhere is continued here: C{prefill} (the
+    #: partial answer sent as a final assistant message) or C{restart}.
+    continuation: str = "restart"
+    #: Fields added to a prefill request (its top level), and to its final
+    #: assistant message, as the server wants them (vLLM:
+    #: C{continue_final_message}; DeepSeek, Mistral: C{prefix}).
+    prefill_params: Mapping[str, Any] = field(
+        default_factory=lambda: MappingProxyType({}), hash=False
+    )
+    prefill_message: Mapping[str, Any] = field(
+        default_factory=lambda: MappingProxyType({}), hash=False
+    )
     options: Mapping[str, Any] = field(
         default_factory=lambda: MappingProxyType({}), hash=False
     )
@@ -146,6 +158,7 @@ class FailoverRoute:
 
     policy: str
     elements: tuple[str, ...]
+    continuation: bool = True
 
 
 @dataclass(frozen=True)
@@ -172,6 +185,9 @@ class FailureConfig:
     first_token_timeout: float = 15.0
     reasoning_first_token_timeout: float = 300.0
     stream_idle_timeout: float = 30.0
+    #: Whether a stream broken after content reached the client is
+    #: continued on the route's next target.
+    continuation: bool = True
 
 
 @dataclass(frozen=True)

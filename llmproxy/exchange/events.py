@@ -57,6 +57,8 @@ info, one for each request the site processed, when its reply ended:
     C{prompt_tokens}/C{completion_tokens} for Chat Completions,
     C{input_tokens}/C{output_tokens} for Responses), when its answer
     carried one; else L{None}.
+  - C{continued}: C{backend:model} of the target that continued a stream
+    broken mid-answer (L{llmproxy.exchange.continuation}); else L{None}.
 """
 
 from __future__ import annotations
@@ -125,6 +127,7 @@ class ReplyNote:
     attempts: int = 0
     streamed: bool = False
     usage: dict[str, Any] | None = None
+    continued: str | None = None
 
 
 class ExchangeEvents:
@@ -185,10 +188,11 @@ class ExchangeEvents:
         completed); C{note} what the exchange said, if one ran.
         """
         if note is None:
-            fields.update(route=None, key=None, attempts=0, streamed=False, usage=None)
+            fields.update(route=None, key=None, attempts=0, streamed=False, usage=None,
+                          continued=None)
         else:
             fields.update(route=note.route, key=note.key, attempts=note.attempts,
-                          streamed=note.streamed, usage=note.usage)
+                          streamed=note.streamed, usage=note.usage, continued=note.continued)
         self._replies.info(REPLY_FORMAT, **fields)
 
 

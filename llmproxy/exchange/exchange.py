@@ -9,7 +9,8 @@ What to try next and the key and breaker bookkeeping are
 L{llmproxy.exchange.attempts}'s; what the client sees is
 L{llmproxy.exchange.reply}'s; each attempt ends with an event
 (L{llmproxy.exchange.events}).  Nothing is retried once a byte of the
-answer's body reached the client.
+answer's body reached the client; a stream broken after that may be
+continued (L{llmproxy.exchange.continuation}).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from llmproxy.exchange.aggregated import (
 )
 from llmproxy.exchange.answers import InvalidAnswer, content_coding, head_problem, parse_answer
 from llmproxy.exchange.attempts import AttemptQueue, Slot, keyed_route
+from llmproxy.exchange.continuation import Cut, Recorder, continue_cut, may_continue
 from llmproxy.exchange.events import (
     BROKEN, CANCELLED, CLIENT_ERROR, OK, TIMEOUT, AttemptNote, ExchangeEvents, ReplyNote,
 )
@@ -51,8 +53,8 @@ from llmproxy.translate.content import answer_starts
 from llmproxy.translate.transforms import Transform
 
 #: An attempt's result: the body to write (whole answers), L{None} (all
-#: written), or the failure to fail over from.
-Result = Union[bytes, None, Failed]
+#: written), the failure to fail over from, or a stream to continue.
+Result = Union[bytes, None, Failed, Cut]
 
 
 @dataclass(slots=True)
@@ -143,6 +145,9 @@ class Exchange:
                 queue.wake()
                 continue
             result = await self._attempt(queue, slot)
+            if isinstance(result, Cut):
+                await continue_cut(self, queue, slot, result)
+                return None
             if not isinstance(result, Failed):
                 return result
             failure = result
@@ -179,6 +184,8 @@ class Exchange:
         payload, dropped = self._prepare(target, backend)
         transform = choose_transform(self.call.frontend, backend.dialect, target.model,
                                      self.call.body, self.clock) if self.call.stream else None
+        if transform is not None and may_continue(self, queue):
+            transform = Recorder(transform)
         self.note.attempts += 1
         note = AttemptNote(self.note.attempts, target.backend, target.model,
                            slot.key.name if slot.key is not None else None, self.clock.seconds())
@@ -232,7 +239,12 @@ class Exchange:
         target = slot.target
         try:
             if transform is not None:
-                result, ok = None, await self._relay(target, backend, response, transform, note)
+                relayed = await self._relay(target, backend, response, transform, note)
+                if isinstance(relayed, Cut):
+                    queue.record_failure(slot)
+                    note.outcome = BROKEN
+                    return relayed
+                result, ok = None, relayed
             else:
                 result, ok = await self._collect(target, backend, response), True
         except CancelledError:
@@ -405,10 +417,11 @@ class Exchange:
     async def _relay(
         self, target: Target, backend: Backend, response: IResponse, transform: Transform,
         note: AttemptNote,
-    ) -> bool:
+    ) -> bool | Cut:
         """
         Relay a streamed answer.  Returns whether it ended well; a failure
-        after the first event is written in-band (and returns False), one
+        after the first event is written in-band (and returns False), or
+        returned as a L{Cut} to continue when the transform recorded; one
         before it raises so the next attempt can serve the client.
         """
         reply = self.reply
@@ -438,6 +451,8 @@ class Exchange:
             self.log.warn("{route}: stream failed after it started: {error}",
                           route=f"{target.backend}:{target.model}", error=e.message)
             note.error = type(e).__name__
+            if isinstance(transform, Recorder):
+                return Cut(e, transform)
             reply.stream_error(transform, e)
             return False
         if tap is not None:

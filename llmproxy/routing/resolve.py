@@ -15,7 +15,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from llmproxy.config import Config
+from llmproxy.config import Config, FailoverRoute
 from llmproxy.errors import InvalidRequest
 from llmproxy.routing.aliases import apply_aliases
 from llmproxy.routing.params import validate_params
@@ -77,14 +77,21 @@ def _route_text(config: Config, model: str) -> tuple[str, str]:
     if config.force_model:
         return config.force_model, DEFAULT_POLICY
     text = apply_aliases(config.model_aliases, model) or model
-    if "|" in text or _explicit_backend(text):
-        return text, DEFAULT_POLICY
-    routes = config.failover_routes
-    lowered = {k.lower(): v for k, v in routes.items()}
-    route = lowered.get(text.lower()) or lowered.get("default") or lowered.get("*")
+    route = named_route(config, text)
     if route is None:
         return text, DEFAULT_POLICY
     return "|".join(route.elements), route.policy
+
+
+def named_route(config: Config, text: str) -> FailoverRoute | None:
+    """
+    The failover route that selector C{text} (after the aliases) names, if
+    any.
+    """
+    if "|" in text or _explicit_backend(text):
+        return None
+    lowered = {k.lower(): v for k, v in config.failover_routes.items()}
+    return lowered.get(text.lower()) or lowered.get("default") or lowered.get("*")
 
 
 def _explicit_backend(text: str) -> bool:

@@ -69,3 +69,5 @@ __all__ = [
 __all__ += ["FakeChatGPT", "listen_chatgpt"]
 from llmproxy.testing.outage import UNAVAILABLE, Outage  # noqa: E402
 __all__ += ["Outage", "UNAVAILABLE"]
+from llmproxy.testing.continuation import Speak, SpeakingOpenAI, listen_speaking  # noqa: E402
+__all__ += ["Speak", "SpeakingOpenAI", "listen_speaking"]
