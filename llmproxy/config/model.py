@@ -160,6 +160,13 @@ class FailureConfig:
     quota_cooldown: float = 3600.0
     circuit_threshold: int = 5
     circuit_cooldown: float = 30.0
+    #: Same-target retries (see L{llmproxy.exchange.retries}).
+    retry_same_max_wait: float = 3.0
+    retries_per_target: int = 1
+    retry_backoff_base: float = 0.25
+    #: 4xx statuses that fail over; error codes that move to the next element.
+    extra_failover_statuses: tuple[int, ...] = ()
+    extra_failover_codes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
