@@ -18,16 +18,20 @@ from twisted.internet.task import Clock, deferLater
 from twisted.logger import LogEvent
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from llmproxy.config import ConfigError
+from llmproxy.config import ConfigError, build_config
 from llmproxy.exchange.events import ATTEMPT_NAMESPACE
-from llmproxy.exchange.outcome import Outcome
+from llmproxy.exchange.outcome import Outcome, classify_status
 from llmproxy.exchange.retries import RetryPolicy, backoff, same_target_wait
 from llmproxy.testing import (
     Drop, Reply, Stream, backend_data, chat_chunks, chat_completion, chat_request, config_data,
-    make_config, sse_data,
+    listen_fake, make_config, sse_data,
 )
+from llmproxy.service import ProxyService
+from llmproxy.testing.upstream import listen_local
 from tests.harness import Proxy, post, start
 from tests.test_attempts import World
+from tests.test_streams_only import WITH_CHATGPT, ChatGPTFake, failed
+from tests.test_upstream_faults import service_port
 
 OK = Reply(200, chat_completion("a", "from the primary"))
 
@@ -358,6 +362,32 @@ class NextElementTests(TestCase):
         self.assertEqual(status, 400)
 
 
+class StreamsOnlyTests(TestCase):
+    """
+    A backend that only streams says C{context_length_exceeded} in its
+    stream's failure: the request moves on as from a 400.
+    """
+
+    async def test_context_length_in_a_failed_stream_moves_on(self) -> None:
+        chatgpt = ChatGPTFake(reactor)
+        port, origin = await listen_local(reactor, chatgpt)
+        self.addCleanup(port.stopListening)
+        backup, backup_port, backup_url = await listen_fake(reactor)
+        self.addCleanup(backup_port.stopListening)
+        data = config_data({"chatgpt": backend_data(origin + "/v1", "kc", type="chatgpt"),
+                            "backup": backend_data(backup_url, "kb")})
+        config = build_config(data, environ={}, source="test.yaml", kinds=WITH_CHATGPT.kinds)
+        service = ProxyService(config, reactor, registry=WITH_CHATGPT)
+        listening = await service_port(service)
+        self.addCleanup(service.pool.closeCachedConnections)
+        self.addCleanup(listening.stopListening)
+        chatgpt.script.append(Stream(failed("context_length_exceeded", "Too long.")))
+        url = f"http://127.0.0.1:{listening.getHost().port}/v1/chat/completions"
+        status, headers, _ = await post(self, url, chat_request(model="chatgpt:gpt-5|backup:b"))
+        self.assertEqual((status, headers["x-llmproxy-route"]), (200, "backup:b"))
+        self.assertEqual((len(chatgpt.requests), len(backup.requests)), (1, 1))
+
+
 class HoldTests(SynchronousTestCase):
     """
     The held retry in L{AttemptQueue} (over L{tests.test_attempts.World}).
@@ -446,6 +476,25 @@ class ConfigTests(SynchronousTestCase):
                 make_config(config_data({"a": backend_data("http://x/v1")},
                                         failure_handling={key: value}))
             self.assertIn(key, str(caught.exception))
+
+
+class ClassifyTests(SynchronousTestCase):
+    def outcome(self, status: int, code: str, **kw: Any) -> Outcome:
+        body = json.dumps({"error": {"message": "m", "type": "x", "code": code}}).encode()
+        return classify_status(status, body, {}, 0.0, **kw).outcome
+
+    def test_context_length(self) -> None:
+        for status in (400, 413, 422):
+            self.assertEqual(self.outcome(status, "context_length_exceeded"),
+                             Outcome.NEXT_ELEMENT)
+        self.assertEqual(self.outcome(500, "context_length_exceeded"), Outcome.RETRY_NEXT)
+        self.assertEqual(self.outcome(429, "context_length_exceeded"), Outcome.RATE_LIMITED)
+
+    def test_extra_codes(self) -> None:
+        self.assertEqual(self.outcome(400, "Odd_One", extra_codes={"odd_one"}),
+                         Outcome.NEXT_ELEMENT)
+        self.assertEqual(self.outcome(400, "other", extra_codes={"odd_one"}),
+                         Outcome.CLIENT_ERROR)
 
 
 POLICY = st.builds(RetryPolicy, st.integers(0, 5), st.floats(0, 5), st.floats(0, 30))
