@@ -230,6 +230,21 @@ class TransientTests(TestCase):
         self.assertEqual(text, "whole answer")
         self.assertEqual(h.by_key("kb"), [])
 
+    async def test_responses_frontend(self) -> None:
+        h = await harness(self)
+        h.proxy.fake.by_key["kp"] = [UNAVAILABLE, OK]
+        clock = h.clock
+        url = h.proxy.url + "/v1/responses"
+        d = Deferred.fromCoroutine(post(self, url, {"model": "primary:a|backup:b",
+                                                    "input": "hi"}))
+        await h.until(1)
+        clock.advance(0.25)
+        status, headers, content = await d
+        self.assertEqual((status, headers["x-llmproxy-route"]), (200, "primary:a"))
+        self.assertEqual(json.loads(content)["output"][0]["content"][0]["text"],
+                         "from the primary")
+        self.assertEqual(headers["x-llmproxy-attempts"], "2")
+
     async def test_persistent_503_retries_then_fails_over(self) -> None:
         h = await harness(self, retries_per_target=2)
         h.proxy.fake.by_key["kp"] = [UNAVAILABLE]
