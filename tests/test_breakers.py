@@ -42,12 +42,15 @@ def two_backends(primary: dict[str, Any] | None = None, **failure: Any) -> Any:
     """
     A primary and a fallback backend, both at the fake (keys C{kp} and
     C{kf}; the primary with the settings C{primary}), with these
-    C{failure_handling} settings.
+    C{failure_handling} settings (no same-target retries: each request
+    counts one failure against the primary, as the scenarios assume).
     """
+    failure = {"retries_per_target": 0, **failure}
+
     def make(upstream: str) -> dict[str, Any]:
         return config_data({"primary": backend_data(upstream, "kp", **primary or {}),
                             "fallback": backend_data(upstream, "kf")},
-                           **({"failure_handling": failure} if failure else {}))
+                           failure_handling=failure)
     return make
 
 

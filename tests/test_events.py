@@ -51,7 +51,10 @@ class EventsTestCase(SynchronousTestCase):
         self.recorder = Recorder()
 
     def app(self, **backends: dict[str, Any]) -> Any:
-        app = memory_app(config_of(backends or {"a": {}}), self.clock, self.scripts)
+        # Same-target retries (tests.test_retries) off: one attempt per element.
+        app = memory_app(config_of(backends or {"a": {}},
+                                   failure_handling={"retries_per_target": 0}),
+                         self.clock, self.scripts)
         app.events.addObserver(self.recorder)
         return app
 

@@ -27,6 +27,8 @@ RATE_LIMITED = Reply(429, {"error": {"message": "Rate limit reached", "type": "r
 QUOTA = Reply(429, {"error": {"message": "You exceeded your current quota",
                               "type": "insufficient_quota", "param": None,
                               "code": "insufficient_quota"}})
+#: Same-target retries off, for tests of the failover order (see test_retries).
+NO_RETRY = {"retries_per_target": 0}
 DOWN = Reply(500, {"error": {"message": "boom", "type": "server_error", "param": None,
                              "code": None}})
 
@@ -165,7 +167,7 @@ class KeyRotationTests(SynchronousTestCase):
 
 class FailoverTests(SynchronousTestCase):
     def test_inline_failover_serves_from_second(self) -> None:
-        proxy = MemoryProxy(lambda u: openai_config(u, ["k"]))
+        proxy = MemoryProxy(lambda u: openai_config(u, ["k"], failure_handling=NO_RETRY))
         proxy.fake.by_model["gpt-4"] = [DOWN]
         status, headers, content = proxy.chat(model="openai:gpt-4|openai:gpt-3.5-turbo")
         self.assertEqual(status, 200)
@@ -181,7 +183,7 @@ class FailoverTests(SynchronousTestCase):
         self.assertEqual((status, len(proxy.fake.requests)), (400, 1))
 
     def test_everything_down_lists_attempts(self) -> None:
-        proxy = MemoryProxy(lambda u: openai_config(u, ["k"]))
+        proxy = MemoryProxy(lambda u: openai_config(u, ["k"], failure_handling=NO_RETRY))
         proxy.fake.by_model["a"] = [DOWN]
         proxy.fake.by_model["b"] = [Reply(503, {"error": {"message": "overloaded",
                                                           "type": "server_error",
@@ -197,7 +199,7 @@ class FailoverTests(SynchronousTestCase):
         proxy = MemoryProxy(lambda u: config_data(
             {"one": backend_data(u, "1a", "1b"), "two": backend_data(u, "2a", "2b")},
             failover_routes={"gpt-x": {"policy": policy, "elements": ["one:m1", "two:m2"]}},
-            failure_handling={"max_attempts": 10},
+            failure_handling={"max_attempts": 10, **NO_RETRY},
         ))
         proxy.fake.script.extend([DOWN] * 10)
         status, _, _ = proxy.chat(model="gpt-x")
@@ -244,7 +246,8 @@ class FailoverTests(SynchronousTestCase):
     def test_circuit_breaker_skips_a_failing_backend(self) -> None:
         proxy = MemoryProxy(lambda u: config_data(
             {"bad": backend_data(u, "kb"), "good": backend_data(u, "kg")},
-            failure_handling={"circuit_threshold": 2, "circuit_cooldown": 600},
+            failure_handling={"circuit_threshold": 2, "circuit_cooldown": 600,
+                              **NO_RETRY},
         ))
         proxy.fake.by_key["kb"] = [DOWN]
         for _ in range(4):
@@ -404,14 +407,14 @@ class ReviewRegressionTests(SynchronousTestCase):
     """
 
     def test_same_model_twice_with_different_pins(self) -> None:
-        proxy = MemoryProxy(lambda u: openai_config(u, ["k1", "k2"]))
+        proxy = MemoryProxy(lambda u: openai_config(u, ["k1", "k2"], failure_handling=NO_RETRY))
         proxy.fake.script.extend([DOWN, DOWN])
         proxy.chat(model="openai.1:gpt-4o|openai.2:gpt-4o")
         self.assertEqual([r.headers["authorization"] for r in proxy.fake.requests],
                          ["Bearer k1", "Bearer k2"])
 
     def test_same_model_twice_with_different_params(self) -> None:
-        proxy = MemoryProxy(lambda u: openai_config(u, ["k1"]))
+        proxy = MemoryProxy(lambda u: openai_config(u, ["k1"], failure_handling=NO_RETRY))
         proxy.fake.script.extend([DOWN])
         proxy.chat(model="openai:gpt-4o?temperature=0.1|openai:gpt-4o?temperature=0.9")
         self.assertEqual([r.body.get("temperature") for r in proxy.fake.requests], [0.1, 0.9])
@@ -509,7 +512,7 @@ class ReviewRegressionTests(SynchronousTestCase):
 
     def test_key_level_answer_closes_a_half_open_circuit(self) -> None:
         proxy = MemoryProxy(lambda u: openai_config(u, ["a", "b"], failure_handling={
-            "circuit_threshold": 1, "circuit_cooldown": 30}))
+            "circuit_threshold": 1, "circuit_cooldown": 30, **NO_RETRY}))
         proxy.fake.script.extend([DOWN, DOWN, RATE_LIMITED])
         proxy.chat()
         proxy.advance(31)
@@ -536,7 +539,7 @@ class StreamingRegressionTests(TestCase):
     async def test_stream_broken_before_first_event_fails_over_after_keepalive(self) -> None:
         clock = Clock()
         proxy = await started(self, lambda u: openai_config(u, ["k"], failure_handling={
-            "keepalive_after": 1, "keepalive_interval": 1}), clock)
+            "keepalive_after": 1, "keepalive_interval": 1, **NO_RETRY}), clock)
         proxy.fake.by_model["a"] = [Stream([b": still thinking\n\n"], delay=0.01, end="drop")]
         d = _chat(proxy, {"stream": True, "model": "openai:a|openai:b"})
         await until(lambda: len(proxy.fake.requests) >= 1)

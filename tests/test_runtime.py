@@ -162,7 +162,9 @@ class SwapTests(SynchronousTestCase):
     def test_a_request_in_flight_fails_over_on_its_own_runtime(self) -> None:
         self.scripts.scripts["a"] = [Answer(500, after=2.0)]
         self.scripts.scripts["b"] = [Answer(text="old b")]
-        app = memory_app(config_of({"a": {}, "b": {}}), self.clock, self.scripts)
+        app = memory_app(config_of({"a": {}, "b": {}},
+                                   failure_handling={"retries_per_target": 0}),
+                         self.clock, self.scripts)
         waiting = Conversation(app, self.clock)
         waiting.send("POST", "/v1/chat/completions", {"model": "a:m|b:m", "messages": USER})
         waiting.run(1)

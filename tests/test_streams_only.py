@@ -126,7 +126,9 @@ class StreamsOnlyTests(TestCase):
         self.addCleanup(self.backup.wait_idle)
         chatgpt_url = f"http://127.0.0.1:{port.getHost().port}/v1"
         data = config_data({"chatgpt": backend_data(chatgpt_url, "sk-chatgpt", type="chatgpt"),
-                            "backup": backend_data(backup_url, "sk-backup")})
+                            "backup": backend_data(backup_url, "sk-backup")},
+                           # Same-target retries (tests.test_retries) off.
+                           failure_handling={"retries_per_target": 0})
         config = build_config(data, environ={}, source="test.yaml", kinds=WITH_CHATGPT.kinds)
         self.service = ProxyService(config, reactor, registry=WITH_CHATGPT)
         proxy_port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
@@ -351,7 +353,7 @@ class StreamsOnlyTests(TestCase):
         is, without failing over; the SDK raises it typed.
         """
         self.chatgpt.script.append(Stream(failed(
-            "context_length_exceeded", "Your input exceeds the context window of this model.")))
+            "invalid_prompt", "Your prompt was flagged as potentially violating policy.")))
 
         def call() -> Any:
             import openai
@@ -368,9 +370,9 @@ class StreamsOnlyTests(TestCase):
         error = await in_thread(call)
         self.assertIsNotNone(error)
         self.assertEqual(error.status_code, 400)
-        self.assertEqual(error.code, "context_length_exceeded")
+        self.assertEqual(error.code, "invalid_prompt")
         self.assertEqual(error.body["type"], "invalid_request_error")
-        self.assertIn("context window", error.body["message"])
+        self.assertIn("flagged", error.body["message"])
         self.assertEqual(error.response.headers["x-llmproxy-route"], "chatgpt:gpt-5")
         self.assertEqual(self.backup.requests, [])
         [attempt] = self.attempts

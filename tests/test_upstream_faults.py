@@ -234,7 +234,7 @@ class WholeAnswerTests(TestCase):
         An error status whose body is content-coded keeps its status, but
         the coded bytes never reach the client as its message.
         """
-        proxy = await start_faulty(self, config)
+        proxy = await start_faulty(self, lambda u: config(u, retries_per_target=0))
         faulty(proxy).script.append(Raw(503, gzip.compress(ERROR_OBJECT * 20),
                                         {"content-type": "application/json",
                                          "content-encoding": "gzip"}))

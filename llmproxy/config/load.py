@@ -61,9 +61,26 @@ def _failure(reader: Reader) -> FailureConfig:
                                                     d.reasoning_first_token_timeout),
         stream_idle_timeout=reader.number("stream_idle_timeout", d.stream_idle_timeout),
         continuation=reader.get("continuation", bool, d.continuation),
+        retry_same_max_wait=reader.number("retry_same_max_wait", d.retry_same_max_wait),
+        retries_per_target=reader.integer("retries_per_target", d.retries_per_target),
+        retry_backoff_base=reader.number("retry_backoff_base", d.retry_backoff_base),
+        extra_failover_statuses=_failover_statuses(reader),
+        extra_failover_codes=tuple(c.lower() for c in reader.strings("extra_failover_codes")),
     )
     reader.finish()
     return result
+
+
+def _failover_statuses(reader: Reader) -> tuple[int, ...]:
+    """
+    C{extra_failover_statuses}: 4xx statuses that fail over (5xx already do).
+    """
+    value = reader.get("extra_failover_statuses", list, [])
+    for item in value:
+        if isinstance(item, bool) or not isinstance(item, int) or not 400 <= item <= 499:
+            raise reader.fail("extra_failover_statuses",
+                              f"expected a list of 4xx statuses, got {item!r}")
+    return tuple(value)
 
 
 def _routes(reader: Reader, data: Mapping[str, Any]) -> Mapping[str, FailoverRoute]:

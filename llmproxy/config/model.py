@@ -188,6 +188,13 @@ class FailureConfig:
     #: Whether a stream broken after content reached the client is
     #: continued on the route's next target.
     continuation: bool = True
+    #: Same-target retries (see L{llmproxy.exchange.retries}).
+    retry_same_max_wait: float = 3.0
+    retries_per_target: int = 1
+    retry_backoff_base: float = 0.25
+    #: 4xx statuses that fail over; error codes that move to the next element.
+    extra_failover_statuses: tuple[int, ...] = ()
+    extra_failover_codes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -35,14 +35,19 @@ class Slot:
     """
     One attempt: the route element (by position) and the key to use.
 
-    @ivar ready_at: for a keyless element that was rate limited, when it may
-        be tried again (keyed elements follow their key's cooldown).
+    @ivar ready_at: when it may be tried again: after a keyless element's
+        429, or before a same-target retry (keyed elements also follow their
+        key's cooldown).
+    @ivar retries: the same-target retries it had (L{AttemptQueue.failed}).
+    @ivar repeat: whether the request already tried this element and key.
     """
 
     index: int
     target: Target
     key: ApiKey | None
     ready_at: float = 0.0
+    retries: int = 0
+    repeat: bool = False
 
 
 def _distinct(targets: Sequence[Target]) -> list[Target]:
@@ -83,6 +88,8 @@ class AttemptQueue:
     @ivar queue: the attempts still planned, in order.
     @ivar parked: rate-limited attempts that may be retried once their key
         (or, keyless, their backend) has cooled down.
+    @ivar hold: an attempt to retry on the same target before anything
+        else (L{failed}): nothing is taken until it is ready.
     """
 
     def __init__(
@@ -105,7 +112,8 @@ class AttemptQueue:
         ]
         self.queue = self._plan(route.policy)
         self.parked: list[Slot] = []
-        self.tried: set[tuple[int, str]] = set()
+        self.hold: Slot | None = None
+        self.tried: set[tuple[int, str | None]] = set()
 
     def _plan(self, policy: str) -> list[Slot]:
         """
@@ -137,12 +145,12 @@ class AttemptQueue:
         """
         Whether nothing is left to try, now or later.
         """
-        return not self.queue and not self.parked
+        return not self.queue and not self.parked and self.hold is None
 
     def _ready(self, slot: Slot) -> bool:
-        if slot.key is None:
-            return slot.ready_at <= self.clock.seconds()
-        return self.up.pools[slot.target.backend].available(slot.key)
+        if slot.ready_at > self.clock.seconds():
+            return False
+        return slot.key is None or self.up.pools[slot.target.backend].available(slot.key)
 
     def _free_key(self, slot: Slot) -> ApiKey | None:
         """
@@ -164,7 +172,12 @@ class AttemptQueue:
         model's circuit lets it go (closed, or its half-open probe); failing
         that, the first with a free key, since skipping open circuits must
         not leave nothing.  L{None} when every planned attempt has to wait.
+        A held retry goes first, once ready; until then nothing goes.
         """
+        if self.hold is not None:
+            held = self._held()
+            if held is not None or self.hold is not None:
+                return held  # the retry, or None while it waits
         chosen = fallback = None
         for slot in self.queue:
             if not self._ready(slot):
@@ -179,27 +192,89 @@ class AttemptQueue:
         chosen = chosen or fallback
         if chosen is not None:
             self.queue.remove(chosen)
-            if chosen.key is not None:
-                self.tried.add((chosen.index, chosen.key.name))
+            self._taken(chosen)
         return chosen
 
-    def failed(self, slot: Slot, outcome: Outcome, retry_after: float | None) -> None:
+    def _taken(self, slot: Slot) -> None:
+        name = slot.key.name if slot.key is not None else None
+        slot.repeat = (slot.index, name) in self.tried
+        self.tried.add((slot.index, name))
+
+    def _held(self) -> Slot | None:
+        """
+        The held retry if it may go now.  It is let go (and the queue goes
+        on) when its circuit opened, or when its key now cools for longer
+        than the hold allowed (another request's 429): it is parked then.
+        """
+        held = self.hold
+        assert held is not None
+        if self._ready(held):
+            self.hold = None
+            if self.up.breakers[held.target.backend].allow(held.target.model):
+                self._taken(held)
+                return held
+        elif held.key is not None and self.up.pools[held.target.backend].state(
+                held.key).cooldown_until > held.ready_at:
+            self.hold = None
+            self.parked.append(held)
+        return None
+
+    def failed(
+        self, slot: Slot, outcome: Outcome, retry_after: float | None,
+        same: float | None = None,
+    ) -> None:
         """
         Record a failed attempt.  A key-level failure gives the element its
-        next free key right away, whatever the policy; a rate-limited
-        attempt is parked to be retried once it has cooled down.
+        next free key right away, whatever the policy; failing that, a
+        same-target wait (C{same} seconds, L{llmproxy.exchange.retries})
+        holds the attempt to be retried first; a rate-limited attempt is
+        parked to be retried once it has cooled down; one that does not fit
+        its model drops the element.
         """
+        if outcome is Outcome.NEXT_ELEMENT:
+            self._drop_model(slot.target)
+            return
         if outcome in KEY_OUTCOMES and slot.key is not None and not any(
             s.index == slot.index for s in self.queue
         ):
             spare = self._free_key(slot)
             if spare is not None:
                 self.queue.insert(0, Slot(slot.index, slot.target, spare))
+                same = None
+        if same is not None and outcome not in (Outcome.NEXT_KEY, Outcome.QUOTA) \
+                and not self._element_free(slot.index):
+            slot.retries += 1
+            slot.ready_at = self.clock.seconds() + same
+            self.hold = slot
+            return
         if outcome is Outcome.RATE_LIMITED:
             if slot.key is None:
                 wait = retry_after if retry_after is not None else self.default_cooldown
                 slot.ready_at = self.clock.seconds() + wait
             self.parked.append(slot)
+
+    def _element_free(self, index: int) -> bool:
+        """
+        Whether the element has another attempt queued that may go now.
+        """
+        return any(s.index == index and self._ready(s) for s in self.queue)
+
+    def _drop_model(self, target: Target) -> None:
+        """
+        Forget every attempt of C{target}'s backend and model.
+        """
+        def other(s: Slot) -> bool:
+            return (s.target.backend, s.target.model) != (target.backend, target.model)
+        self.queue = [s for s in self.queue if other(s)]
+        self.parked = [s for s in self.parked if other(s)]
+
+    def elsewhere(self, target: Target) -> bool:
+        """
+        Whether any attempt is left on another backend or model than
+        C{target}'s.
+        """
+        return any((s.target.backend, s.target.model) != (target.backend, target.model)
+                   for s in self.queue + self.parked)
 
     def wake(self) -> None:
         """
@@ -212,13 +287,17 @@ class AttemptQueue:
         now = self.clock.seconds()
         if slot.key is None:
             return max(0.0, slot.ready_at - now)
-        return max(0.0, self.up.pools[slot.target.backend].state(slot.key).cooldown_until - now)
+        cooling = self.up.pools[slot.target.backend].state(slot.key).cooldown_until
+        return max(0.0, slot.ready_at - now, cooling - now)
 
     def wait(self) -> float | None:
         """
-        Seconds until some queued or parked attempt may run; L{None} when
-        none ever will (every key exhausted or invalid for long).
+        Seconds until some queued or parked attempt may run (the held one,
+        if any); L{None} when none ever will (every key exhausted or
+        invalid for long).
         """
+        if self.hold is not None:
+            return self._wait_for(self.hold)
         waits = [self._wait_for(s) for s in self.queue + self.parked]
         return min(waits) if waits else None
 

@@ -20,8 +20,8 @@ level info, one when each attempt is over:
     backend.  Never a key's value.
   - C{outcome}: one of L{OUTCOMES}: C{ok} (answered and relayed);
     C{client_error} (the upstream's non-2xx answer went to the client as
-    is); C{retry_next}, C{next_key}, C{rate_limited}, C{quota} (the
-    upstream's status made the request fail over, see
+    is); C{retry_next}, C{next_element}, C{next_key}, C{rate_limited},
+    C{quota} (the upstream's status made the request fail over, see
     L{llmproxy.exchange.outcome.Outcome}); C{timeout}, C{unreachable} (no
     answer); C{broken} (the answer's body failed: before its first event
     the request fails over, after it the client gets an in-band error);
@@ -35,6 +35,9 @@ level info, one when each attempt is over:
   - C{duration}: seconds from sending to the attempt's end.
   - C{error}: the failure's exception name (C{StreamTimeout},
     C{ConnectionRefusedError}, ...), L{None} when there is none.
+  - C{retry}: whether the request had already tried this backend, model
+    and key (a same-target retry, or a rate-limited key tried again once
+    it cooled down).
 
 Reply events, namespace L{REPLY_NAMESPACE}, format L{REPLY_FORMAT}, level
 info, one for each request the site processed, when its reply ended:
@@ -87,8 +90,8 @@ BROKEN = "broken"
 CANCELLED = "cancelled"
 FATAL = "fatal"
 #: Every outcome an attempt event may carry.
-OUTCOMES = frozenset({OK, CLIENT_ERROR, "retry_next", "next_key", "rate_limited", "quota",
-                      TIMEOUT, UNREACHABLE, BROKEN, CANCELLED, FATAL})
+OUTCOMES = frozenset({OK, CLIENT_ERROR, "retry_next", "next_element", "next_key",
+                      "rate_limited", "quota", TIMEOUT, UNREACHABLE, BROKEN, CANCELLED, FATAL})
 
 #: How a usage object's key looks in JSON text.
 USAGE_KEY = b'"usage"'
@@ -114,6 +117,7 @@ class AttemptNote:
     headers_at: float | None = None
     first_event_at: float | None = None
     error: str | None = None
+    retry: bool = False
 
 
 @dataclass(slots=True)
@@ -178,7 +182,7 @@ class ExchangeEvents:
             time_to_headers=None if note.headers_at is None else note.headers_at - started,
             time_to_first_event=(None if note.first_event_at is None
                                  else note.first_event_at - started),
-            duration=now - started, error=note.error,
+            duration=now - started, error=note.error, retry=note.retry,
         )
 
     def reply(self, fields: dict[str, Any], note: ReplyNote | None) -> None:

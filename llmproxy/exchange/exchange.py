@@ -28,7 +28,7 @@ from twisted.web.server import Request
 from llmproxy.backends.base import Backend
 from llmproxy.backends.body import collect_body, drop_body
 from llmproxy.dialects import CHAT
-from llmproxy.errors import InvalidRequest, ProxyError, StreamTimeout
+from llmproxy.errors import InvalidRequest, ProxyError, StreamBroken, StreamTimeout
 from llmproxy.exchange import prepare
 from llmproxy.exchange.aggregated import (
     STREAM_FACTOR, FailedStream, aggregated_answer, streams_only,
@@ -40,8 +40,11 @@ from llmproxy.exchange.events import (
     BROKEN, CANCELLED, CLIENT_ERROR, OK, TIMEOUT, AttemptNote, ExchangeEvents, ReplyNote,
 )
 from llmproxy.exchange.limits import header_wait, stream_limits
-from llmproxy.exchange.outcome import Outcome, classify_exception, classify_status, is_timeout
+from llmproxy.exchange.outcome import (
+    Outcome, Verdict, classify_exception, classify_status, is_timeout,
+)
 from llmproxy.exchange.relay import AnswerWatch, StreamRelay
+from llmproxy.exchange.retries import RetryPolicy, same_target_wait
 from llmproxy.exchange.reply import (
     MAX_ERROR_BODY, ClientReply, Failed, Tried, cooling_failure, error_from_upstream,
     final_error, kept_headers, label, lower_headers, network_error, redact,
@@ -135,6 +138,8 @@ class Exchange:
             if elapsed >= fcfg.total_timeout_budget:
                 break
             slot = queue.next()
+            if slot is None and queue.empty():
+                break  # a held retry was let go, and nothing is left
             if slot is None:
                 wait = queue.wait()
                 if wait is None or wait > fcfg.max_wait \
@@ -151,8 +156,17 @@ class Exchange:
             if not isinstance(result, Failed):
                 return result
             failure = result
-            queue.failed(slot, result.outcome, result.retry_after)
+            queue.failed(slot, result.outcome, result.retry_after, self._same(slot, result))
         raise final_error(failure, self.tried, queue)
+
+    def _same(self, slot: Slot, failed: Failed) -> float | None:
+        """
+        The wait before C{slot}'s target is tried again, or L{None}.
+        """
+        fcfg = self.runtime.config.failure
+        return same_target_wait(RetryPolicy.of(fcfg), failed.outcome, failed.transient,
+                                failed.retry_after, slot.retries,
+                                self._deadline() - self.clock.seconds(), self.runtime.jitter())
 
     def _deadline(self) -> float:
         """
@@ -188,7 +202,8 @@ class Exchange:
             transform = Recorder(transform)
         self.note.attempts += 1
         note = AttemptNote(self.note.attempts, target.backend, target.model,
-                           slot.key.name if slot.key is not None else None, self.clock.seconds())
+                           slot.key.name if slot.key is not None else None, self.clock.seconds(),
+                           retry=slot.repeat)
         try:
             return await self._send(queue, slot, backend, _Outgoing(payload, dropped, transform),
                                     note)
@@ -277,7 +292,7 @@ class Exchange:
         self.note.route = self.note.key = None
         self.reply.forget_route()
         self.log.warn("{label}: {error}", label=name, error=error.message)
-        return Failed(error)
+        return Failed(error, transient=isinstance(error, StreamBroken))
 
     def _prepare(self, target: Target, backend: Backend) -> tuple[bytes, tuple[str, ...]]:
         call = self.call
@@ -312,7 +327,7 @@ class Exchange:
         self.tried.append(Tried(name, what))
         self.log.warn("{label}: upstream {what}: {error}", label=name, what=what,
                       error=type(e).__name__)
-        return Failed(network_error(name, what == "timeout"))
+        return Failed(network_error(name, what == "timeout"), transient=what != "timeout")
 
     async def _upstream_failure(
         self, queue: AttemptQueue, slot: Slot, response: IResponse, note: AttemptNote
@@ -332,14 +347,13 @@ class Exchange:
             raise
         except ProxyError as e:
             body = ProxyError(e.message).to_json()
-        verdict = classify_status(response.code, body, lower_headers(response),
-                                  self.clock.seconds())
+        verdict = self._classify(response.code, body, lower_headers(response))
         # Classified as received; what may reach the client is redacted.
         body = redact(response.code, body, upstreams.pools)
         queue.record_verdict(slot, verdict)
         name = label(target, key)
         self.tried.append(Tried(name, str(response.code)))
-        if verdict.outcome is Outcome.CLIENT_ERROR or verdict.outcome is Outcome.OK:
+        if verdict.outcome is Outcome.OK or self._relayed(queue, slot, verdict):
             note.outcome = CLIENT_ERROR
             return self.reply.upstream_error(target, key, response, body, self.note.attempts)
         note.outcome = verdict.outcome.value
@@ -347,7 +361,23 @@ class Exchange:
                       status=response.code)
         return Failed(error_from_upstream(response.code, body),
                       (response.code, body, kept_headers(response)),
-                      verdict.outcome, verdict.retry_after)
+                      verdict.outcome, verdict.retry_after, 500 <= response.code <= 599)
+
+    def _classify(self, status: int, body: bytes, headers: Mapping[str, str]) -> Verdict:
+        fcfg = self.runtime.config.failure
+        return classify_status(status, body, headers, self.clock.seconds(),
+                               extra_failover=fcfg.extra_failover_statuses,
+                               extra_codes=fcfg.extra_failover_codes)
+
+    @staticmethod
+    def _relayed(queue: AttemptQueue, slot: Slot, verdict: Verdict) -> bool:
+        """
+        Whether an upstream's error answer goes to the client as it is:
+        the client's fault, or a request that fits no model left.
+        """
+        outcome = verdict.outcome
+        return outcome is Outcome.CLIENT_ERROR or (
+            outcome is Outcome.NEXT_ELEMENT and not queue.elsewhere(slot.target))
 
     def _failed_stream(
         self, queue: AttemptQueue, slot: Slot, response: IResponse, failed: FailedStream,
@@ -358,14 +388,13 @@ class Exchange:
         upstream failure of the status its error amounts to, relayed when
         it is the client's fault, else failed over from.
         """
-        verdict = classify_status(failed.status, failed.body, failed.headers,
-                                  self.clock.seconds())
+        verdict = self._classify(failed.status, failed.body, failed.headers)
         body = redact(failed.status, failed.body, self.runtime.upstreams.pools)
         queue.record_verdict(slot, verdict)
         name = label(slot.target, slot.key)
         self.tried.append(Tried(name, str(failed.status)))
         note.error = type(failed).__name__
-        if verdict.outcome is Outcome.CLIENT_ERROR:
+        if self._relayed(queue, slot, verdict):
             note.outcome = CLIENT_ERROR
             self.reply.json_headers(failed.status)
             return body
@@ -377,7 +406,7 @@ class Exchange:
         headers = kept_headers(response) + [(k.encode(), v.encode())
                                             for k, v in failed.headers.items()]
         return Failed(error_from_upstream(failed.status, body), (failed.status, body, headers),
-                      verdict.outcome, verdict.retry_after)
+                      verdict.outcome, verdict.retry_after, 500 <= failed.status <= 599)
 
     # answers
 

@@ -9,6 +9,10 @@ failed with), decide what the exchange does next; no I/O.
  - L{Outcome.RETRY_NEXT}: a failover-eligible failure (network errors,
    timeouts, 1xx and 3xx as answers, 408, 5xx and beyond, 404
    C{model_not_found}); move to the next attempt.
+ - L{Outcome.NEXT_ELEMENT}: a 4xx whose error code says the request does not
+   fit this model (C{context_length_exceeded}, or a configured
+   C{extra_failover_codes} entry); move to the next route element, never
+   resending to this backend and model.
  - L{Outcome.NEXT_KEY}: 401/403; the key is bad, move to the next key.
  - L{Outcome.RATE_LIMITED}: 429; cool the key down and move on.
  - L{Outcome.QUOTA}: 429 C{insufficient_quota}; the key is exhausted.
@@ -56,6 +60,7 @@ class Outcome(enum.Enum):
 
     OK = "ok"
     RETRY_NEXT = "retry_next"
+    NEXT_ELEMENT = "next_element"
     NEXT_KEY = "next_key"
     RATE_LIMITED = "rate_limited"
     QUOTA = "quota"
@@ -111,6 +116,9 @@ _MAX_ERROR_BODY = 1024 * 1024
 
 #: Error codes (or types) that make a 404 failover-eligible.
 _MODEL_NOT_FOUND = "model_not_found"
+
+#: Error code (or type) of a 4xx that moves on to the next route element.
+CONTEXT_LENGTH = "context_length_exceeded"
 
 #: Error code (or type) that turns a 429 into quota exhaustion.
 _INSUFFICIENT_QUOTA = "insufficient_quota"
@@ -249,7 +257,8 @@ def _as_text(value: object) -> str | None:
 
 
 def _status_outcome(
-    status: int, fields: tuple[str | None, str | None], extra: Collection[int]
+    status: int, fields: tuple[str | None, str | None], extra: Collection[int],
+    codes: Collection[str] = (),
 ) -> Outcome:
     """
     Map a status and the body's error code/type to an outcome.
@@ -257,6 +266,8 @@ def _status_outcome(
     @param status: the upstream HTTP status.
     @param fields: the body's C{(code, type)}.
     @param extra: additional statuses to treat as failover-eligible.
+    @param codes: additional (lower-case) error codes that make a 4xx move
+        to the next route element, besides C{context_length_exceeded}.
     """
     if 200 <= status < 300:
         return Outcome.OK
@@ -270,6 +281,9 @@ def _status_outcome(
         return Outcome.RATE_LIMITED
     if status in (401, 403):
         return Outcome.NEXT_KEY
+    if 400 <= status < 500 and (CONTEXT_LENGTH in fields
+                                or any(f in codes for f in fields if f is not None)):
+        return Outcome.NEXT_ELEMENT
     if status == 404 and _MODEL_NOT_FOUND in fields:
         return Outcome.RETRY_NEXT
     if status == 408 or status >= 500 or status < 100 or status in extra:
@@ -284,6 +298,7 @@ def classify_status(
     now: float,
     *,
     extra_failover: Collection[int] = (),
+    extra_codes: Collection[str] = (),
 ) -> Verdict:
     """
     Classify an upstream HTTP answer.
@@ -295,10 +310,12 @@ def classify_status(
     @param now: the current unix time, for HTTP-date retry hints.
     @param extra_failover: 4xx statuses the configuration additionally
         makes failover-eligible (C{extra_failover_statuses}).
+    @param extra_codes: lower-case error codes the configuration makes
+        move a 4xx to the next route element (C{extra_failover_codes}).
     @return: the verdict; C{retry_after} is L{None} for L{Outcome.OK}.
     """
     fields = _error_fields(body)
-    outcome = _status_outcome(status, fields, extra_failover)
+    outcome = _status_outcome(status, fields, extra_failover, extra_codes)
     if outcome is Outcome.OK:
         return Verdict(outcome, None)
     exact = outcome is Outcome.RATE_LIMITED and _USAGE_LIMIT_REACHED in fields

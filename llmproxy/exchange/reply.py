@@ -57,12 +57,15 @@ class Failed:
 
     @ivar upstream: the upstream's status, (redacted) body and kept headers,
         when it answered.
+    @ivar transient: a 5xx or a broken connection, worth retrying on the
+        same target (L{llmproxy.exchange.retries}).
     """
 
     error: ProxyError
     upstream: tuple[int, bytes, list[tuple[bytes, bytes]]] | None = None
     outcome: Outcome = Outcome.RETRY_NEXT
     retry_after: float | None = None
+    transient: bool = False
 
 
 def label(target: Target, key: ApiKey | None) -> str:

@@ -13,7 +13,8 @@ their circuit breakers (one per failing model).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import random
+from dataclasses import dataclass, replace
 from typing import Callable, Mapping
 
 from twisted.internet.interfaces import IReactorTime
@@ -49,6 +50,7 @@ class Runtime:
 
     @ivar proxy_keys: the keys clients may present, encoded once.
     @ivar pipeline: the adapt steps every target's body goes through.
+    @ivar jitter: draws in [0, 1) for retry backoffs (tests pass their own).
     """
 
     config: Config
@@ -57,6 +59,7 @@ class Runtime:
     clock: IReactorTime
     proxy_keys: tuple[bytes, ...]
     pipeline: Pipeline
+    jitter: Callable[[], float] = random.random
 
     @classmethod
     def of(cls, config: Config, upstreams: Upstreams, clock: IReactorTime) -> Runtime:
@@ -73,7 +76,7 @@ class Runtime:
         one keeps serving the requests that started on it.
         """
         upstreams = live_upstreams(config, make_backend, self.clock, previous=self)
-        return Runtime.of(config, upstreams, self.clock)
+        return replace(Runtime.of(config, upstreams, self.clock), jitter=self.jitter)
 
 
 def live_upstreams(
