@@ -68,6 +68,8 @@ class Options(usage.Options):
         ["log-level", None, None, "debug, info, warn or error."],
         ["workers", None, None, "Processes serving the (tcp:) listening port together, "
                                 "via SO_REUSEPORT.", _integer("--workers")],
+        ["capture", None, None, "Write what crosses the wire to this JSONL file, secrets "
+                                "redacted (env CAPTURE_FILE)."],
         ["worker-index", None, None, "Internal: set by --workers in the processes it spawns.", int],
         ["worker-port", None, None, "Internal: the port a spawned worker shares.", int],
     ]
@@ -138,6 +140,7 @@ class Options(usage.Options):
             log_level=self["log-level"],
             model_aliases=tuple(self["model-aliases"]),
             workers=self["workers"],
+            capture_file=self["capture"],
         )
 
     def postOptions(self) -> None:
