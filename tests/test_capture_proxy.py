@@ -263,3 +263,48 @@ class CaptureTests(SynchronousTestCase):
     def test_capture_on_installs(self) -> None:
         proxy = self.proxy()
         self.assertTrue(issubclass(proxy.service.app.request_factory, CapturingRequest))
+
+
+class CaptureEdgeTests(SynchronousTestCase):
+    def test_inbound_bearer_redacted(self) -> None:
+        """
+        A bearer the configuration does not know (auth off) is redacted
+        too, in headers and payloads.
+        """
+        path = os.path.join(self.mktemp(), "cap.jsonl")
+        proxy = CapturedProxy(lambda upstream: openai_config(upstream, capture={"file": path}))
+        self.addCleanup(proxy.service.stopService)
+        bearer = "client-token-abcdef123456"
+        proxy.request("POST", "/v1/chat/completions", chat_request(f"echo {bearer}"),
+                      {"authorization": f"Bearer {bearer}"})
+        self.assertNotIn(bearer.encode(), proxy.raw())
+
+    def test_stalled_disk_never_stalls_requests(self) -> None:
+        """
+        With the disk stalled, requests are answered as before; what does
+        not fit the buffer is dropped and counted.
+        """
+        from tests.test_capture_writer import MemorySink
+
+        path = os.path.join(self.mktemp(), "cap.jsonl")
+        proxy = CapturedProxy(lambda upstream: openai_config(
+            upstream, capture={"file": path, "buffer_bytes": 4096}))
+        capture = proxy.service.capture
+        assert capture is not None
+        sink = MemorySink()
+        sink.gate.clear()
+        self.addCleanup(sink.gate.set)
+        capture.writer.sink = sink
+        capture.writer.join_timeout = 0.1
+        for i in range(50):
+            answer = _result(proxy.request("POST", "/v1/chat/completions",
+                                           chat_request(f"n{i}")))
+            self.assertEqual(answer.status, 200)
+        self.assertGreater(capture.writer.dropped_total, 100)
+        sink.gate.set()
+        capture.writer.drain()
+        _result(proxy.request("POST", "/v1/chat/completions", chat_request("after")))
+        capture.writer.drain()
+        notes = [e for e in sink.entries() if e["direction"] == "dropped"]
+        self.assertEqual(sum(n["metadata"]["dropped"] for n in notes),
+                         capture.writer.dropped_total)
