@@ -22,6 +22,7 @@ from llmproxy.testing import (
     Reply, Stream, backend_data, chat_chunks, chat_request, config_data, openai_config,
 )
 from tests.harness import Answer, MemoryProxy
+from tests.test_capture_writer import MemorySink
 
 PROXY_KEY = "pk-proxy-secret-1234"
 UPSTREAM_KEY = "sk-upstream-secret-5678"
@@ -284,8 +285,6 @@ class CaptureEdgeTests(SynchronousTestCase):
         With the disk stalled, requests are answered as before; what does
         not fit the buffer is dropped and counted.
         """
-        from tests.test_capture_writer import MemorySink
-
         path = os.path.join(self.mktemp(), "cap.jsonl")
         proxy = CapturedProxy(lambda upstream: openai_config(
             upstream, capture={"file": path, "buffer_bytes": 4096}))

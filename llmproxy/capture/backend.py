@@ -135,7 +135,8 @@ class CapturingBackend:
         capture.admit()
         attempt = _Attempt(capture, self, model, key)
         attempt.emit(OUTBOUND_REQUEST, False, content_type="application/json", body=body,
-                     metadata={"stream": stream, "timeout": timeout})
+                     metadata={"stream": stream, "timeout": timeout,
+                               "dialect": self.dialect, "type": self.config.type})
         d = self.inner.send(body, key, stream, timeout)
 
         def answered(response: IResponse) -> IResponse:

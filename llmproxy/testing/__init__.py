@@ -67,3 +67,6 @@ __all__ = [
     "FakeTokenEndpoint", "TokenCall", "listen_tokens",
 ]
 __all__ += ["FakeChatGPT", "listen_chatgpt"]
+from llmproxy.testing.replay import replay_captured  # noqa: E402
+
+__all__ += ["replay_captured"]
