@@ -158,8 +158,8 @@ class CaptureTests(SynchronousTestCase):
         self.assertTrue(client[-1]["metadata"]["completed"])
         sent = "".join(e["payload"] for e in client if e["direction"] == "stream_chunk")
         self.assertEqual(sent.encode(), answer.content)
-        upstream = [e for e in entries[1:] if e["source"] != "client" and e["destination"] == "proxy"
-                    and e["direction"].startswith("stream")]
+        upstream = [e for e in entries[1:] if e["source"] != "client"
+                    and e["destination"] == "proxy" and e["direction"].startswith("stream")]
         self.assertEqual(upstream[-1]["direction"], "stream_end")
         self.assertTrue(upstream[-1]["metadata"]["completed"])
 

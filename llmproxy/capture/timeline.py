@@ -138,7 +138,7 @@ def _describe(e: dict[str, Any]) -> str:
         return f"{route}  request, {e['content_length']} bytes: {_short(e.get('payload'))}"
     if d == OUTBOUND_REQUEST:
         return (f"{route}  attempt {e['attempt']} to {e['backend']}:{e['model']} "
-                f"(key {e['key_name']}), {e['content_length']} bytes: "
+                f"(key {e['key_name'] or '-'}), {e['content_length']} bytes: "
                 f"{_short(e.get('payload'))}")
     if d == INBOUND_RESPONSE:
         return (f"{route}  attempt {e['attempt']} answered {e['status']}, "
@@ -155,8 +155,8 @@ def _describe(e: dict[str, Any]) -> str:
         return f"{route}  stream ends, {how}"
     if d == ATTEMPT:
         took = meta.get("duration")
-        return (f"attempt {e['attempt']} ({e['backend']}:{e['model']}, key {e['key_name']}): "
-                f"{meta.get('outcome')}, status {e['status']}"
+        return (f"attempt {e['attempt']} ({e['backend']}:{e['model']}, "
+                f"key {e['key_name'] or '-'}): {meta.get('outcome')}, status {e['status']}"
                 + (f", {took:.3f} s" if isinstance(took, (int, float)) else "")
                 + (f", {meta['error']}" if meta.get("error") else ""))
     return f"{route}  {d}: {_short(meta)}"

@@ -138,14 +138,21 @@ def replay_captured(path: str, request_id: str) -> tuple[ClientResult, ClientRes
         if isinstance(backend, OpenAIBackend):
             backend.agent = cast(Any, upstream)
     client = MemoryAgent(sites[0])
-    d = Deferred.fromCoroutine(_send(client, captured))
+    got = _run(Deferred.fromCoroutine(_send(client, captured)), clock, client, upstream)
+    return normalised(expected_result(captured)), normalised(got)
+
+
+def _run(d: Deferred[ClientResult], clock: Clock, *agents: MemoryAgent) -> ClientResult:
+    """
+    Move bytes and time until C{d} has its result.
+    """
     results: list[ClientResult | Failure] = []
     d.addBoth(results.append)
     for _ in range(10000):
         if results:
             break
-        moved = client.flush() | upstream.flush()
-        if not moved:
+        moved = [agent.flush() for agent in agents]
+        if not any(moved):
             calls = clock.getDelayedCalls()
             if not calls:
                 break
@@ -156,7 +163,7 @@ def replay_captured(path: str, request_id: str) -> tuple[ClientResult, ClientRes
         results[0].raiseException()
     got = results[0]
     assert isinstance(got, ClientResult)
-    return normalised(expected_result(captured)), normalised(got)
+    return got
 
 
 async def _send(agent: MemoryAgent, captured: Captured) -> ClientResult:
