@@ -16,6 +16,7 @@ from twisted.python import usage
 from llmproxy import service
 from llmproxy.backends import REGISTRY
 from llmproxy.backends.base import IUpstreamReactor
+from llmproxy.capture.rotate import open_private
 from llmproxy.config import Config, ConfigError, Overrides, load_config, parse_tcp
 from llmproxy.config.reader import did_you_mean
 from llmproxy.startup import StartupError
@@ -149,10 +150,24 @@ class Options(usage.Options):
         except ConfigError as e:
             raise StartupError(str(e))
         self._apply_log_level()
+        self._check_capture()
         if self.config.workers > 1 and parse_tcp(self.config.listen) is None:
             raise StartupError(
                 f"workers: needs a plain tcp: listen endpoint, not {self.config.listen!r}"
             )
+
+    def _check_capture(self) -> None:
+        """
+        Make sure the capture file, if any, can be written, before anything
+        starts.
+        """
+        capture = self.config.capture
+        if capture is None:
+            return
+        try:
+            open_private(capture.file).close()
+        except OSError as e:
+            raise StartupError(f"capture: cannot write {capture.file}: {e.strerror}")
 
     def _apply_log_level(self) -> None:
         """

@@ -11,6 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from llmproxy.config import ConfigError
 from llmproxy.config.capture import CaptureConfig
+from llmproxy.startup import StartupError
 from llmproxy.tap import Options
 from llmproxy.testing import make_config
 
@@ -66,6 +67,21 @@ class CaptureConfigTests(SynchronousTestCase):
 
     def test_flag(self) -> None:
         self.patch(os, "environ", {})
+        path = os.path.join(self.mktemp(), "flag.jsonl")
         options = Options()
-        options.parseOptions(["--capture", "flag.jsonl"])
-        self.assertEqual(options.config.capture.file, "flag.jsonl")  # type: ignore[union-attr]
+        options.parseOptions(["--capture", path])
+        self.assertEqual(options.config.capture.file, path)  # type: ignore[union-attr]
+        self.assertTrue(os.path.exists(path))
+
+    def test_unwritable_file(self) -> None:
+        """
+        A capture file that cannot be written stops startup in one line.
+        """
+        self.patch(os, "environ", {})
+        blocker = self.mktemp()
+        with open(blocker, "w") as f:
+            f.write("a file, not a folder")
+        options = Options()
+        with self.assertRaises(StartupError) as e:
+            options.parseOptions(["--capture", os.path.join(blocker, "c.jsonl")])
+        self.assertIn("capture: cannot write", str(e.exception))

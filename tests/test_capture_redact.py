@@ -83,3 +83,58 @@ class RedactTests(SynchronousTestCase):
     def test_colliding_keys_kept(self) -> None:
         out = Redactor(["s1", "s2"]).value({"s1": 1, "s2": 2})
         self.assertEqual(sorted(out.values()), [1, 2])
+
+    def test_escaped_secret(self) -> None:
+        """
+        A secret the body writes with JSON escapes is not in its bytes but
+        in its strings: the line is redacted string by string.
+        """
+        escaped = "".join(f"\\u{ord(c):04x}" for c in SECRET)
+        body = ('{"messages": [{"content": "key ' + escaped + '"}]}').encode()
+        line = render(Record("inbound_request", 0.0, "a", "b", body=body,
+                             redactor=Redactor([SECRET])))
+        self.assertNotIn(SECRET.encode(), line)
+        self.assertEqual(json.loads(line)["payload"]["messages"][0]["content"],
+                         f"key {REDACTED}")
+
+    def test_one_line(self) -> None:
+        """
+        A pretty-printed JSON body is written on one line, the same JSON.
+        """
+        value = {"a": [1, 2, {"b": "x\ny"}]}
+        body = json.dumps(value, indent=2).encode()
+        line = render(Record("inbound_response", 0.0, "a", "b", body=body))
+        self.assertEqual(line.count(b"\n"), 1)
+        self.assertEqual(json.loads(line)["payload"], value)
+
+    def test_escaped_secret_in_stream(self) -> None:
+        """
+        The same in an SSE chunk: the event's JSON is written again,
+        redacted.
+        """
+        escaped = "".join(f"\\u{ord(c):04x}" for c in SECRET)
+        body = ('data: {"delta": "key ' + escaped + '"}\n\n').encode()
+        line = render(Record("stream_chunk", 0.0, "a", "b", body=body,
+                             redactor=Redactor([SECRET])))
+        text = json.loads(line)["payload"]
+        self.assertEqual(json.loads(text.split("\n")[0][5:]), {"delta": f"key {REDACTED}"})
+
+    @given(_json)
+    def test_no_secret_in_any_spelling(self, value: Any) -> None:
+        """
+        Whatever JSON escapes a body uses, a reader of the line never gets
+        the secret back.
+        """
+        redactor = Redactor([SECRET])
+        escaped = "".join(f"\\u{ord(c):04x}" for c in SECRET)
+        spelled = json.dumps(value).replace(SECRET, escaped)
+        for body in (json.dumps(value).encode(), json.dumps(value, ensure_ascii=False).encode(),
+                     spelled.encode(), b"data: " + spelled.encode() + b"\n\n"):
+            line = render(Record("inbound_request", 0.0, "a", "b", body=body,
+                                 redactor=redactor))
+            entry = json.loads(line)
+            self.assertNotIn(SECRET, json.dumps(entry, ensure_ascii=False))
+            payload_value = entry["payload"]
+            if isinstance(payload_value, str) and payload_value.startswith("data: "):
+                inner = json.loads(payload_value.split("\n")[0][6:])
+                self.assertNotIn(SECRET, json.dumps(inner, ensure_ascii=False))

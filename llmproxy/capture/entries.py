@@ -48,6 +48,10 @@ DROPPED = "dropped"
 #: What a record's size counts beyond its body, for the buffer's bound.
 OVERHEAD = 512
 
+#: Compact JSON (one encoder, made once: C{json.dumps} makes one per call
+#: when given options).
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
 
 @dataclass(slots=True)
 class Record:
@@ -97,10 +101,12 @@ def iso(at: float) -> str:
     return datetime.fromtimestamp(at, timezone.utc).isoformat().replace("+00:00", "Z")
 
 
-def payload(body: bytes, redactor: Redactor) -> Any:
+def payload(body: bytes, redactor: Redactor, deep: bool = True) -> Any:
     """
     A body as JSON where it parses, else text, else base64 (with the
-    C{$base64} marker), secrets redacted.
+    C{$base64} marker), secrets redacted: in the bytes, and when C{deep},
+    in every string of the parsed JSON too (a secret written with JSON
+    escapes only shows there).
     """
     body = redactor.data(body)
     try:
@@ -108,18 +114,60 @@ def payload(body: bytes, redactor: Redactor) -> Any:
     except UnicodeDecodeError:
         return {"$base64": base64.b64encode(body).decode("ascii")}
     try:
-        return redactor.value(json.loads(text))
-    except ValueError:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return _sse_escapes(text, redactor) if deep else text
+    return redactor.value(value) if deep else value
+
+
+def _sse_escapes(text: str, redactor: Redactor) -> str:
+    """
+    C{text} with each SSE C{data:} line whose JSON spells a secret with
+    escapes written again, redacted.
+    """
+    if "\\" not in text:
         return text
-    except RecursionError:
-        return text
+    lines = text.split("\n")
+    for i, line in enumerate(lines):
+        if not line.startswith("data:"):
+            continue
+        try:
+            value = json.loads(line[5:])
+        except (ValueError, RecursionError):
+            continue
+        if redactor.found(_encode(value).encode("utf-8")):
+            lines[i] = "data: " + _encode(redactor.value(value))
+    return "\n".join(lines)
 
 
 def render(record: Record, bodies: bool = True) -> bytes:
     """
     The JSON line of C{record}; without C{bodies}, no payload.
+
+    Secrets are replaced in the body's bytes, and the line is searched for
+    any left (one pass over the bytes); only a line that still holds one,
+    or whose body has escapes that could spell one, is redacted string by
+    string.
     """
     redactor = record.redactor or Redactor(())
+    body = record.body
+    if bodies and body is not None and redactor.secrets and _may_hide(body, redactor):
+        return _line(record, redactor, bodies, deep=True)
+    line = _line(record, redactor, bodies, deep=False)
+    if redactor.found(line):
+        line = _line(record, redactor, bodies, deep=True)
+    return line
+
+
+def _may_hide(body: bytes, redactor: Redactor) -> bool:
+    """
+    Whether JSON inside C{body} could spell a secret with escapes, so that
+    its bytes do not show it.
+    """
+    return b"\\u" in body or b"\\/" in body or (not redactor.plain and b"\\" in body)
+
+
+def _line(record: Record, redactor: Redactor, bodies: bool, deep: bool) -> bytes:
     body = record.body
     metadata = dict(record.metadata)
     if record.headers:
@@ -140,10 +188,30 @@ def render(record: Record, bodies: bool = True) -> bytes:
         "status": record.status,
         "content_type": record.content_type,
         "content_length": None if body is None else len(body),
-        "payload": payload(body, redactor) if body is not None and bodies else None,
-        "metadata": redactor.value(metadata),
+        "metadata": redactor.value(metadata) if deep else metadata,
     }
-    return json.dumps(entry, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+    raw = None if deep or body is None or not bodies else _json_text(redactor.data(body))
+    if raw is not None:
+        # The body is JSON text: written as it came, on one line.
+        head = _encode(entry).encode("utf-8")
+        return head[:-1] + b',"payload":' + raw + b"}\n"
+    entry["payload"] = payload(body, redactor, deep) if body is not None and bodies else None
+    return _encode(entry).encode("utf-8") + b"\n"
+
+
+def _json_text(body: bytes) -> bytes | None:
+    """
+    C{body} on one line, if it is a JSON object or array; else L{None}.
+    A line break in JSON text is whitespace (within strings it is
+    escaped), so it becomes a space.
+    """
+    if body.lstrip()[:1] not in (b"{", b"["):
+        return None
+    try:
+        json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    return body.replace(b"\n", b" ").replace(b"\r", b" ")
 
 
 def header(at: float, version: str, config_digest: str) -> bytes:

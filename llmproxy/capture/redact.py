@@ -28,6 +28,9 @@ class Redactor:
     def __init__(self, secrets: Iterable[str]) -> None:
         self.secrets = tuple(sorted({s for s in secrets if s}, key=len, reverse=True))
         self._raw = tuple(s.encode("utf-8") for s in self.secrets)
+        #: Whether no secret holds a character JSON must escape, so that a
+        #: secret inside JSON text without C{\\u} escapes shows in its bytes.
+        self.plain = not any(c in '"\\' or c < " " for s in self.secrets for c in s)
 
     def text(self, text: str) -> str:
         """
@@ -46,6 +49,12 @@ class Redactor:
             if secret in data:
                 data = data.replace(secret, REDACTED.encode())
         return data
+
+    def found(self, data: bytes) -> bool:
+        """
+        Whether C{data} holds a secret.
+        """
+        return any(secret in data for secret in self._raw)
 
     def value(self, value: Any) -> Any:
         """
