@@ -184,6 +184,17 @@ class Options(usage.Options):
         parent["logger"] = f"llmproxy.logs.{level}"
 
 
+def worker_capture(config: Config, index: int | None) -> Config:
+    """
+    C{config} for the process of worker C{index}: with capture on, each
+    spawned worker writes (and rotates) a file of its own, C{FILE.worker-N}.
+    """
+    if index is None or config.capture is None:
+        return config
+    return replace(config, capture=replace(config.capture,
+                                           file=f"{config.capture.file}.worker-{index}"))
+
+
 def makeService(options: Options, reactor: IProxyReactor | None = None) -> service.ProxyService:
     """
     The twistd entry point.  With C{--workers N}, this process and N-1
@@ -193,8 +204,8 @@ def makeService(options: Options, reactor: IProxyReactor | None = None) -> servi
         from twisted.internet import reactor as _reactor
 
         reactor = cast(IProxyReactor, _reactor)
-    config = options.config
     index = options["worker-index"]
+    config = worker_capture(options.config, index)
     if config.workers <= 1 and index is None:
         return service.makeService(config, reactor)
     address = parse_tcp(config.listen)

@@ -5,14 +5,15 @@ The C{capture} section, C{--capture}, C{CAPTURE_FILE} and its alias.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, cast
 
+from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
 from llmproxy.config import ConfigError
 from llmproxy.config.capture import CaptureConfig
 from llmproxy.startup import StartupError
-from llmproxy.tap import Options
+from llmproxy.tap import Options, makeService, worker_capture
 from llmproxy.testing import make_config
 
 
@@ -85,3 +86,19 @@ class CaptureConfigTests(SynchronousTestCase):
         with self.assertRaises(StartupError) as e:
             options.parseOptions(["--capture", os.path.join(blocker, "c.jsonl")])
         self.assertIn("capture: cannot write", str(e.exception))
+
+    def test_workers_write_their_own_file(self) -> None:
+        """
+        A spawned worker writes C{FILE.worker-N}; the first process, FILE.
+        """
+        self.patch(os, "environ", {})
+        path = os.path.join(self.mktemp(), "c.jsonl")
+        options = Options()
+        options.parseOptions(["--capture", path, "--workers", "2"])
+        self.assertEqual(worker_capture(options.config, None), options.config)
+        spawned = worker_capture(options.config, 1).capture
+        assert spawned is not None
+        self.assertEqual(spawned.file, path + ".worker-1")
+        service = makeService(options, reactor=cast(Any, MemoryReactorClock()))
+        assert service.capture is not None
+        self.assertEqual(service.capture.recorder.config.file, path)

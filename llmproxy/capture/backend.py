@@ -23,6 +23,7 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IResponse
 
 from llmproxy.backends.base import Backend
+from llmproxy.capture.chunks import ChunkCarry
 from llmproxy.capture.entries import (
     INBOUND_RESPONSE, OUTBOUND_REQUEST, STREAM_CHUNK, STREAM_END, STREAM_START, Record, pairs,
 )
@@ -46,11 +47,14 @@ class _Attempt:
         capture.attempts += 1
         self.number = capture.attempts
 
-    def emit(self, direction: str, inbound: bool, **fields: Any) -> None:
+    def record(self, direction: str, inbound: bool, **fields: Any) -> Record:
         source, destination = (self.upstream, "proxy") if inbound else ("proxy", self.upstream)
-        self.capture.emit(Record(
+        return Record(
             direction, self.clock.seconds(), source, destination, backend=self.backend,
-            model=self.model, key_name=self.key_name, attempt=self.number, **fields))
+            model=self.model, key_name=self.key_name, attempt=self.number, **fields)
+
+    def emit(self, direction: str, inbound: bool, **fields: Any) -> None:
+        self.capture.emit(self.record(direction, inbound, **fields))
 
 
 class _Tee(Protocol):
@@ -65,13 +69,16 @@ class _Tee(Protocol):
         self.response = response
         self.stream = stream
         self.chunks: list[bytes] = []
+        capture = attempt.capture
+        self.held = ChunkCarry(capture.emit, capture.redactor.raw)
 
     def makeConnection(self, transport: ITransport) -> None:
         self.inner.makeConnection(transport)
 
     def dataReceived(self, data: bytes) -> None:
         if self.stream:
-            self.attempt.emit(STREAM_CHUNK, True, status=self.response.code, body=data)
+            self.held.add(self.attempt.record(STREAM_CHUNK, True, status=self.response.code,
+                                              body=data))
         else:
             self.chunks.append(data)
         self.inner.dataReceived(data)
@@ -82,6 +89,7 @@ class _Tee(Protocol):
         if not completed:
             end["error"] = f"{type(reason.value).__name__}: {reason.value}"
         if self.stream:
+            self.held.flush()
             self.attempt.emit(STREAM_END, True, status=self.response.code, metadata=end)
         else:
             self.attempt.emit(INBOUND_RESPONSE, True, status=self.response.code,

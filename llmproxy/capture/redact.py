@@ -28,6 +28,8 @@ class Redactor:
     def __init__(self, secrets: Iterable[str]) -> None:
         self.secrets = tuple(sorted({s for s in secrets if s}, key=len, reverse=True))
         self._raw = tuple(s.encode("utf-8") for s in self.secrets)
+        #: The secrets as UTF-8 bytes.
+        self.raw = self._raw
         #: Whether no secret holds a character JSON must escape, so that a
         #: secret inside JSON text without C{\\u} escapes shows in its bytes.
         self.plain = not any(c in '"\\' or c < " " for s in self.secrets for c in s)

@@ -16,6 +16,7 @@ from typing import Any
 
 from twisted.python.failure import Failure
 
+from llmproxy.capture.chunks import ChunkCarry
 from llmproxy.capture.entries import (
     INBOUND_REQUEST, OUTBOUND_RESPONSE, STREAM_CHUNK, STREAM_END, STREAM_START, Record, pairs,
 )
@@ -37,6 +38,7 @@ class CapturingRequest(ProxyRequest):
     _streamed = False
     _ended = False
     _sent: list[bytes] | None = None
+    _chunks: ChunkCarry | None = None
 
     def process(self) -> None:
         body = b""
@@ -82,11 +84,12 @@ class CapturingRequest(ProxyRequest):
         if self._sent is None and not self._streamed:
             if (self._reply_header(b"content-type") or "").startswith("text/event-stream"):
                 self._streamed = True
+                self._chunks = ChunkCarry(capture.emit, capture.redactor.raw)
                 capture.emit(self._out(STREAM_START))
             else:
                 self._sent = []
-        if self._streamed:
-            capture.emit(self._out(STREAM_CHUNK, body=data, headers=False))
+        if self._chunks is not None:
+            self._chunks.add(self._out(STREAM_CHUNK, body=data, headers=False))
         else:
             assert self._sent is not None
             self._sent.append(data)
@@ -96,7 +99,8 @@ class CapturingRequest(ProxyRequest):
         metadata: dict[str, Any] = {"completed": error is None}
         if error is not None:
             metadata["error"] = error
-        if self._streamed:
+        if self._chunks is not None:
+            self._chunks.flush()
             capture.emit(self._out(STREAM_END, headers=False, metadata=metadata))
         else:
             capture.emit(self._out(OUTBOUND_RESPONSE, body=b"".join(self._sent or ()),
