@@ -48,6 +48,9 @@ DROPPED = "dropped"
 #: What a record's size counts beyond its body, for the buffer's bound.
 OVERHEAD = 512
 
+#: How a JSON text can begin.
+_JSON_STARTS = tuple(bytes([c]) for c in b'{["-0123456789tfn')
+
 #: Compact JSON (one encoder, made once: C{json.dumps} makes one per call
 #: when given options).
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
@@ -113,6 +116,8 @@ def payload(body: bytes, redactor: Redactor, deep: bool = True) -> Any:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         return {"$base64": base64.b64encode(body).decode("ascii")}
+    if body.lstrip()[:1] not in _JSON_STARTS:
+        return _sse_escapes(text, redactor) if deep else text  # an event stream's text
     try:
         value = json.loads(text)
     except (ValueError, RecursionError):
@@ -190,7 +195,9 @@ def _line(record: Record, redactor: Redactor, bodies: bool, deep: bool) -> bytes
         "content_length": None if body is None else len(body),
         "metadata": redactor.value(metadata) if deep else metadata,
     }
-    raw = None if deep or body is None or not bodies else _json_text(redactor.data(body))
+    if body is not None and bodies:
+        body = redactor.data(body)
+    raw = None if deep or body is None or not bodies else _json_text(body)
     if raw is not None:
         # The body is JSON text: written as it came, on one line.
         head = _encode(entry).encode("utf-8")

@@ -8,6 +8,7 @@ kept.  Credential headers are redacted whatever they hold.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Iterable
 
 REDACTED = "[REDACTED]"
@@ -30,6 +31,8 @@ class Redactor:
         self._raw = tuple(s.encode("utf-8") for s in self.secrets)
         #: The secrets as UTF-8 bytes.
         self.raw = self._raw
+        self._any = re.compile(b"|".join(re.escape(s) for s in self._raw)) if self._raw \
+            else None
         #: Whether no secret holds a character JSON must escape, so that a
         #: secret inside JSON text without C{\\u} escapes shows in its bytes.
         self.plain = not any(c in '"\\' or c < " " for s in self.secrets for c in s)
@@ -47,6 +50,8 @@ class Redactor:
         """
         C{data} with every secret's UTF-8 bytes replaced.
         """
+        if self._any is None or self._any.search(data) is None:
+            return data
         for secret in self._raw:
             if secret in data:
                 data = data.replace(secret, REDACTED.encode())
@@ -56,7 +61,7 @@ class Redactor:
         """
         Whether C{data} holds a secret.
         """
-        return any(secret in data for secret in self._raw)
+        return self._any is not None and self._any.search(data) is not None
 
     def value(self, value: Any) -> Any:
         """
