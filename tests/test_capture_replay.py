@@ -70,6 +70,15 @@ class ShowTests(SynchronousTestCase):
         self.assertIn('text: "Hello"', text)
         self.assertLess(text.index("attempt 1 to"), text.index("attempt 2 to"))
 
+    def test_drops_said(self) -> None:
+        file, rid = capture(self, [], chat_request())
+        with open(file, "ab") as f:
+            f.write(b'{"seq":99,"direction":"dropped","request_id":null,'
+                    b'"metadata":{"dropped":7}}\n')
+        out = io.StringIO()
+        self.assertEqual(main(["show", file], out), 0)
+        self.assertIn("7 entries of this file were dropped", out.getvalue())
+
     def test_no_match(self) -> None:
         file, _ = capture(self, [], chat_request())
         self.assertEqual(main(["show", file, "--session", "nope"], io.StringIO()), 1)

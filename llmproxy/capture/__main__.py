@@ -15,7 +15,7 @@ import sys
 from typing import Sequence, TextIO
 
 from llmproxy.capture.replay import serve_forever
-from llmproxy.capture.timeline import read_requests, timeline
+from llmproxy.capture.timeline import read_capture, timeline
 from llmproxy.capture.totest import write_test
 
 
@@ -23,7 +23,7 @@ def show(path: str, request_id: str | None, session: str | None, out: TextIO) ->
     """
     Print the timelines of the requests of C{path} that match.
     """
-    requests = read_requests(path)
+    requests, dropped = read_capture(path)
     chosen = [c for c in requests.values()
               if (request_id is None or c.request_id == request_id)
               and (session is None or c.session_id == session)]
@@ -31,6 +31,9 @@ def show(path: str, request_id: str | None, session: str | None, out: TextIO) ->
         print(f"{path}: no request matches", file=sys.stderr)
         return 1
     out.write("\n\n".join(timeline(c) for c in chosen) + "\n")
+    if dropped:
+        out.write(f"\n{dropped} entries of this file were dropped: the disk was slower than "
+                  "the traffic, so some requests are incomplete\n")
     return 0
 
 

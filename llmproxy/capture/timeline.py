@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
 from llmproxy.capture.entries import (
-    ATTEMPT, INBOUND_REQUEST, INBOUND_RESPONSE, OUTBOUND_REQUEST, OUTBOUND_RESPONSE,
+    ATTEMPT, DROPPED, INBOUND_REQUEST, INBOUND_RESPONSE, OUTBOUND_REQUEST, OUTBOUND_RESPONSE,
     STREAM_CHUNK, STREAM_END, STREAM_START,
 )
 
@@ -65,15 +65,26 @@ def read_requests(path: str) -> dict[str, Captured]:
     """
     The requests of a capture file, by id, in the order they arrived.
     """
+    return read_capture(path)[0]
+
+
+def read_capture(path: str) -> tuple[dict[str, Captured], int]:
+    """
+    The requests of a capture file, by id, in the order they arrived, and
+    how many entries its C{dropped} entries say were lost.
+    """
     requests: dict[str, Captured] = {}
+    dropped = 0
     with open(path, "rb") as f:
         for entry in read_entries(f):
             rid = entry.get("request_id")
             if rid is not None:
                 requests.setdefault(rid, Captured(rid)).entries.append(entry)
+            elif entry.get("direction") == DROPPED:
+                dropped += int((entry.get("metadata") or {}).get("dropped", 0))
     for captured in requests.values():
         captured.entries.sort(key=lambda e: e["seq"])
-    return requests
+    return requests, dropped
 
 
 def stream_text(chunks: Iterable[dict[str, Any]]) -> str:
@@ -186,4 +197,4 @@ def _short(value: Any) -> str:
     return text if len(text) <= SHOWN else text[:SHOWN] + "..."
 
 
-__all__ = ["Captured", "read_entries", "read_requests", "spelled", "stream_text", "timeline"]
+__all__ = ["Captured", "read_capture", "read_entries", "read_requests", "spelled", "stream_text", "timeline"]
