@@ -139,6 +139,19 @@ class ReplayTests(SynchronousTestCase):
         expected, got = replay_captured(file, rid)
         self.assertEqual(got, expected)
 
+    def test_order_per_session(self) -> None:
+        """
+        A body that matches no digest gets the next answer of its session.
+        """
+        answers = [CannedAnswer("/chat/completions", "d1", 200, session="a"),
+                   CannedAnswer("/chat/completions", "d2", 200, session="b"),
+                   CannedAnswer("/chat/completions", "d3", 200, session="b")]
+        upstream = ReplayUpstream(answers, Clock())
+        self.assertIs(upstream.match("/v1/chat/completions", "x", "b"), answers[1])
+        self.assertIs(upstream.match("/v1/chat/completions", "x", "a"), answers[0])
+        self.assertIs(upstream.match("/v1/chat/completions", "x", "c"), answers[2])
+        self.assertIsNone(upstream.match("/v1/chat/completions", "x", "b"))
+
     def test_match_by_digest_then_order(self) -> None:
         file, rid = capture(self, [DOWN], chat_request(model="gpt-x"), **FAILOVER)
         upstream = ReplayUpstream.from_file(file, reactor)

@@ -3,7 +3,8 @@
 The captured upstream answers, served again: L{ReplayUpstream} is a fake
 OpenAI upstream answering each request with the captured answer of the
 attempt that sent the same body (method, path and a digest of the body's
-JSON), or else with the next unused captured answer, in capture order.
+JSON), or else with the next unused captured answer of the request's
+session (a C{prompt_cache_key}, say), or else of any, in capture order.
 
 Whole answers come back with their status, content type and payload;
 streams chunk by chunk, with their captured pacing unless C{fast}, cut
@@ -54,6 +55,7 @@ class CannedAnswer:
     completed: bool = True
     outcome: str | None = None
     model: str | None = None
+    session: str | None = None
     used: bool = field(default=False, compare=False)
 
 
@@ -99,7 +101,7 @@ def _attempt_answer(captured: Captured, number: int) -> CannedAnswer | None:
     answer = CannedAnswer(
         PATHS.get(sent["metadata"].get("dialect"), "/chat/completions"),
         body_digest(sent["payload"]) if sent.get("payload") is not None else None,
-        None, outcome=outcome, model=sent.get("model"))
+        None, outcome=outcome, model=sent.get("model"), session=captured.session_id)
     for e in side:
         d = e["direction"]
         if d == INBOUND_RESPONSE:
@@ -148,11 +150,12 @@ class ReplayUpstream(Resource):
         path = request.path.decode("latin-1")
         assert request.content is not None
         try:
-            digest: str | None = body_digest(json.loads(request.content.read()))
+            body = json.loads(request.content.read())
         except ValueError:
-            digest = None
+            body = None
+        digest = None if body is None else body_digest(body)
         self.requests.append((path, digest))
-        answer = self.match(path, digest)
+        answer = self.match(path, digest, _session(request, body))
         if answer is None:
             request.setResponseCode(404)
             request.setHeader(b"content-type", b"application/json")
@@ -160,15 +163,19 @@ class ReplayUpstream(Resource):
                                          "replay", "param": None, "code": None}}).encode()
         return self._perform(request, answer)
 
-    def match(self, path: str, digest: str | None) -> CannedAnswer | None:
+    def match(self, path: str, digest: str | None,
+              session: str | None = None) -> CannedAnswer | None:
         """
         The unused answer to the same body, else the next unused one for
-        the path, else the next unused one.
+        the path in the request's session, else for the path, else the
+        next unused one.
         """
         unused = [a for a in self.answers if not a.used]
-        for candidates in ([a for a in unused if a.path == path[-len(a.path):]
-                            and a.digest == digest and digest is not None],
-                           [a for a in unused if path.endswith(a.path)], unused):
+        for_path = [a for a in unused if path.endswith(a.path)]
+        for candidates in ([a for a in for_path if a.digest == digest and digest is not None],
+                           [a for a in for_path if session is not None
+                            and a.session == session],
+                           for_path, unused):
             if candidates:
                 candidates[0].used = True
                 return candidates[0]
@@ -202,6 +209,24 @@ class ReplayUpstream(Resource):
             request.finish()
         else:
             _abort(request)
+
+
+def _session(request: Request, body: Any) -> str | None:
+    """
+    The session a request to the upstream names, as capture reads it on
+    the client side (L{llmproxy.capture.request}): a C{session_id} or
+    C{x-session-id} header, else the body's C{session_id} or
+    C{prompt_cache_key}.
+    """
+    for name in (b"session_id", b"x-session-id"):
+        value = request.getHeader(name)
+        if value is not None:
+            return value.decode("latin-1")
+    if isinstance(body, dict):
+        for key in ("session_id", "prompt_cache_key"):
+            if isinstance(body.get(key), str):
+                return str(body[key])
+    return None
 
 
 def _abort(request: Request) -> None:
