@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+from dataclasses import replace
 from typing import Any, Callable, Mapping
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -17,6 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from llmproxy.backends.openai import OpenAIBackend
 from llmproxy.capture.backend import CapturingBackend
 from llmproxy.capture.request import CapturingRequest
+from llmproxy.config import ApiKey
 from llmproxy.frontends.site import ProxyRequest
 from llmproxy.testing import (
     Reply, Stream, backend_data, chat_chunks, chat_request, config_data, openai_config,
@@ -307,3 +309,26 @@ class CaptureEdgeTests(SynchronousTestCase):
         notes = [e for e in sink.entries() if e["direction"] == "dropped"]
         self.assertEqual(sum(n["metadata"]["dropped"] for n in notes),
                          capture.writer.dropped_total)
+
+    def test_reload_redacts_new_keys(self) -> None:
+        """
+        After a reload, the new configuration's keys are redacted too.
+        """
+        path = os.path.join(self.mktemp(), "cap.jsonl")
+        proxy = CapturedProxy(lambda upstream: openai_config(
+            upstream, keys=(UPSTREAM_KEY,), capture={"file": path}))
+        self.addCleanup(proxy.service.stopService)
+        capture = proxy.service.capture
+        assert capture is not None
+        first = capture.recorder.redactor()
+        self.assertIs(capture.recorder.redactor([UPSTREAM_KEY]), first)
+        config = proxy.service.config
+        backend = replace(config.backends["openai"], keys=(ApiKey("openai#1", OTHER_KEY),))
+        proxy.service.use_config(replace(config, backends={"openai": backend}))
+        for backend in proxy.service.app.runtime.upstreams.backends.values():
+            inner = getattr(backend, "inner", None)
+            if isinstance(inner, OpenAIBackend):
+                inner.agent = proxy._upstream  # type: ignore[assignment]
+        proxy.request("POST", "/v1/chat/completions", chat_request(f"say {OTHER_KEY}"))
+        self.assertNotIn(OTHER_KEY.encode(), proxy.raw())
+        self.assertIn(OTHER_KEY, capture.recorder.redactor().secrets)

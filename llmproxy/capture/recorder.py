@@ -104,17 +104,19 @@ class Recorder:
         self.clock = writer.clock
         self._ids = itertools.count(1)
         self._prefix = os.urandom(3).hex()
-        self._secrets: tuple[Config | None, frozenset[str]] = (None, frozenset())
+        self._redactor: tuple[Config | None, Redactor] = (None, Redactor(()))
 
-    def secrets(self) -> frozenset[str]:
+    def redactor(self, bearers: Iterable[str] = ()) -> Redactor:
         """
-        The current configuration's secrets (computed once per
-        configuration).
+        The redactor of the current configuration's secrets (made once per
+        configuration), with C{bearers} too when they are not among them.
         """
         config = self.current()
-        if self._secrets[0] is not config:
-            self._secrets = (config, config_secrets(config))
-        return self._secrets[1]
+        if self._redactor[0] is not config:
+            self._redactor = (config, Redactor(config_secrets(config)))
+        redactor = self._redactor[1]
+        extra = set(bearers).difference(redactor.secrets)
+        return Redactor(redactor.secrets + tuple(extra)) if extra else redactor
 
     def begin(
         self, session_id: str | None, model: str | None, bearers: Iterable[str]
@@ -128,7 +130,7 @@ class Recorder:
             return None
         admitted = not (c.backends or c.models) or (not c.backends and model in c.models)
         return RequestCapture(self, f"{self._prefix}-{next(self._ids)}", session_id, model,
-                              Redactor(self.secrets() | set(bearers)), admitted)
+                              self.redactor(bearers), admitted)
 
     def wants(self, capture: RequestCapture, backend: str, model: str | None) -> bool:
         """

@@ -68,5 +68,4 @@ __all__ = [
 ]
 __all__ += ["FakeChatGPT", "listen_chatgpt"]
 from llmproxy.testing.replay import replay_captured  # noqa: E402
-
 __all__ += ["replay_captured"]
