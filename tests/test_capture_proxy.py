@@ -332,3 +332,21 @@ class CaptureEdgeTests(SynchronousTestCase):
         proxy.request("POST", "/v1/chat/completions", chat_request(f"say {OTHER_KEY}"))
         self.assertNotIn(OTHER_KEY.encode(), proxy.raw())
         self.assertIn(OTHER_KEY, capture.recorder.redactor().secrets)
+
+    def test_models_filter(self) -> None:
+        """
+        Only the requests for a named model (the client's, or an
+        attempt's) are captured.
+        """
+        path = os.path.join(self.mktemp(), "cap.jsonl")
+        proxy = CapturedProxy(lambda upstream: openai_config(
+            upstream, capture={"file": path, "models": ["wanted", "upstream-m"]},
+            model_aliases=[{"pattern": "^alias$", "replacement": "upstream-m"}]))
+        self.addCleanup(proxy.service.stopService)
+        for model in ("other", "wanted", "alias"):
+            proxy.request("POST", "/v1/chat/completions", chat_request(model=model))
+        entries = proxy.entries()[1:]
+        requests = {e["request_id"]: e["model"] for e in entries
+                    if e["direction"] == "inbound_request"}
+        self.assertEqual(sorted(requests.values()), ["alias", "wanted"])
+        self.assertEqual(len({e["request_id"] for e in entries}), 2)
