@@ -6,7 +6,7 @@ setup(
     description="OpenAI-compatible LLM proxy on Twisted",
     package_dir={"": "."},
     packages=[
-        "llmproxy", "llmproxy.adapt", "llmproxy.backends", "llmproxy.config",
+        "llmproxy", "llmproxy.adapt", "llmproxy.backends", "llmproxy.capture", "llmproxy.config",
         "llmproxy.exchange", "llmproxy.frontends", "llmproxy.routing", "llmproxy.testing",
         "llmproxy.translate",
         "twisted.plugins",

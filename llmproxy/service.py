@@ -19,6 +19,7 @@ from twisted.web.server import Site
 
 from llmproxy.backends import REGISTRY, BackendContext, Registry
 from llmproxy.backends.base import IUpstreamReactor
+from llmproxy.capture.install import Capture
 from llmproxy.config import Config
 from llmproxy.exchange.runtime import BackendFactory, Runtime, Upstreams, live_upstreams
 from llmproxy.frontends import ProxyApp
@@ -117,7 +118,14 @@ class ProxyService(MultiService):
         clock = clock or reactor
         self.pool = make_pool(config, reactor)
         self._make_backend = _backends(self.pool, reactor, clock, registry)
+        self.capture: Capture | None = None
+        if config.capture is not None:
+            self.capture = Capture(config.capture, clock, config, lambda: self.config)
+            self._make_backend = self.capture.backends(self._make_backend)
         self.app = ProxyApp(config, live_upstreams(config, self._make_backend, clock), clock)
+        if self.capture is not None:
+            self.capture.attach(self.app)
+            self.capture.writer.setServiceParent(self)  # stopped last: flushes the rest
         PoolService(self.pool).setServiceParent(self)
         if listener is None:
             endpoint = endpoints.serverFromString(reactor, with_backlog(config.listen))

@@ -16,6 +16,7 @@ from twisted.python import usage
 from llmproxy import service
 from llmproxy.backends import REGISTRY
 from llmproxy.backends.base import IUpstreamReactor
+from llmproxy.capture.rotate import open_private
 from llmproxy.config import Config, ConfigError, Overrides, load_config, parse_tcp
 from llmproxy.config.reader import did_you_mean
 from llmproxy.startup import StartupError
@@ -68,6 +69,8 @@ class Options(usage.Options):
         ["log-level", None, None, "debug, info, warn or error."],
         ["workers", None, None, "Processes serving the (tcp:) listening port together, "
                                 "via SO_REUSEPORT.", _integer("--workers")],
+        ["capture", None, None, "Write what crosses the wire to this JSONL file, secrets "
+                                "redacted (env CAPTURE_FILE)."],
         ["worker-index", None, None, "Internal: set by --workers in the processes it spawns.", int],
         ["worker-port", None, None, "Internal: the port a spawned worker shares.", int],
     ]
@@ -138,6 +141,7 @@ class Options(usage.Options):
             log_level=self["log-level"],
             model_aliases=tuple(self["model-aliases"]),
             workers=self["workers"],
+            capture_file=self["capture"],
         )
 
     def postOptions(self) -> None:
@@ -146,10 +150,24 @@ class Options(usage.Options):
         except ConfigError as e:
             raise StartupError(str(e))
         self._apply_log_level()
+        self._check_capture()
         if self.config.workers > 1 and parse_tcp(self.config.listen) is None:
             raise StartupError(
                 f"workers: needs a plain tcp: listen endpoint, not {self.config.listen!r}"
             )
+
+    def _check_capture(self) -> None:
+        """
+        Make sure the capture file, if any, can be written, before anything
+        starts.
+        """
+        capture = self.config.capture
+        if capture is None:
+            return
+        try:
+            open_private(capture.file).close()
+        except OSError as e:
+            raise StartupError(f"capture: cannot write {capture.file}: {e.strerror}")
 
     def _apply_log_level(self) -> None:
         """
@@ -166,6 +184,17 @@ class Options(usage.Options):
         parent["logger"] = f"llmproxy.logs.{level}"
 
 
+def worker_capture(config: Config, index: int | None) -> Config:
+    """
+    C{config} for the process of worker C{index}: with capture on, each
+    spawned worker writes (and rotates) a file of its own, C{FILE.worker-N}.
+    """
+    if index is None or config.capture is None:
+        return config
+    return replace(config, capture=replace(config.capture,
+                                           file=f"{config.capture.file}.worker-{index}"))
+
+
 def makeService(options: Options, reactor: IProxyReactor | None = None) -> service.ProxyService:
     """
     The twistd entry point.  With C{--workers N}, this process and N-1
@@ -175,8 +204,8 @@ def makeService(options: Options, reactor: IProxyReactor | None = None) -> servi
         from twisted.internet import reactor as _reactor
 
         reactor = cast(IProxyReactor, _reactor)
-    config = options.config
     index = options["worker-index"]
+    config = worker_capture(options.config, index)
     if config.workers <= 1 and index is None:
         return service.makeService(config, reactor)
     address = parse_tcp(config.listen)

@@ -20,6 +20,7 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from llmproxy.config.backends import backends_and_default
+from llmproxy.config.capture import capture_config
 from llmproxy.config.listen import (
     check_exposure, check_personal_accounts, listen_problem, port_problem, without_self_loop,
 )
@@ -448,6 +449,7 @@ def build_config(
         responses_store_ttl=store_ttl,
         workers=_workers(overrides, yaml_values.workers),
         allow_remote_codex=bool(top.get("allow_remote_codex", bool, False)),
+        capture=capture_config(top, overrides.capture_file, env),
         warnings=(*top.warnings, *warnings),
     )
     top.finish()

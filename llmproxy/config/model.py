@@ -11,7 +11,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+if TYPE_CHECKING:
+    from llmproxy.config.capture import CaptureConfig
 
 DEFAULT_LISTEN = "tcp:8000:interface=127.0.0.1"
 #: The name of the backend the OpenAI SDK's environment variables configure
@@ -241,6 +244,7 @@ class Config:
     responses_store_ttl: float = 3600.0
     workers: int = 1
     allow_remote_codex: bool = False
+    capture: CaptureConfig | None = None
     warnings: tuple[str, ...] = ()
 
     @property
@@ -268,6 +272,7 @@ class Overrides:
     log_level: str | None = None
     model_aliases: tuple[str, ...] = ()
     workers: int | None = None
+    capture_file: str | None = None
 
 
 def _check_template(compiled: re.Pattern[str], replacement: str) -> None:

@@ -67,6 +67,8 @@ class ProxyApp:
                                             config.responses_store_ttl)
         self.events = ExchangeEvents()
         self.listing = ModelListing(clock)
+        #: The site's request class (capture puts its own).
+        self.request_factory: type[ProxyRequest] = ProxyRequest
         if config.access_log:
             self.events.addObserver(AccessLog())
 
@@ -86,7 +88,7 @@ class ProxyApp:
         # No form parsing: every body is JSON, and Twisted's Content-Type
         # check for forms costs an email.message per request.
         return ProxySite(Root(self.hot_routes(), self.app.resource(), self.log), self.events,
-                         self.clock, self.admit, requestFactory=ProxyRequest,
+                         self.clock, self.admit, requestFactory=self.request_factory,
                          parsePOSTFormSubmission=False)
 
     def admit(self, request: http.Request, path: bytes) -> int:

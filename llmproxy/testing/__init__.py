@@ -71,3 +71,5 @@ from llmproxy.testing.outage import UNAVAILABLE, Outage  # noqa: E402
 __all__ += ["Outage", "UNAVAILABLE"]
 from llmproxy.testing.continuation import Speak, SpeakingOpenAI, listen_speaking  # noqa: E402
 __all__ += ["Speak", "SpeakingOpenAI", "listen_speaking"]
+from llmproxy.testing.replay import replay_captured  # noqa: E402
+__all__ += ["replay_captured"]
