@@ -10,6 +10,7 @@ import re
 from typing import Callable, cast
 
 from twisted.application.service import MultiService, Service
+from twisted.application.internet import TimerService
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorCore, IReactorTime
@@ -97,6 +98,22 @@ class PoolService(Service):
         return self.pool.closeCachedConnections()
 
 
+#: How often idle conversations are forgotten (seconds).
+SESSION_EXPIRY = 60.0
+
+
+class _Periodic(TimerService):
+    """
+    A L{TimerService} that may be stopped without having been started (as
+    a service built and torn down in a test is).
+    """
+
+    def stopService(self) -> Deferred[None] | None:
+        if not self.running:
+            return None
+        return super().stopService()
+
+
 class ProxyService(MultiService):
     """
     The whole proxy.  After start, C{app} is the web application and
@@ -127,6 +144,9 @@ class ProxyService(MultiService):
             self.capture.attach(self.app)
             self.capture.writer.setServiceParent(self)  # stopped last: flushes the rest
         PoolService(self.pool).setServiceParent(self)
+        expiry = _Periodic(SESSION_EXPIRY, lambda: self.app.runtime.sessions.expire())
+        expiry.clock = clock
+        expiry.setServiceParent(self)
         if listener is None:
             endpoint = endpoints.serverFromString(reactor, with_backlog(config.listen))
             self.endpoint_service: Service = ListenService(

@@ -10,7 +10,7 @@ import sys
 from typing import Any, Mapping
 
 from twisted.application.service import IServiceMaker, MultiService
-from twisted.internet.testing import MemoryReactor
+from twisted.internet.testing import MemoryReactorClock
 from twisted.plugin import getPlugins
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -185,7 +185,7 @@ class PluginTests(TapTestCase):
         C{makeService} returns a L{MultiService} that listens on the
         configured endpoint when started and stops cleanly.
         """
-        reactor = MemoryReactor()
+        reactor = MemoryReactorClock()
         options = self.parse("--listen", "tcp:8123:interface=127.0.0.1")
         service = makeService(options, reactor=reactor)
         self.assertIsInstance(service, MultiService)
@@ -199,7 +199,7 @@ class PluginTests(TapTestCase):
         self.assertFalse(service.running)
 
     def test_make_service_unix(self) -> None:
-        reactor = MemoryReactor()
+        reactor = MemoryReactorClock()
         service = makeService(self.parse("--listen", "unix:/tmp/llmproxy-test.sock"),
                               reactor=reactor)
         service.startService()

@@ -51,6 +51,7 @@ from llmproxy.exchange.reply import (
 )
 from llmproxy.exchange.runtime import Runtime
 from llmproxy.exchange.transform import UsageTap, choose_transform, response_id
+from llmproxy.routing.conversation import Conversation
 from llmproxy.routing.resolve import Route, Target
 from llmproxy.translate.content import answer_starts
 from llmproxy.translate.transforms import Transform
@@ -73,6 +74,8 @@ class Call:
     raw: bytes
     history: tuple[Mapping[str, Any], ...] | None = ()
     on_response: Callable[[bytes], None] | None = None
+    #: The conversation the client named, if any.
+    conversation: Conversation | None = None
     #: Whether the client asked for an event stream.
     stream: bool = field(init=False)
 

@@ -25,6 +25,7 @@ from llmproxy.backends.base import Backend
 from llmproxy.backends.health import ModelBreakers
 from llmproxy.backends.keypool import KeyPool
 from llmproxy.config import BackendConfig, Config, FailureConfig
+from llmproxy.exchange.sessions import MemorySessions, Sessions
 from llmproxy.routing.resolve import Router
 
 #: Builds the backend instance of one configured backend.
@@ -51,6 +52,7 @@ class Runtime:
     @ivar proxy_keys: the keys clients may present, encoded once.
     @ivar pipeline: the adapt steps every target's body goes through.
     @ivar jitter: draws in [0, 1) for retry backoffs (tests pass their own).
+    @ivar sessions: per-conversation state; a successor keeps it.
     """
 
     config: Config
@@ -59,16 +61,22 @@ class Runtime:
     clock: IReactorTime
     proxy_keys: tuple[bytes, ...]
     pipeline: Pipeline
+    sessions: Sessions
     jitter: Callable[[], float] = random.random
 
     @classmethod
-    def of(cls, config: Config, upstreams: Upstreams, clock: IReactorTime) -> Runtime:
+    def of(
+        cls, config: Config, upstreams: Upstreams, clock: IReactorTime,
+        sessions: Sessions | None = None,
+    ) -> Runtime:
         """
-        The runtime of C{config} over C{upstreams}.
+        The runtime of C{config} over C{upstreams}, with C{sessions} (by
+        default a new L{MemorySessions}).
         """
         return cls(config, Router(config), upstreams, clock,
                    tuple(k.encode("utf-8") for k in config.proxy_keys),
-                   default_pipeline(config))
+                   default_pipeline(config),
+                   sessions if sessions is not None else MemorySessions(clock))
 
     def successor(self, config: Config, make_backend: BackendFactory) -> Runtime:
         """
@@ -76,7 +84,8 @@ class Runtime:
         one keeps serving the requests that started on it.
         """
         upstreams = live_upstreams(config, make_backend, self.clock, previous=self)
-        return replace(Runtime.of(config, upstreams, self.clock), jitter=self.jitter)
+        return replace(Runtime.of(config, upstreams, self.clock, self.sessions),
+                       jitter=self.jitter)
 
 
 def live_upstreams(

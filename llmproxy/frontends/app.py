@@ -29,6 +29,7 @@ from llmproxy.errors import AuthenticationFailed, InvalidRequest, ProxyError
 from llmproxy.exchange.events import ExchangeEvents
 from llmproxy.exchange.exchange import Call, Exchange
 from llmproxy.exchange.runtime import Runtime, Upstreams
+from llmproxy.routing.conversation import Conversation, conversation_of
 from llmproxy.frontends import errors
 from llmproxy.frontends.access import AccessLog
 from llmproxy.frontends.auth import check_key
@@ -188,7 +189,8 @@ class ProxyApp:
     async def chat_completions(self, request: Request) -> bytes | None:
         runtime = self.runtime
         body, raw = self._body(request, CHAT, runtime)
-        return await self._serve(request, runtime, Call(CHAT, body, raw))
+        return await self._serve(request, runtime,
+                                 Call(CHAT, body, raw, conversation=_conversation(request, body)))
 
     async def responses(self, request: Request) -> bytes | None:
         runtime = self.runtime
@@ -204,10 +206,13 @@ class ProxyApp:
         def on_response(data: bytes) -> None:
             self.store.remember(body, history or (), data)
 
-        return await self._serve(request, runtime,
-                                 Call(RESPONSES, body, raw, history, on_response))
+        root = self.store.root(previous) if isinstance(previous, str) else None
+        return await self._serve(request, runtime, Call(
+            RESPONSES, body, raw, history, on_response, _conversation(request, body, root)))
 
     async def _serve(self, request: Request, runtime: Runtime, call: Call) -> bytes | None:
+        if call.conversation is not None:
+            request.setHeader(b"x-llmproxy-session", call.conversation.shown.encode("ascii"))
         route = runtime.router.resolve(call.body, call.frontend)
         for target in route.targets:
             for warning in target.warnings:
@@ -250,3 +255,18 @@ class ProxyApp:
 
 
 __all__ = ["ProxyApp"]
+
+
+def _conversation(
+    request: Request, body: Mapping[str, Any], root: str | None = None
+) -> Conversation | None:
+    """
+    The conversation the request names (L{conversation_of}), scoped to the
+    client's own credential so two clients' equal ids never meet.
+    """
+    def header(name: str) -> str | None:
+        value = request.getHeader(name.encode("ascii"))
+        return value.decode("latin-1") if value else None
+
+    scope = request.getHeader(b"authorization") or b""
+    return conversation_of(header, body, root, scope.decode("latin-1"))

@@ -32,6 +32,7 @@ class ResponseStore:
         self.max_items = max_items
         self.max_age = max_age
         self._items: OrderedDict[str, tuple[float, Messages]] = OrderedDict()
+        self._roots: dict[str, str] = {}
 
     def __len__(self) -> int:
         return len(self._items)
@@ -65,9 +66,22 @@ class ResponseStore:
         self._items[response_id] = (
             self.clock.seconds(), tuple(history) + tuple(asked) + (assistant,)
         )
+        previous = request.get("previous_response_id")
+        if isinstance(previous, str):
+            self._roots[response_id] = self.root(previous)
         self._items.move_to_end(response_id)
         while len(self._items) > self.max_items:
-            self._items.popitem(last=False)
+            self._forget(self._items.popitem(last=False)[0])
+
+    def root(self, response_id: str) -> str:
+        """
+        The first response of the chain C{response_id} ends (itself, when it
+        started one or is unknown).
+        """
+        return self._roots.get(response_id, response_id)
+
+    def _forget(self, response_id: str) -> None:
+        self._roots.pop(response_id, None)
 
     def _expire(self) -> None:
         limit = self.clock.seconds() - self.max_age
@@ -75,4 +89,4 @@ class ResponseStore:
             first = next(iter(self._items.values()))
             if first[0] >= limit:
                 break
-            self._items.popitem(last=False)
+            self._forget(self._items.popitem(last=False)[0])
