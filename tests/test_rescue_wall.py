@@ -287,16 +287,8 @@ class ConnectionTests(SynchronousTestCase):
         self.assertEqual(answer.status, 200, answer)
         self.assertEqual(answer.json()["choices"][0]["message"]["content"], TEXT)
         self.assertEqual(wall.seen(), [P, F])
-        self.assertLessEqual(took, 90)
-
-    test_no_response_whole_answer_fails_over_within_the_budget.todo = (  # type: ignore
-        "not rescued with the defaults: a whole (non-streamed) answer's attempt is bounded by "
-        "the backend's `timeout` (600 s) and `total_timeout_budget` (90 s) only, so a primary "
-        "that never answers uses the whole budget and the client gets 504 upstream_timeout at "
-        "90 s with the fallback never tried.  No short default is right (a non-streamed "
-        "answer's headers come when the whole answer is done); a README reader sets "
-        "`timeout` (e.g. 30) on the primary, or streams (then first_token_timeout, 15 s, "
-        "caps the wait, see the test above).")
+        self.assertTrue(45 <= took <= 45.5, took)
+        self.assertEqual(wall.gaps(), [45], "half the budget, the rest kept for the fallback")
 
 
 class FirstTokenTests(SynchronousTestCase):
@@ -388,16 +380,7 @@ class MidStreamTests(SynchronousTestCase):
         answer, took = wall.chat(stream=True)
         whole_chat(self, answer)
         self.assertLess(took, 0.1)
-
-    test_missing_done.todo = (  # type: ignore[attr-defined]
-        "not rescued: a chat stream that sent every chunk, its finish_reason included, and "
-        "then closed without `data: [DONE]` ends with the in-band error 'upstream stream ended "
-        "without data: [DONE]' (translate/transforms.py ChatPassthrough.end, a deliberate "
-        "wave-1 rule, tests/test_upstream_faults.py test_cut_stream_ends_with_an_error), on "
-        "which the OpenAI SDK raises after the whole text; continuation does not apply (the "
-        "answer already ended).  Rescuing it means ending such a stream with `[DONE]` once "
-        "the finish_reason (and the usage chunk, when asked for) was relayed: a policy change "
-        "left to the coordinator.")
+        self.assertEqual(wall.seen(), [P], "a whole answer: nothing to rescue it from")
 
     def test_missing_done_before_the_end(self) -> None:
         """

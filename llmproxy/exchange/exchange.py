@@ -177,17 +177,22 @@ class Exchange:
         """
         return self.started + self.runtime.config.failure.total_timeout_budget
 
-    def _time_left(self, backend: Backend, model: str) -> float:
+    def _time_left(self, backend: Backend, model: str, elsewhere: bool = False) -> float:
         """
         The first-byte timeout of this attempt: the backend's (for a
         stream, within its first-token limit), within what is left of the
-        request's total budget.
+        request's total budget.  A whole answer's headers come only once it
+        is done, so a silent upstream would eat the whole budget: while the
+        route has C{elsewhere} to go, such an attempt gets half of what is
+        left.
         """
         timeout = backend.config.timeout
+        left = self._deadline() - self.clock.seconds()
         if self.call.stream:
             limits = stream_limits(self.runtime.config.failure, backend.config, model)
             timeout = header_wait(limits, timeout)
-        left = self._deadline() - self.clock.seconds()
+        elif elsewhere:
+            left /= 2
         return max(0.001, min(timeout, left))
 
     # one attempt
@@ -228,8 +233,8 @@ class Exchange:
         # client that wants a whole answer (see _collect).
         stream = self.call.stream or streams_only(backend)
         try:
-            response = await backend.send(out.payload, key, stream,
-                                          self._time_left(backend, target.model))
+            wait = self._time_left(backend, target.model, queue.elsewhere(target))
+            response = await backend.send(out.payload, key, stream, wait)
         except CancelledError:
             raise
         except Exception as e:

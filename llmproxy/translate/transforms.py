@@ -148,6 +148,10 @@ class _Passthrough:
         return None
 
 
+#: A chat chunk that finishes its choice (C{"finish_reason": "stop"}, ...).
+_FINISHED = re.compile(rb'"finish_reason"\s*:\s*"')
+
+
 class ChatPassthrough(_Passthrough):
     """
     Chat events from a chat upstream.  A C{[DONE]} before any chunk is an
@@ -159,17 +163,30 @@ class ChatPassthrough(_Passthrough):
     def __init__(self) -> None:
         super().__init__()
         self.seen = False
+        self.answered = False
 
     def events(self, raw: list[bytes]) -> bytes:
         for item in raw:
             kind = _kind(item)
             if kind == _DATA:
                 self.seen = True
+                if not self.answered and _FINISHED.search(item):
+                    self.answered = True
             elif kind == _END:
                 if not self.seen:
                     raise BadStream("upstream stream ended before its first event")
                 self.finished = True
         return raw[0] if len(raw) == 1 else b"".join(raw)
+
+    def end(self) -> bytes:
+        """
+        A stream whose answer finished (a C{finish_reason} came) but that
+        closed without C{[DONE]} is whole: the client gets the C{[DONE]}.
+        """
+        if not self.finished and self.answered:
+            self.finished = True
+            return DONE
+        return super().end()
 
     def _error_event(self, error: ProxyError) -> bytes:
         return encode_event({"error": stream_error_payload(error)}) + DONE
