@@ -76,7 +76,8 @@ class Runtime:
         return cls(config, Router(config), upstreams, clock,
                    tuple(k.encode("utf-8") for k in config.proxy_keys),
                    default_pipeline(config),
-                   sessions if sessions is not None else MemorySessions(clock))
+                   sessions if sessions is not None else MemorySessions(
+                       clock, config.session.max_conversations, config.session.max_idle))
 
     def successor(self, config: Config, make_backend: BackendFactory) -> Runtime:
         """
