@@ -6,21 +6,24 @@ route back at either limit; asserted on what the fake upstream received.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Mapping
 
 from hypothesis import given, strategies as st
-from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from llmproxy.config import ConfigError
 from llmproxy.exchange.planning import (
-    WRITE_TOOLS, check_strong_model, is_file_write, planned_body,
+    WRITE_TOOLS, WriteTap, check_strong_model, is_file_write, planned_body,
 )
+from llmproxy.sse import DONE, encode_event
+from llmproxy.startup import StartupError
+from llmproxy.translate import transforms
 from llmproxy.exchange.runtime import Runtime, Upstreams
 from llmproxy.exchange.sessions import MemorySessions
 from llmproxy.testing import (
-    Reply, Stream, backend_data, chat_request, config_data, chat_tool_chunks, chat_tool_completion, function_call_events,
+    Reply, Stream, backend_data, chat_chunk, chat_request, config_data, chat_tool_chunks, chat_tool_completion, function_call_events,
     function_call_response, make_config, openai_config,
 )
 from llmproxy.config.session import PlanningConfig
@@ -75,13 +78,60 @@ class ToolNameTests(SynchronousTestCase):
 
     @given(st.sampled_from(sorted(WRITE_TOOLS)), st.text(min_size=1, max_size=5))
     def test_no_partial_names(self, name: str, extra: str) -> None:
-        self.assertFalse(is_file_write(extra + name + extra) and extra.strip("_") != "")
+        self.assertFalse(is_file_write(extra + name + extra))
         self.assertFalse(is_file_write(name + "x"))
         self.assertFalse(is_file_write("mcp__" + name))
 
     def test_not_a_string(self) -> None:
         self.assertFalse(is_file_write(None))
         self.assertFalse(is_file_write(["write_file"]))
+
+
+tool_names = st.one_of(st.sampled_from(sorted(WRITE_TOOLS)).map(str.upper),
+                       st.sampled_from(sorted(WRITE_TOOLS)),
+                       st.text(alphabet="abcdefilnoprstw_", min_size=1, max_size=12))
+
+
+class WriteTapTests(SynchronousTestCase):
+    """
+    Streamed tool calls, counted from the relayed events.
+    """
+
+    @given(st.lists(tool_names, max_size=6), st.booleans())
+    def test_chat_calls(self, names: list[str], repeat: bool) -> None:
+        """
+        One count per call (its name shows in its first delta; a server
+        that repeats it in later deltas is not counted twice).
+        """
+        tap = WriteTap(transforms.passthrough("chat"))
+        chunks = [chat_chunk(STRONG, {"role": "assistant", "content": None})]
+        for i, name in enumerate(names):
+            chunks.append(chat_chunk(STRONG, {"tool_calls": [{
+                "index": i, "id": f"c{i}", "type": "function",
+                "function": {"name": name, "arguments": ""}}]}))
+            chunks.append(chat_chunk(STRONG, {"tool_calls": [{
+                "index": i, "function": {"arguments": "{}",
+                                         **({"name": name} if repeat else {})}}]}))
+        chunks.append(chat_chunk(STRONG, {}, "tool_calls"))
+        raw = [encode_event(c) for c in chunks] + [DONE]
+        out = b"".join(tap.events([item]) for item in raw) + tap.end()
+        self.assertEqual(out, b"".join(raw))
+        self.assertEqual(tap.writes, sum(map(is_file_write, names)))
+        self.assertTrue(tap.ended)
+        self.assertFalse(tap.failed)
+
+    @given(tool_names)
+    def test_responses_call(self, name: str) -> None:
+        tap = WriteTap(transforms.passthrough("responses"))
+        for item in function_call_events(STRONG, name, ["{", "}"]):
+            tap.events([item])
+        tap.end()
+        self.assertEqual(tap.writes, int(is_file_write(name)))
+
+    def test_an_error_event_fails_it(self) -> None:
+        tap = WriteTap(transforms.passthrough("chat"))
+        tap.events([encode_event({"error": {"message": "overloaded"}})])
+        self.assertTrue(tap.failed)
 
 
 class ConfigTests(SynchronousTestCase):
@@ -140,7 +190,6 @@ class ConfigTests(SynchronousTestCase):
 
 class StartupTests(TapTestCase):
     def test_bad_strong_model_stops_the_start(self) -> None:
-        from llmproxy.startup import StartupError
         path = self.write("session:\n  planning_phase:\n    enabled: true\n"
                           "    strong_model: nowhere:o3\n")
         with self.assertRaises(StartupError) as caught:
@@ -149,7 +198,6 @@ class StartupTests(TapTestCase):
         self.assertIn("nowhere", str(caught.exception))
 
     def test_both_zero_stops_the_start(self) -> None:
-        from llmproxy.startup import StartupError
         path = self.write("session:\n  planning_phase:\n    max_turns: 0\n"
                           "    max_file_writes: 0\n")
         with self.assertRaises(StartupError) as caught:
@@ -291,6 +339,21 @@ class PhaseTests(SynchronousTestCase):
         ask(p, stream=True)
         self.assertEqual(ask(p).headers["x-llmproxy-phase"], "planning (turn 1/10, writes 0/1)")
 
+    def test_a_failing_store_fails_no_answer(self) -> None:
+        p = proxy()
+        clock = p.clock
+
+        class Failing(MemorySessions):
+            async def update(self, key: str, change: Any) -> Any:
+                raise RuntimeError("store down")
+
+        app = p.service.app
+        app.runtime = replace(app.runtime, sessions=Failing(clock))
+        answer = ask(p)
+        self.assertEqual(answer.status, 200)
+        self.assertEqual(answer.headers["x-llmproxy-phase"], "planning (turn 1/3, writes 0/1)")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
     def responses(self, p: MemoryProxy, **fields: Any) -> Any:
         body = {"model": "gpt-4o", "input": "hi", "temperature": 0.9, **fields}
         return p.post("/v1/responses", body, {"session_id": "conv-r"})
@@ -337,6 +400,3 @@ class RealConnectionTests(TestCase):
         self.assertEqual([r.body["model"] for r in proxy.fake.requests],
                          [STRONG, STRONG, "gpt-4o"])
 
-
-def _await(case: SynchronousTestCase, coroutine: Any) -> Any:
-    return case.successResultOf(Deferred.fromCoroutine(coroutine))

@@ -19,6 +19,9 @@ import json
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
+from twisted.internet.defer import CancelledError
+from twisted.logger import Logger
+
 from llmproxy.config import Config, ConfigError
 from llmproxy.config.session import PlanningConfig
 from llmproxy.dialects import RESPONSES
@@ -170,6 +173,7 @@ class Phase:
     state: SessionState
     taps: list[WriteTap] = field(default_factory=list)
     whole: int | None = None
+    log = Logger()
 
     @property
     def header(self) -> bytes:
@@ -225,7 +229,13 @@ class Phase:
             return replace(state, turns=turns, writes=total,
                            planning_over=state.planning_over or over)
 
-        await self.sessions.update(self.key, change)
+        try:
+            await self.sessions.update(self.key, change)
+        except CancelledError:
+            raise
+        except Exception:
+            # The answer went out; a store that failed must not fail it.
+            self.log.failure("planning phase: the conversation's state was not updated")
 
 
 async def enter(runtime: Runtime, call: Call) -> Phase | None:
