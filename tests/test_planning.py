@@ -23,7 +23,7 @@ from llmproxy.translate import transforms
 from llmproxy.exchange.runtime import Runtime, Upstreams
 from llmproxy.exchange.sessions import MemorySessions
 from llmproxy.testing import (
-    Reply, Stream, backend_data, chat_chunk, chat_request, config_data, chat_tool_chunks, chat_tool_completion, function_call_events,
+    Reply, Stream, backend_data, chat_chunk, chat_chunks, chat_request, config_data, chat_tool_chunks, chat_tool_completion, function_call_events,
     function_call_response, make_config, openai_config,
 )
 from llmproxy.config.session import PlanningConfig
@@ -338,6 +338,20 @@ class PhaseTests(SynchronousTestCase):
                                    Reply(200, chat_tool_completion(STRONG, "x", "{}"))]
         ask(p, stream=True)
         self.assertEqual(ask(p).headers["x-llmproxy-phase"], "planning (turn 1/10, writes 0/1)")
+
+    def test_a_continued_stream_counts(self) -> None:
+        """
+        A stream cut mid-answer and continued on the other key (the same
+        strong model) is one whole answer: one turn.
+        """
+        p = MemoryProxy(lambda u: config_data(
+            {"openai": backend_data(u, "sk-1", "sk-2")}, session=planning(max_turns=10)))
+        chunks = chat_chunks(STRONG, ["Hello ", "there ", "friend"])
+        p.fake.by_model[STRONG] = [Stream(chunks[:3], end="drop"), Stream(chunks),
+                                   Reply(200, chat_tool_completion(STRONG, "x", "{}"))]
+        answer = ask(p, stream=True)
+        self.assertIn(b"x_llmproxy_continued", answer.content)
+        self.assertEqual(ask(p).headers["x-llmproxy-phase"], "planning (turn 2/10, writes 0/1)")
 
     def test_a_failing_store_fails_no_answer(self) -> None:
         p = proxy()
