@@ -188,6 +188,19 @@ class ConfigTests(SynchronousTestCase):
         self.assertEqual((sessions.max_items, sessions.max_idle), (7, 60.0))
 
 
+    def test_a_reload_keeps_the_state_with_new_bounds(self) -> None:
+        p = MemoryProxy(lambda u: openai_config(u, session=planning()))
+        ask(p)
+        sessions = p.service.app.runtime.sessions
+        p.service.use_config(make_config(openai_config(
+            "http://upstream.test/v1", session={"max_conversations": 5, "max_idle": 30,
+                                               **planning()})))
+        assert isinstance(sessions, MemorySessions)
+        self.assertIs(p.service.app.runtime.sessions, sessions)
+        self.assertEqual((sessions.max_items, sessions.max_idle), (5, 30.0))
+        self.assertEqual(len(sessions), 1)
+
+
 class StartupTests(TapTestCase):
     def test_bad_strong_model_stops_the_start(self) -> None:
         path = self.write("session:\n  planning_phase:\n    enabled: true\n"
@@ -281,6 +294,20 @@ class PhaseTests(SynchronousTestCase):
         for n in range(1, 13):
             self.assertEqual(ask(p).headers["x-llmproxy-phase"],
                              f"planning (turn {n}, writes 0/2)")
+
+    def test_disabled_untouched(self) -> None:
+        p = proxy(enabled=False)
+        answer = ask(p)
+        self.assertNotIn("x-llmproxy-phase", answer.headers)
+        self.assertEqual(p.fake.requests[-1].body, chat_request(model="gpt-4o", temperature=0.9))
+
+    def test_strong_model_through_an_alias(self) -> None:
+        p = MemoryProxy(lambda u: openai_config(
+            u, model_aliases=[{"pattern": "^planner$", "replacement": f"openai:{STRONG}"}],
+            session=planning(strong_model="planner", overrides={})))
+        ask(p)
+        got = self.upstream(p)
+        self.assertEqual((got["model"], got["temperature"]), (STRONG, 0.9))
 
     def test_without_a_conversation_untouched(self) -> None:
         p = proxy()

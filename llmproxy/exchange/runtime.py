@@ -85,6 +85,9 @@ class Runtime:
         one keeps serving the requests that started on it.
         """
         upstreams = live_upstreams(config, make_backend, self.clock, previous=self)
+        if isinstance(self.sessions, MemorySessions):  # kept, with the new bounds
+            self.sessions.max_items = config.session.max_conversations
+            self.sessions.max_idle = config.session.max_idle
         return replace(Runtime.of(config, upstreams, self.clock, self.sessions),
                        jitter=self.jitter)
 
