@@ -14,19 +14,20 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from llmproxy.config import ConfigError
+from llmproxy.config.session import PlanningConfig
 from llmproxy.exchange.planning import (
     WRITE_TOOLS, WriteTap, check_strong_model, is_file_write, planned_body,
 )
-from llmproxy.sse import DONE, encode_event
-from llmproxy.startup import StartupError
-from llmproxy.translate import transforms
 from llmproxy.exchange.runtime import Runtime, Upstreams
 from llmproxy.exchange.sessions import MemorySessions
+from llmproxy.sse import DONE, encode_event
+from llmproxy.startup import StartupError
 from llmproxy.testing import (
-    Reply, Stream, backend_data, chat_chunk, chat_chunks, chat_request, config_data, chat_tool_chunks, chat_tool_completion, function_call_events,
-    function_call_response, make_config, openai_config,
+    Reply, Stream, backend_data, chat_chunk, chat_chunks, chat_request, chat_tool_chunks,
+    chat_tool_completion, config_data, function_call_events, function_call_response,
+    make_config, openai_config,
 )
-from llmproxy.config.session import PlanningConfig
+from llmproxy.translate import transforms
 from tests.harness import MemoryProxy, post, start
 from tests.test_tap import TapTestCase
 
@@ -294,6 +295,12 @@ class PhaseTests(SynchronousTestCase):
         for n in range(1, 13):
             self.assertEqual(ask(p).headers["x-llmproxy-phase"],
                              f"planning (turn {n}, writes 0/2)")
+
+    def test_the_selector_beats_the_overrides(self) -> None:
+        p = proxy(overrides={"reasoning_effort": "low", "temperature": 0.3})
+        ask(p, reasoning_effort="medium")
+        got = self.upstream(p)
+        self.assertEqual((got["reasoning_effort"], got["temperature"]), ("high", 0.3))
 
     def test_disabled_untouched(self) -> None:
         p = proxy(enabled=False)

@@ -240,8 +240,9 @@ class Phase:
 
 async def enter(runtime: Runtime, call: Call) -> Phase | None:
     """
-    The planning phase of C{call}, if its conversation is in one: the strong model's route, the taps set
-    on C{call}.  L{None} (route as usual) otherwise.
+    The planning phase of C{call}, if its conversation is in one: its
+    route, with C{call}'s taps set to count the answer.  L{None} (route as
+    usual) otherwise.
     """
     limits = runtime.config.session.planning
     conversation = call.conversation
