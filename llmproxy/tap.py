@@ -19,6 +19,7 @@ from llmproxy.backends.base import IUpstreamReactor
 from llmproxy.capture.rotate import open_private
 from llmproxy.config import Config, ConfigError, Overrides, load_config, parse_tcp
 from llmproxy.config.reader import did_you_mean
+from llmproxy.exchange.planning import check_strong_model
 from llmproxy.startup import StartupError
 from llmproxy.workers import IWatchReactor, ParentWatch, ReusePortService, WorkerChildren
 
@@ -147,6 +148,7 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         try:
             self.config: Config = load_config(self.overrides(), kinds=REGISTRY.kinds)
+            check_strong_model(self.config)
         except ConfigError as e:
             raise StartupError(str(e))
         self._apply_log_level()

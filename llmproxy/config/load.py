@@ -36,6 +36,7 @@ from llmproxy.config.model import (
     parse_alias_flag,
 )
 from llmproxy.config.reader import Reader
+from llmproxy.config.session import session_config
 
 
 def _failure(reader: Reader) -> FailureConfig:
@@ -450,6 +451,7 @@ def build_config(
         workers=_workers(overrides, yaml_values.workers),
         allow_remote_codex=bool(top.get("allow_remote_codex", bool, False)),
         capture=capture_config(top, overrides.capture_file, env),
+        session=session_config(top),
         warnings=(*top.warnings, *warnings),
     )
     top.finish()

@@ -206,6 +206,8 @@ async def _attempt(
         return _Ended.FAILED
     inner = choose_transform(exchange.call.frontend, backend.dialect, target.model,
                              exchange.call.body, exchange.clock)
+    if exchange.call.tap is not None:
+        inner = exchange.call.tap(inner)
     name = f"{target.backend}:{target.model}"
     splice = splicer(inner, state.partial, mode, seam_comment(name, state.reason))
     exchange.note.attempts += 1

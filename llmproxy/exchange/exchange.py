@@ -76,6 +76,9 @@ class Call:
     on_response: Callable[[bytes], None] | None = None
     #: The conversation the client named, if any.
     conversation: Conversation | None = None
+    #: Wraps each attempt's stream transform (the planning phase counts
+    #: tool calls through it); L{None} for nearly every request.
+    tap: Callable[[Transform], Transform] | None = None
     #: Whether the client asked for an event stream.
     stream: bool = field(init=False)
 
@@ -206,6 +209,8 @@ class Exchange:
         payload, dropped = self._prepare(target, backend)
         transform = choose_transform(self.call.frontend, backend.dialect, target.model,
                                      self.call.body, self.clock) if self.call.stream else None
+        if transform is not None and self.call.tap is not None:
+            transform = self.call.tap(transform)
         if transform is not None and may_continue(self, queue):
             transform = Recorder(transform)
         self.note.attempts += 1

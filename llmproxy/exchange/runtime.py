@@ -76,7 +76,8 @@ class Runtime:
         return cls(config, Router(config), upstreams, clock,
                    tuple(k.encode("utf-8") for k in config.proxy_keys),
                    default_pipeline(config),
-                   sessions if sessions is not None else MemorySessions(clock))
+                   sessions if sessions is not None else MemorySessions(
+                       clock, config.session.max_conversations, config.session.max_idle))
 
     def successor(self, config: Config, make_backend: BackendFactory) -> Runtime:
         """
@@ -84,6 +85,9 @@ class Runtime:
         one keeps serving the requests that started on it.
         """
         upstreams = live_upstreams(config, make_backend, self.clock, previous=self)
+        if isinstance(self.sessions, MemorySessions):  # kept, with the new bounds
+            self.sessions.max_items = config.session.max_conversations
+            self.sessions.max_idle = config.session.max_idle
         return replace(Runtime.of(config, upstreams, self.clock, self.sessions),
                        jitter=self.jitter)
 

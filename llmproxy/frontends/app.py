@@ -26,6 +26,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 from llmproxy.config import Config
 from llmproxy.dialects import CHAT, RESPONSES
 from llmproxy.errors import AuthenticationFailed, InvalidRequest, ProxyError
+from llmproxy.exchange import planning
 from llmproxy.exchange.events import ExchangeEvents
 from llmproxy.exchange.exchange import Call, Exchange
 from llmproxy.exchange.runtime import Runtime, Upstreams
@@ -211,9 +212,15 @@ class ProxyApp:
             RESPONSES, body, raw, history, on_response, _conversation(request, body, root)))
 
     async def _serve(self, request: Request, runtime: Runtime, call: Call) -> bytes | None:
+        phase = None
         if call.conversation is not None:
             request.setHeader(b"x-llmproxy-session", call.conversation.shown.encode("ascii"))
-        route = runtime.router.resolve(call.body, call.frontend)
+            phase = await planning.enter(runtime, call)
+        if phase is not None:
+            request.setHeader(planning.HEADER, phase.header)
+            route = phase.route
+        else:
+            route = runtime.router.resolve(call.body, call.frontend)
         for target in route.targets:
             for warning in target.warnings:
                 self.log.warn("{note}", note=warning)
@@ -230,6 +237,8 @@ class ProxyApp:
             if exchange.write_late_error(e):
                 return None
             raise
+        if phase is not None:
+            await phase.finish()
         if out is not None:
             request.setHeader(b"content-length", str(len(out)).encode())
         return out
