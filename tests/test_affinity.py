@@ -9,15 +9,23 @@ hashing.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, Callable, cast
 
 from hypothesis import given
 from hypothesis import strategies as st
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
+
+from llmproxy.backends.health import ModelBreakers
+from llmproxy.backends.keypool import KeyPool
 
 from llmproxy.backends.prompt_cache import PromptCacheCounts, tokens_of
 from llmproxy.config import ApiKey, ConfigError
+from llmproxy.exchange.attempts import AttemptQueue
+from llmproxy.exchange.runtime import Upstreams
 from llmproxy.routing.affinity import preference, ranked, weight
+from llmproxy.routing.resolve import Route, Target
 from llmproxy.testing import (
     Reply, Stream, backend_data, chat_chunk, chat_chunks, chat_completion, config_data,
     make_config, responses_events, responses_object,
@@ -289,6 +297,67 @@ class ConfigTests(SynchronousTestCase):
         with self.assertRaises(ConfigError) as caught:
             self.backend(affinity="sticky")
         self.assertIn("affinity", str(caught.exception))
+
+
+class _Backend:
+    """
+    What the attempt queue reads of a backend: its affinity setting, and
+    maybe a key preference (as the ChatGPT-account backend has).
+    """
+
+    def __init__(self, affinity: str = "conversation",
+                 prefer: Callable[[ApiKey], float] | None = None) -> None:
+        self.config = SimpleNamespace(affinity=affinity)
+        if prefer is not None:
+            self.key_preference = prefer
+
+
+def _queue(backends: dict[str, _Backend], *elements: str, policy: str = "km",
+           conversation: str | None = "conv") -> AttemptQueue:
+    clock = Clock()
+    pools = {name: KeyPool(name, [ApiKey(f"{name}#{i}", f"v{i}") for i in range(1, 4)], clock)
+             for name in backends}
+    breakers = {name: ModelBreakers(clock) for name in backends}
+    upstreams = Upstreams(cast(Any, backends), pools, breakers)
+    targets = []
+    for element in elements:
+        backend, _, model = element.partition(":")
+        backend, _, pin = backend.partition(".")
+        targets.append(Target(backend, model, {}, False, key=f"{backend}#{pin}" if pin else None))
+    return AttemptQueue(Route(tuple(targets), policy), upstreams, clock, 5.0, conversation)
+
+
+def _names(queue: AttemptQueue) -> list[str]:
+    return [f"{s.target.backend}:{s.key.name if s.key else None}" for s in queue.queue]
+
+
+class QueueTests(SynchronousTestCase):
+    def test_each_element_in_its_backends_order(self) -> None:
+        """
+        On a route over two backends, each element's keys come in the
+        conversation's order for its backend (policy C{mk}: first keys
+        first); a backend with affinity off rotates.
+        """
+        queue = _queue({"a": _Backend(), "b": _Backend("off")}, "a:m", "b:m", policy="mk")
+        a = ranked("conv", ["a#1", "a#2", "a#3"])
+        self.assertEqual(_names(queue), [f"a:{a[0]}", "b:b#1", f"a:{a[1]}", "b:b#2",
+                                         f"a:{a[2]}", "b:b#3"])
+
+    def test_pinned_key_stays(self) -> None:
+        queue = _queue({"a": _Backend()}, "a.2:m")
+        self.assertEqual(_names(queue), ["a:a#2"])
+
+    def test_spent_account_last(self) -> None:
+        """
+        A backend's preference sends a spent account last, whatever the
+        conversation's order; without a conversation, it orders alone.
+        """
+        heaviest = ranked("conv", ["a#1", "a#2", "a#3"])[0]
+        scores = {"a#1": 10.0, "a#2": 80.0, "a#3": 40.0, heaviest: 0.0}
+        backend = _Backend(prefer=lambda k: scores[k.name])
+        self.assertEqual(_names(_queue({"a": backend}, "a:m"))[-1], f"a:{heaviest}")
+        plain = _names(_queue({"a": backend}, "a:m", conversation=None))
+        self.assertEqual(plain, [f"a:{n}" for n in sorted(scores, key=lambda n: -scores[n])])
 
 
 NAMES = st.lists(st.text(min_size=1, max_size=12), min_size=1, max_size=8, unique=True)
