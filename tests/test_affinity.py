@@ -15,7 +15,7 @@ from typing import Any, Callable, cast
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from llmproxy.backends.health import ModelBreakers
 from llmproxy.backends.keypool import KeyPool
@@ -31,7 +31,7 @@ from llmproxy.testing import (
     make_config, responses_events, responses_object,
 )
 from llmproxy.sse import DONE, encode_event
-from tests.harness import MemoryProxy
+from tests.harness import MemoryProxy, in_thread, sdk, start
 
 KEYS = {"sk-a": "openai#1", "sk-b": "openai#2", "sk-c": "openai#3"}
 RATE_LIMITED = Reply(429, {"error": {"message": "Rate limit reached", "type": "requests",
@@ -39,10 +39,11 @@ RATE_LIMITED = Reply(429, {"error": {"message": "Rate limit reached", "type": "r
                      {"retry-after": "30"})
 
 
-def three_keys(**backend: Any) -> Any:
+def three_keys(proxy_keys: list[str] | None = None, **backend: Any) -> Any:
     def make(upstream: str) -> dict[str, Any]:
+        extra = {"proxy_keys": proxy_keys} if proxy_keys else {}
         return config_data({"openai": backend_data(upstream, *KEYS, **backend)},
-                           failure_handling={"retries_per_target": 0})
+                           failure_handling={"retries_per_target": 0}, **extra)
     return make
 
 
@@ -118,6 +119,32 @@ class StickinessTests(SynchronousTestCase):
         ask(two, None)  # a different rotation state
         for i in range(30):
             self.assertEqual(ask(one, f"c{i}"), ask(two, f"c{i}"))
+
+
+class SDKTests(TestCase):
+    async def test_prompt_cache_key_over_http(self) -> None:
+        """
+        The OpenAI SDK's C{prompt_cache_key}, over real connections: three
+        keys serve one conversation from one key, and another conversation
+        may use another.
+        """
+        proxy = await start(self, three_keys(proxy_keys=["pk"]))
+
+        def call() -> list[str]:
+            served = []
+            with sdk(proxy.url, "pk") as client:
+                for i in range(12):
+                    client.chat.completions.create(
+                        model="gpt-4o", messages=[{"role": "user", "content": "hi"}],
+                        prompt_cache_key="project-1" if i % 2 else "project-2")
+                    token = proxy.fake.requests[-1].headers["authorization"].partition(" ")[2]
+                    served.append(KEYS[token])
+            return served
+
+        served = await in_thread(call)
+        self.assertEqual(len(set(served[1::2])), 1, served)
+        self.assertEqual(len(set(served[0::2])), 1, served)
+        self.assertEqual(proxy.fake.requests[-1].body["prompt_cache_key"], "project-1")
 
 
 class CoolingTests(SynchronousTestCase):
