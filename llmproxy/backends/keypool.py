@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from llmproxy.backends.prompt_cache import PromptCacheCounts
 from llmproxy.config import ApiKey
 
 RATE_LIMITED = "rate_limited"
@@ -93,6 +94,8 @@ class KeyPool:
         self._quota_cooldown = quota_cooldown
         self._states: dict[str, KeyState] = {name: KeyState() for name in names}
         self._counter = 0
+        #: What the upstream served from its prompt cache, per key.
+        self.prompt_cache = PromptCacheCounts()
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -125,9 +128,13 @@ class KeyPool:
         """
         return replace(self._state(key))
 
-    def ordered(self, prefer: Callable[[ApiKey], float] | None = None) -> list[ApiKey]:
+    def ordered(
+        self, prefer: Callable[[ApiKey], float] | None = None, *, advance: bool = True
+    ) -> list[ApiKey]:
         """
-        This request's key order; advances the rotation by one.
+        This request's key order; advances the rotation by one (unless not
+        C{advance}: an order that C{prefer} decides leaves the rotation to
+        the other requests).
 
         Keys come in round-robin order starting at the rotation counter, with
         the available keys first (so index 0 is the first available key) and
@@ -141,7 +148,8 @@ class KeyPool:
         if not self.keys:
             return []
         start = self._counter % len(self.keys)
-        self._counter = start + 1
+        if advance:
+            self._counter = start + 1
         rotated = self.keys[start:] + self.keys[:start]
         states = self._states
         free = [k for k in rotated if not self._cooling(states[k.name])]
@@ -248,14 +256,17 @@ class KeyPool:
 
     def inherit(self, previous: KeyPool) -> None:
         """
-        Take over the health of the keys C{previous} also has (same name
-        and value) and its place in the rotation, so that a new pool for
-        the same backend (a reload) keeps the cooldowns.
+        Take over the health (and prompt-cache totals) of the keys
+        C{previous} also has (same name and value) and its place in the
+        rotation, so that a new pool for the same backend (a reload) keeps
+        the cooldowns.
         """
         for key in self.keys:
             if key in previous.keys:
                 self._states[key.name] = replace(previous._states[key.name])
         self._counter = previous._counter
+        self.prompt_cache.inherit(previous.prompt_cache,
+                                  {k.name for k in self.keys if k in previous.keys})
 
     def _current_reason(self, state: KeyState) -> str | None:
         """

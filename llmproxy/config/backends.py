@@ -173,6 +173,7 @@ def _backend(
         reasoning_models=reasoning_models,
         max_connections=reader.integer("max_connections", 64, minimum=1),
         continuation=_continuation(reader),
+        affinity=_affinity(reader),
         prefill_params=MappingProxyType(dict(reader.mapping("prefill_params"))),
         prefill_message=MappingProxyType(dict(reader.mapping("prefill_message"))),
         options=options,
@@ -287,6 +288,19 @@ def _continuation(reader: Reader) -> str:
     value = reader.get("continuation", str, "restart")
     if value not in ("prefill", "restart"):
         raise reader.fail("continuation", f"expected prefill or restart, not {value!r}")
+    return value
+
+
+def _affinity(reader: Reader) -> str:
+    """
+    C{affinity}: whether a conversation sticks to one of the backend's keys
+    (an unquoted C{off} is YAML's C{false}).
+    """
+    value = reader.get("affinity", (str, bool), "conversation")
+    if value is False:
+        return "off"
+    if value not in ("conversation", "off"):
+        raise reader.fail("affinity", f"expected conversation or off, not {value!r}")
     return value
 
 

@@ -141,6 +141,9 @@ class BackendConfig:
     #: How a stream broken elsewhere is continued here: C{prefill} (the
     #: partial answer sent as a final assistant message) or C{restart}.
     continuation: str = "restart"
+    #: Prompt-cache affinity: C{conversation} (a conversation sticks to
+    #: one key while it is free, L{llmproxy.routing.affinity}) or C{off}.
+    affinity: str = "conversation"
     #: Fields added to a prefill request (its top level), and to its final
     #: assistant message, as the server wants them (vLLM:
     #: C{continue_final_message}; DeepSeek, Mistral: C{prefix}).

@@ -14,7 +14,7 @@ L{llmproxy.exchange.exchange} does the I/O.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 from twisted.internet.interfaces import IReactorTime
 
@@ -23,6 +23,7 @@ from llmproxy.config import ApiKey
 from llmproxy.errors import ProxyError
 from llmproxy.exchange.outcome import Outcome, Verdict
 from llmproxy.exchange.runtime import Upstreams
+from llmproxy.routing.affinity import CONVERSATION, preference
 from llmproxy.routing.plan import plan_attempts
 from llmproxy.routing.resolve import Route, Target
 
@@ -93,8 +94,14 @@ class AttemptQueue:
     """
 
     def __init__(
-        self, route: Route, upstreams: Upstreams, clock: IReactorTime, default_cooldown: float
+        self, route: Route, upstreams: Upstreams, clock: IReactorTime, default_cooldown: float,
+        conversation: str | None = None,
     ) -> None:
+        """
+        @param conversation: the request's conversation key: its keys come
+            in its affinity order (L{llmproxy.routing.affinity}) on the
+            backends that keep one.
+        """
         self.up = upstreams
         self.clock = clock
         self.default_cooldown = default_cooldown
@@ -102,9 +109,7 @@ class AttemptQueue:
         rotation: dict[str, list[ApiKey]] = {}
         for target in self.targets:
             if target.key is None and target.backend not in rotation:
-                # A backend may rank its keys (an account's quota left).
-                prefer = getattr(upstreams.backends.get(target.backend), "key_preference", None)
-                rotation[target.backend] = upstreams.pools[target.backend].ordered(prefer)
+                rotation[target.backend] = self._ordered(target.backend, conversation)
         self.keys = [
             [k for k in upstreams.pools[t.backend].keys if k.name == t.key]
             if t.key is not None else rotation[t.backend]
@@ -114,6 +119,19 @@ class AttemptQueue:
         self.parked: list[Slot] = []
         self.hold: Slot | None = None
         self.tried: set[tuple[int, str | None]] = set()
+
+    def _ordered(self, name: str, conversation: str | None) -> list[ApiKey]:
+        """
+        This request's order of backend C{name}'s keys: the conversation's
+        when the backend keeps affinity, else the rotation's.
+        """
+        backend = self.up.backends.get(name)
+        # A backend may rank its keys (an account's quota left).
+        prefer = getattr(backend, "key_preference", None)
+        if conversation is not None and backend is not None \
+                and backend.config.affinity == CONVERSATION:
+            return self.up.pools[name].ordered(preference(conversation, prefer), advance=False)
+        return self.up.pools[name].ordered(prefer)
 
     def _plan(self, policy: str) -> list[Slot]:
         """
@@ -330,14 +348,18 @@ class AttemptQueue:
 
     # bookkeeping: what an attempt's end says about its key and backend
 
-    def record_success(self, slot: Slot) -> None:
+    def record_success(self, slot: Slot, usage: Mapping[str, Any] | None = None) -> None:
         """
         The attempt was answered and relayed: its backend's model works,
-        and so does its key.
+        and so does its key, whose prompt-cache totals count the answer's
+        C{usage}.
         """
         self.up.breakers[slot.target.backend].record_success(slot.target.model)
         if slot.key is not None:
-            self.up.pools[slot.target.backend].mark_ok(slot.key)
+            pool = self.up.pools[slot.target.backend]
+            pool.mark_ok(slot.key)
+            if usage is not None:
+                pool.prompt_cache.record(slot.key.name, usage)
 
     def record_failure(self, slot: Slot) -> None:
         """

@@ -130,7 +130,9 @@ class Exchange:
         fcfg = self.runtime.config.failure
         if self.call.stream and fcfg.keepalive_after > 0:
             self.reply.keep_alive(fcfg.keepalive_after, fcfg.keepalive_interval)
-        queue = AttemptQueue(route, self.runtime.upstreams, self.clock, fcfg.default_cooldown)
+        conversation = self.call.conversation
+        queue = AttemptQueue(route, self.runtime.upstreams, self.clock, fcfg.default_cooldown,
+                             conversation.key if conversation is not None else None)
         try:
             return await self._attempts(queue)
         finally:
@@ -286,7 +288,7 @@ class Exchange:
             queue.record_failure(slot)
             note.outcome = BROKEN
             return result
-        queue.record_success(slot)
+        queue.record_success(slot, self.note.usage)
         note.outcome = OK
         return result
 
@@ -449,9 +451,8 @@ class Exchange:
             raise InvalidAnswer(
                 f"Upstream {name} answered with a body that is not a valid response")
         self.reply.json_headers(response.code)
-        if self.events.observed:
-            usage = data.get("usage")
-            self.note.usage = usage if isinstance(usage, dict) else None
+        usage = data.get("usage")  # for the key's prompt-cache totals and the events
+        self.note.usage = usage if isinstance(usage, dict) else None
         if self.call.on_response is not None:
             self.call.on_response(out)
         return out
@@ -469,7 +470,8 @@ class Exchange:
         reply = self.reply
         if not reply.committed:
             reply.stream_headers()
-        tap = UsageTap(transform) if self.events.observed else None
+        # The usage counts for the key's prompt-cache totals, and the events.
+        tap = UsageTap(transform) if self.events.observed or note.key is not None else None
 
         def first_event() -> None:
             note.first_event_at = self.clock.seconds()

@@ -163,10 +163,12 @@ class ProxyApp:
         up = runtime.upstreams
         backends: dict[str, Any] = {}
         for name, backend in up.backends.items():
+            pool = up.pools[name]
             entry = backends[name] = {
                 "type": backend.config.type,
                 "circuits": up.breakers[name].status(),
-                "keys": up.pools[name].status(),
+                "keys": [{**key, "prompt_cache": pool.prompt_cache.shown(key["name"])}
+                         for key in pool.status()],
             }
             # Backends whose keys are accounts say more of them.
             accounts = getattr(backend, "accounts_status", None)
