@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
+from llmproxy.config.edits import EditPrecisionConfig
+
 if TYPE_CHECKING:
     from llmproxy.config.capture import CaptureConfig
 
@@ -245,6 +247,7 @@ class Config:
     workers: int = 1
     allow_remote_codex: bool = False
     capture: CaptureConfig | None = None
+    edit_precision: EditPrecisionConfig = EditPrecisionConfig()
     warnings: tuple[str, ...] = ()
 
     @property
