@@ -109,6 +109,21 @@ class PatternTests(SynchronousTestCase):
         for path in files:
             self.assertIsNone(answer_failure(path.read_text(encoding="utf-8"), SETTINGS), path)
 
+    def test_long_tool_results(self) -> None:
+        """
+        Only the start of each text is searched, where agents put their
+        failure messages (Cline's opens with its preamble, before the
+        SEARCH block it quotes).
+        """
+        search = "x = 1\n" * 2000
+        cline = CLINE.replace("import 'cypress-file-upload';\n", search)
+        body = {"model": "gpt-4o", "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "[replace_in_file for 'a.ts'] Result:"},
+            {"type": "text", "text": cline}, {"type": "text", "text": "<environment_details>"}]}]}
+        self.assertEqual(find_failure(body, "chat", SETTINGS), "cline search-block")
+        late = _chat(("tool", search + FIXTURES["crush old-string"]))
+        self.assertIsNone(find_failure(late, "chat", SETTINGS))
+
     def test_history_is_not_the_turn(self) -> None:
         body = _chat(("user", CLINE), ("assistant", "retried"), ("user", "thanks"))
         self.assertIsNone(find_failure(body, "chat", SETTINGS))

@@ -31,7 +31,7 @@ from llmproxy.adapt.reasoning import is_reasoning_model
 from llmproxy.config.edits import EditPrecisionConfig
 from llmproxy.dialects import CHAT
 
-__all__ = ["EDITS", "Change", "EditTuning", "answer_failure", "answer_text", "describe", "find_failure",
+__all__ = ["EDITS", "SCAN_LIMIT", "Change", "EditTuning", "answer_failure", "answer_text", "describe", "find_failure",
            "shape_for_edits", "turn_texts", "tuned"]
 
 #: Responses input items an assistant produced: the newest turn starts after
@@ -42,6 +42,12 @@ _ASSISTANT_ITEMS = frozenset({"function_call", "custom_tool_call", "reasoning",
 _RESULT_ITEMS = frozenset({"function_call_output", "custom_tool_call_output",
                            "local_shell_call_output", "computer_call_output"})
 _TEXT_PARTS = frozenset({"text", "input_text", "output_text"})
+
+#: How much of each text is searched: an agent's failure message opens the
+#: tool result (or text part) that carries it, and a long tool output (a
+#: file, a build log) would otherwise cost every pattern a full search
+#: (about 50 us per 4 KB for the shipped patterns, on every such request).
+SCAN_LIMIT = 4096
 
 
 class EditTuning(NamedTuple):
@@ -70,27 +76,28 @@ def _is(kind: object, kinds: frozenset[str]) -> bool:
     return isinstance(kind, str) and kind in kinds
 
 
-def _text(content: object) -> str:
+def _texts(content: object) -> list[str]:
     """
-    The text of a message's content or a tool's output (a string, or parts).
+    The texts of a message's content or a tool's output (a string, or
+    each text part).
     """
     if isinstance(content, str):
-        return content
+        return [content]
     if not isinstance(content, list):
-        return ""
-    return "\n".join(part["text"] for part in content
-                     if isinstance(part, Mapping) and _is(part.get("type"), _TEXT_PARTS)
-                     and isinstance(part.get("text"), str))
+        return []
+    return [part["text"] for part in content
+            if isinstance(part, Mapping) and _is(part.get("type"), _TEXT_PARTS)
+            and isinstance(part.get("text"), str)]
 
 
-def _chat_turn(messages: Sequence[Any]) -> Iterator[tuple[bool, str]]:
+def _chat_turn(messages: Sequence[Any]) -> Iterator[tuple[bool, list[str]]]:
     for message in reversed(messages):
         if not isinstance(message, Mapping) or message.get("role") == "assistant":
             return
-        yield message.get("role") == "user", _text(message.get("content"))
+        yield message.get("role") == "user", _texts(message.get("content"))
 
 
-def _responses_turn(items: Sequence[Any]) -> Iterator[tuple[bool, str]]:
+def _responses_turn(items: Sequence[Any]) -> Iterator[tuple[bool, list[str]]]:
     for item in reversed(items):
         if not isinstance(item, Mapping):
             return
@@ -98,15 +105,16 @@ def _responses_turn(items: Sequence[Any]) -> Iterator[tuple[bool, str]]:
         if role == "assistant" or _is(kind, _ASSISTANT_ITEMS):
             return
         if _is(kind, _RESULT_ITEMS):
-            yield False, _text(item.get("output"))
+            yield False, _texts(item.get("output"))
         else:
-            yield role == "user", _text(item.get("content"))
+            yield role == "user", _texts(item.get("content"))
 
 
 def turn_texts(body: Mapping[str, Any], dialect: str) -> list[str]:
     """
     The texts of a request's newest turn: its last user message first, then
-    the rest of the turn (tool results, other messages), newest first.
+    the rest of the turn (tool results, other messages), newest first; each
+    text part on its own.
     """
     if dialect == CHAT:
         messages = body.get("messages")
@@ -119,17 +127,22 @@ def turn_texts(body: Mapping[str, Any], dialect: str) -> list[str]:
     first = next((i for i, (user, _) in enumerate(found) if user), None)
     if first is not None:
         found.insert(0, found.pop(first))
-    return [text for _, text in found]
+    return [text for _, texts in found for text in texts]
 
 
 def _first_match(texts: Iterable[str], settings: EditPrecisionConfig) -> str | None:
-    matcher = settings.matcher
-    if matcher is None:
-        return None
+    """
+    The first pattern found in the first text that shows one, searching
+    the first L{SCAN_LIMIT} characters of each.
+    """
     for text in texts:
-        found = matcher.search(text) if text else None
-        if found is not None and found.lastgroup is not None:
-            return settings.patterns[int(found.lastgroup[1:])].name
+        if not text:
+            continue
+        head = text[:SCAN_LIMIT]
+        for pattern in settings.patterns:
+            for regex in pattern.regexes:
+                if regex.search(head) is not None:
+                    return pattern.name
     return None
 
 
@@ -158,13 +171,13 @@ def answer_text(data: Mapping[str, Any], dialect: str) -> str:
     if dialect == CHAT:
         choices = data.get("choices")
         return "\n".join(
-            _text(choice.get("message", {}).get("content"))
-            for choice in (choices if isinstance(choices, list) else ())
-            if isinstance(choice, Mapping) and isinstance(choice.get("message"), Mapping))
+            text for choice in (choices if isinstance(choices, list) else ())
+            if isinstance(choice, Mapping) and isinstance(choice.get("message"), Mapping)
+            for text in _texts(choice["message"].get("content")))
     output = data.get("output")
-    return "\n".join(_text(item.get("content"))
-                     for item in (output if isinstance(output, list) else ())
-                     if isinstance(item, Mapping) and item.get("type") == "message")
+    return "\n".join(text for item in (output if isinstance(output, list) else ())
+                     if isinstance(item, Mapping) and item.get("type") == "message"
+                     for text in _texts(item.get("content")))
 
 
 def _number(value: object) -> float | None:

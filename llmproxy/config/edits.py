@@ -31,10 +31,13 @@ class EditPattern:
     One edit-failure message.
 
     @ivar name: what C{x-llmproxy-tuned} says matched (C{cline search-block}).
+    @ivar regexes: its wordings; any one matching is a match.  (Several
+        regexes, not one alternation: a regex that starts with literal
+        text is searched several times faster.)
     """
 
     name: str
-    regex: re.Pattern[str]
+    regexes: tuple[re.Pattern[str], ...]
 
 
 @dataclass(frozen=True)
@@ -52,8 +55,6 @@ class EditPrecisionConfig:
     @ivar exclude_agents: clients whose C{User-Agent} it matches (C{search})
         are never tuned.
     @ivar patterns: the failure messages; none means nothing is ever tuned.
-    @ivar matcher: every pattern as one alternation (group C{gN} is
-        C{patterns[N]}), so that a text is searched once.
     """
 
     enabled: bool = True
@@ -63,19 +64,13 @@ class EditPrecisionConfig:
     max_top_k: int | None = None
     exclude_agents: re.Pattern[str] | None = None
     patterns: tuple[EditPattern, ...] = ()
-    matcher: re.Pattern[str] | None = field(init=False, default=None, compare=False)
-
-    def __post_init__(self) -> None:
-        if self.patterns:
-            joined = "|".join(f"(?P<g{i}>{p.regex.pattern})" for i, p in enumerate(self.patterns))
-            object.__setattr__(self, "matcher", re.compile(joined))
 
     @property
     def active(self) -> bool:
         """
         Whether any request can be tuned.
         """
-        return self.enabled and self.matcher is not None
+        return self.enabled and bool(self.patterns)
 
     def temperature_for(self, model: str) -> float:
         """
@@ -100,19 +95,18 @@ def parse_patterns(data: Any, source: str) -> tuple[EditPattern, ...]:
         raise ValueError(f"{source}: expected a non-empty list under 'patterns'")
     patterns = []
     for i, entry in enumerate(entries):
+        regex = entry.get("regex") if isinstance(entry, dict) else None
+        texts = [regex] if isinstance(regex, str) else regex
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) \
-                or not isinstance(entry.get("regex"), str):
-            raise ValueError(f"{source}: patterns[{i}]: expected a name and a regex")
+                or not isinstance(texts, list) or not texts \
+                or not all(isinstance(text, str) for text in texts):
+            raise ValueError(f"{source}: patterns[{i}]: expected a name and a regex "
+                             "(or a list of them)")
         try:
-            regex = re.compile(entry["regex"])
+            compiled = tuple(re.compile(text) for text in texts)
         except re.error as e:
             raise ValueError(f"{source}: patterns[{i}] ({entry['name']}): bad regex: {e}")
-        try:
-            # It must work as one branch of the joined matcher.
-            re.compile(f"(?P<g0>{regex.pattern})|x")
-        except re.error as e:
-            raise ValueError(f"{source}: patterns[{i}] ({entry['name']}): {e}")
-        patterns.append(EditPattern(entry["name"], regex))
+        patterns.append(EditPattern(entry["name"], compiled))
     return tuple(patterns)
 
 
