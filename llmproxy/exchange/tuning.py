@@ -93,14 +93,18 @@ class EditWatch:
         sessions: Sessions, settings: EditPrecisionConfig, request: IRequest,
     ) -> EditWatch | None:
         """
-        The watch of a request, L{None} when its agent is excluded
-        (C{exclude_agents_regex}); takes the conversation's one-shot flag.
+        The watch of a request; takes the conversation's one-shot flag.
+        L{None} when there is nothing to do: its agent is excluded
+        (C{exclude_agents_regex}), or it is not tuned and has no
+        conversation to watch its answer for.
         """
         excluded = settings.exclude_agents
         if excluded is not None and _excluded(excluded, request):
             return None
-        watch = cls(settings, sessions, frontend, conversation)
         failure = find_failure(body, frontend, settings)
+        if failure is None and conversation is None:
+            return None
+        watch = cls(settings, sessions, frontend, conversation)
         if conversation is not None:
             flagged = await watch._take_flag(conversation.key)
             if failure is None and flagged:
