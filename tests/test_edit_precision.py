@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from hypothesis import given, settings, strategies as st
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from llmproxy.adapt.edits import EDITS, EditTuning, answer_failure, find_failure, tuned
@@ -201,6 +202,15 @@ class RequestSideTests(SynchronousTestCase):
         self.assertNotIn("x-llmproxy-tuned", again.headers)
         self.assertEqual(proxy.fake.requests[-1].body, clean)
 
+    def test_logged(self) -> None:
+        seen: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(seen.append)
+        self.addCleanup(globalLogPublisher.removeObserver, seen.append)
+        _post(_proxy(), _chat(("user", CLINE), temperature=0.7))
+        said = [formatEvent(e) for e in seen if "tuned" in e.get("log_format", "")]
+        self.assertEqual(said, ["openai:gpt-4o: tuned temperature 0.7->0.1, top_p unset->0.3 "
+                                "(edit failure: cline search-block)"])
+
     def test_model_table_and_lower_values(self) -> None:
         proxy = _proxy(models={"gpt-4o": 0.2}, min_top_p=0.5)
         _post(proxy, _chat(("user", FIXTURES["aider udiff"]), temperature=0.05, top_p=0.9))
@@ -285,6 +295,23 @@ class OneShotTests(SynchronousTestCase):
     def test_streamed_answer(self) -> None:
         session = {"session_id": "s-2"}
         self._check_next_tuned_once(self._failing_then_clean(True, session), session)
+
+    def test_responses_stream(self) -> None:
+        """
+        A Responses client's streamed answer (translated from a chat
+        upstream's chunks) flags its C{prompt_cache_key} conversation.
+        """
+        proxy = _proxy()
+        text = FIXTURES["gemini no-occurrence"]
+        proxy.fake.script.append(Stream(chat_chunks("gpt-4o", [text[:30], text[30:]])))
+        first = proxy.post("/v1/responses", {"model": "gpt-4o", "input": "edit",
+                                             "stream": True, "prompt_cache_key": "p-1"})
+        self.assertIn(b"response.completed", first.content)
+        second = proxy.post("/v1/responses", {"model": "gpt-4o", "input": "go on",
+                                              "prompt_cache_key": "p-1"})
+        self.assertIn("gemini no-occurrence, in the previous answer",
+                      second.headers["x-llmproxy-tuned"])
+        self.assertEqual(proxy.fake.requests[-1].body["temperature"], 0.1)
 
     def test_other_conversations_untouched(self) -> None:
         proxy = self._failing_then_clean(False, {"session_id": "a"})
