@@ -11,7 +11,8 @@ setup(
         "llmproxy.translate",
         "twisted.plugins",
     ],
-    package_data={"twisted": ["plugins/llmproxy_plugin.py"]},
+    package_data={"twisted": ["plugins/llmproxy_plugin.py"],
+                  "llmproxy.config": ["edit_patterns.yaml"]},
     python_requires=">=3.10",
     install_requires=[
         "twisted[tls]>=24.10",

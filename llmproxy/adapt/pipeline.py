@@ -51,9 +51,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, Mapping, NamedTuple
 
 from llmproxy.dialects import CHAT, RESPONSES
+
+if TYPE_CHECKING:
+    from llmproxy.adapt.edits import EditTuning
 
 __all__ = [
     "PROXY_FIELD_PREFIX",
@@ -89,6 +92,8 @@ class Context(NamedTuple):
     @ivar backend_type: the backend's type (C{type:} in the config), for
         the steps that are one connector's wire rules.
     @ivar knobs: the proxy-only fields the client sent, in body order.
+    @ivar edit: the request is to be tuned for a failed edit
+        (L{llmproxy.adapt.edits}); decided once per request, not per target.
     """
 
     backend: str
@@ -98,6 +103,7 @@ class Context(NamedTuple):
     reasoning_models: re.Pattern[str] | None = None
     backend_type: str = ""
     knobs: Mapping[str, Any] = _NO_KNOBS
+    edit: EditTuning | None = None
 
 
 class Shaped(NamedTuple):

@@ -8,6 +8,7 @@ and one line here.
 from __future__ import annotations
 
 from llmproxy.adapt.codex import CODEX_RULES
+from llmproxy.adapt.edits import EDITS
 from llmproxy.adapt.pipeline import Pipeline
 from llmproxy.adapt.reasoning import REASONING
 from llmproxy.adapt.session import SESSION_FIELD
@@ -16,7 +17,7 @@ from llmproxy.config import Config
 __all__ = ["DEFAULT_PIPELINE", "default_pipeline"]
 
 #: The steps every configuration runs today.
-DEFAULT_PIPELINE = Pipeline((SESSION_FIELD, REASONING, CODEX_RULES))
+DEFAULT_PIPELINE = Pipeline((SESSION_FIELD, EDITS, REASONING, CODEX_RULES))
 
 
 def default_pipeline(config: Config) -> Pipeline:

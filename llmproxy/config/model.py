@@ -14,6 +14,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from llmproxy.config.session import SessionConfig
+from llmproxy.config.edits import EditPrecisionConfig
 
 if TYPE_CHECKING:
     from llmproxy.config.capture import CaptureConfig
@@ -251,6 +252,7 @@ class Config:
     allow_remote_codex: bool = False
     capture: CaptureConfig | None = None
     session: SessionConfig = SessionConfig()
+    edit_precision: EditPrecisionConfig = EditPrecisionConfig()
     warnings: tuple[str, ...] = ()
 
     @property

@@ -51,6 +51,7 @@ from llmproxy.exchange.reply import (
 )
 from llmproxy.exchange.runtime import Runtime
 from llmproxy.exchange.transform import UsageTap, choose_transform, response_id
+from llmproxy.exchange.tuning import EditWatch
 from llmproxy.routing.conversation import Conversation
 from llmproxy.routing.resolve import Route, Target
 from llmproxy.translate.content import answer_starts
@@ -96,6 +97,7 @@ class _Outgoing:
     payload: bytes
     dropped: tuple[str, ...]
     transform: Transform | None
+    tuned: str | None = None
 
 
 class Exchange:
@@ -118,6 +120,8 @@ class Exchange:
         self.note = ReplyNote()
         self.reply = ClientReply(request, call.frontend, self.clock, self.note)
         self.tried: list[Tried] = []
+        #: Edit precision tuning (L{llmproxy.exchange.tuning}), when on.
+        self.edits: EditWatch | None = None
 
     # the loop
 
@@ -133,6 +137,10 @@ class Exchange:
         conversation = self.call.conversation
         queue = AttemptQueue(route, self.runtime.upstreams, self.clock, fcfg.default_cooldown,
                              conversation.key if conversation is not None else None)
+        call, edits = self.call, self.runtime.config.edit_precision
+        if edits.active:
+            self.edits = await EditWatch.start(call.body, call.frontend, call.conversation,
+                                               self.runtime.sessions, edits, self.reply.request)
         try:
             return await self._attempts(queue)
         finally:
@@ -209,6 +217,8 @@ class Exchange:
         target = slot.target
         backend = self.runtime.upstreams.backends[target.backend]
         payload, dropped = self._prepare(target, backend)
+        tuned = None if self.edits is None else self.edits.tuned_text(
+            target.body, target.model, backend.config.reasoning_models)
         transform = choose_transform(self.call.frontend, backend.dialect, target.model,
                                      self.call.body, self.clock) if self.call.stream else None
         if transform is not None and self.call.tap is not None:
@@ -220,8 +230,8 @@ class Exchange:
                            slot.key.name if slot.key is not None else None, self.clock.seconds(),
                            retry=slot.repeat)
         try:
-            return await self._send(queue, slot, backend, _Outgoing(payload, dropped, transform),
-                                    note)
+            return await self._send(queue, slot, backend,
+                                    _Outgoing(payload, dropped, transform, tuned), note)
         except CancelledError:
             note.outcome = CANCELLED
             raise
@@ -257,6 +267,8 @@ class Exchange:
             return self._broken(queue, slot, note, InvalidAnswer(
                 f"Upstream {target.backend}:{target.model} {problem}"))
         self.reply.route_headers(target, key, response, out.dropped, self.note.attempts)
+        if self.edits is not None and not self.reply.committed:
+            self.edits.report(self.reply.request, f"{target.backend}:{target.model}", out.tuned)
         return await self._answer(queue, slot, backend, response, out.transform, note)
 
     async def _answer(
@@ -312,14 +324,15 @@ class Exchange:
     def _prepare(self, target: Target, backend: Backend) -> tuple[bytes, tuple[str, ...]]:
         call = self.call
         reasoning = backend.config.reasoning_models
+        edit = None if self.edits is None else self.edits.tuning
         try:
             if call.frontend == CHAT:
                 return prepare.prepare_chat(target, call.raw, backend.dialect, reasoning,
                                             pipeline=self.runtime.pipeline,
-                                            backend_type=backend.config.type)
+                                            backend_type=backend.config.type, edit=edit)
             return prepare.prepare_responses(target, call.raw, backend.dialect, reasoning,
                                              call.history, pipeline=self.runtime.pipeline,
-                                             backend_type=backend.config.type)
+                                             backend_type=backend.config.type, edit=edit)
         except (TypeError, AttributeError, KeyError, ValueError) as e:
             # Translation validates what it understands; a shape it does not
             # expect is still the client's error, never a 500.
@@ -453,6 +466,8 @@ class Exchange:
         self.reply.json_headers(response.code)
         usage = data.get("usage")  # for the key's prompt-cache totals and the events
         self.note.usage = usage if isinstance(usage, dict) else None
+        if self.edits is not None:
+            await self.edits.whole(data, backend.dialect)
         if self.call.on_response is not None:
             self.call.on_response(out)
         return out
@@ -481,7 +496,10 @@ class Exchange:
         first_at = note.started + limits.first_token if limits.first_token > 0 else None
         watch = AnswerWatch(answer_starts(backend.dialect), first_at, limits.first_token,
                             limits.stream_idle)
-        relay = StreamRelay(reply.request, tap or transform, self.clock,
+        relayed = tap or transform
+        if self.edits is not None:
+            relayed = self.edits.tap(relayed)
+        relay = StreamRelay(reply.request, relayed, self.clock,
                             backend.config.idle_timeout, on_first_write=first_event,
                             deadline=self._deadline(), answer=watch)
         response.deliverBody(relay)
@@ -501,6 +519,8 @@ class Exchange:
             return False
         if tap is not None:
             self.note.usage = tap.usage
+        if self.edits is not None:
+            await self.edits.streamed()
         final = transform.final()
         if self.call.on_response is not None and final is not None:
             self.call.on_response(json.dumps(final).encode())

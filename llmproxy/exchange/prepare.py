@@ -12,6 +12,7 @@ import json
 import re
 from typing import Any, Mapping, Sequence
 
+from llmproxy.adapt.edits import EditTuning
 from llmproxy.adapt.pipeline import Context, Pipeline, Shaped, Translate
 from llmproxy.adapt.steps import DEFAULT_PIPELINE
 from llmproxy.dialects import CHAT, RESPONSES
@@ -55,7 +56,7 @@ def _bytes(target: Target, original: bytes, shaped: Shaped) -> tuple[bytes, tupl
 def prepare_chat(
     target: Target, original: bytes, backend_dialect: str,
     reasoning: re.Pattern[str] | None = None, pipeline: Pipeline | None = None,
-    backend_type: str = "",
+    backend_type: str = "", edit: EditTuning | None = None,
 ) -> tuple[bytes, tuple[str, ...]]:
     """
     The bytes to send a backend for a chat-frontend target, and the names
@@ -64,10 +65,11 @@ def prepare_chat(
     @param reasoning: the backend's C{reasoning_models} pattern.
     @param pipeline: the adapt steps, by default L{DEFAULT_PIPELINE}.
     @param backend_type: the backend's C{type}, for connector steps.
+    @param edit: the request's edit precision tuning, if any.
     """
     steps = DEFAULT_PIPELINE if pipeline is None else pipeline
     context = Context(target.backend, target.model, CHAT, backend_dialect, reasoning,
-                      backend_type)
+                      backend_type, edit=edit)
     translate = _to_responses if backend_dialect == RESPONSES else None
     return _bytes(target, original, steps.run(target.body, context, translate))
 
@@ -76,7 +78,7 @@ def prepare_responses(
     target: Target, original: bytes, backend_dialect: str,
     reasoning: re.Pattern[str] | None = None,
     history: Sequence[Mapping[str, Any]] | None = (), pipeline: Pipeline | None = None,
-    backend_type: str = "",
+    backend_type: str = "", edit: EditTuning | None = None,
 ) -> tuple[bytes, tuple[str, ...]]:
     """
     The bytes to send a backend for a responses-frontend target.
@@ -86,10 +88,11 @@ def prepare_responses(
         backend, which may have stored it, can serve the request).
     @param pipeline: the adapt steps, by default L{DEFAULT_PIPELINE}.
     @param backend_type: the backend's C{type}, for connector steps.
+    @param edit: the request's edit precision tuning, if any.
     """
     steps = DEFAULT_PIPELINE if pipeline is None else pipeline
     context = Context(target.backend, target.model, RESPONSES, backend_dialect, reasoning,
-                      backend_type)
+                      backend_type, edit=edit)
     if backend_dialect == RESPONSES:
         shaped = steps.run(target.body, context)
         if shaped.body.get("store") is False and "previous_response_id" in shaped.body:

@@ -25,6 +25,7 @@ class SessionState:
     @ivar planning_over: the planning phase ended (a limit was reached).
     @ivar tune_next: the next request gets edit-precision tuning (a
         response or tool result showed an edit failure).
+    @ivar tune_reason: the failure pattern that set C{tune_next}.
     @ivar last_seen: when it was last updated (POSIX seconds).
     """
 
@@ -33,6 +34,7 @@ class SessionState:
     planning_over: bool = False
     tune_next: bool = False
     last_seen: float = 0.0
+    tune_reason: str = ""
 
 
 #: A change to a conversation's state (a pure function of the old state).
