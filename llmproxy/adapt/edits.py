@@ -86,20 +86,20 @@ def _texts(content: object) -> list[str]:
     if not isinstance(content, list):
         return []
     return [part["text"] for part in content
-            if isinstance(part, Mapping) and _is(part.get("type"), _TEXT_PARTS)
+            if isinstance(part, dict) and _is(part.get("type"), _TEXT_PARTS)
             and isinstance(part.get("text"), str)]
 
 
 def _chat_turn(messages: Sequence[Any]) -> Iterator[tuple[bool, list[str]]]:
     for message in reversed(messages):
-        if not isinstance(message, Mapping) or message.get("role") == "assistant":
+        if not isinstance(message, dict) or message.get("role") == "assistant":
             return
         yield message.get("role") == "user", _texts(message.get("content"))
 
 
 def _responses_turn(items: Sequence[Any]) -> Iterator[tuple[bool, list[str]]]:
     for item in reversed(items):
-        if not isinstance(item, Mapping):
+        if not isinstance(item, dict):
             return
         kind, role = item.get("type"), item.get("role")
         if role == "assistant" or _is(kind, _ASSISTANT_ITEMS):
@@ -172,11 +172,11 @@ def answer_text(data: Mapping[str, Any], dialect: str) -> str:
         choices = data.get("choices")
         return "\n".join(
             text for choice in (choices if isinstance(choices, list) else ())
-            if isinstance(choice, Mapping) and isinstance(choice.get("message"), Mapping)
+            if isinstance(choice, dict) and isinstance(choice.get("message"), dict)
             for text in _texts(choice["message"].get("content")))
     output = data.get("output")
     return "\n".join(text for item in (output if isinstance(output, list) else ())
-                     if isinstance(item, Mapping) and item.get("type") == "message"
+                     if isinstance(item, dict) and item.get("type") == "message"
                      for text in _texts(item.get("content")))
 
 
