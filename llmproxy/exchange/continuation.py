@@ -33,7 +33,7 @@ from llmproxy.exchange.events import BROKEN, CANCELLED, CLIENT_ERROR, OK, Attemp
 from llmproxy.exchange.outcome import Outcome, classify_status
 from llmproxy.exchange.relay import StreamRelay
 from llmproxy.exchange.reply import MAX_ERROR_BODY, Tried, label, lower_headers
-from llmproxy.exchange.transform import choose_transform
+from llmproxy.exchange.transform import Recorder, choose_transform
 from llmproxy.routing.resolve import named_route
 from llmproxy.translate.splice import (
     PREFILL, RESTART, Partial, Splicer, partial_from, prefill_body, seam_comment, splicer,
@@ -45,38 +45,6 @@ if TYPE_CHECKING:
     from llmproxy.exchange.exchange import Exchange
 
 log = Logger()
-
-
-class Recorder:
-    """
-    A transform that keeps the bytes it produced, for a continuation.
-    """
-
-    __slots__ = ("inner", "sent")
-
-    def __init__(self, inner: Transform) -> None:
-        self.inner = inner
-        self.sent: list[bytes] = []
-
-    def events(self, raw: list[bytes]) -> bytes:
-        out = self.inner.events(raw)
-        self.sent.append(out)
-        return out
-
-    def end(self) -> bytes:
-        out = self.inner.end()
-        self.sent.append(out)
-        return out
-
-    @property
-    def finished(self) -> bool:
-        return self.inner.finished
-
-    def error(self, error: ProxyError) -> bytes:
-        return self.inner.error(error)
-
-    def final(self) -> dict[str, Any] | None:
-        return self.inner.final()
 
 
 @dataclass
@@ -332,4 +300,4 @@ def _broken(
     return _failed(exchange, queue, slot, note, type(error).__name__)
 
 
-__all__ = ["Cut", "Recorder", "continue_cut", "may_continue"]
+__all__ = ["Cut", "continue_cut", "may_continue"]

@@ -35,7 +35,7 @@ from llmproxy.exchange.aggregated import (
 )
 from llmproxy.exchange.answers import InvalidAnswer, content_coding, head_problem, parse_answer
 from llmproxy.exchange.attempts import AttemptQueue, Slot, keyed_route
-from llmproxy.exchange.continuation import Cut, Recorder, continue_cut, may_continue
+from llmproxy.exchange.continuation import Cut, continue_cut, may_continue
 from llmproxy.exchange.events import (
     BROKEN, CANCELLED, CLIENT_ERROR, OK, TIMEOUT, AttemptNote, ExchangeEvents, ReplyNote,
 )
@@ -50,7 +50,7 @@ from llmproxy.exchange.reply import (
     final_error, kept_headers, label, lower_headers, network_error, redact,
 )
 from llmproxy.exchange.runtime import Runtime
-from llmproxy.exchange.transform import UsageTap, choose_transform, response_id
+from llmproxy.exchange.transform import Recorder, UsageTap, choose_transform, response_id
 from llmproxy.exchange.tuning import EditWatch
 from llmproxy.routing.conversation import Conversation
 from llmproxy.routing.resolve import Route, Target

@@ -84,4 +84,37 @@ class UsageTap:
         return self.inner.final()
 
 
-__all__ = ["UsageTap", "choose_transform", "response_id", "token"]
+class Recorder:
+    """
+    A transform that keeps the bytes it produced, for what reads the answer
+    once it ended (a continuation, edit precision's answer watch).
+    """
+
+    __slots__ = ("inner", "sent")
+
+    def __init__(self, inner: Transform) -> None:
+        self.inner = inner
+        self.sent: list[bytes] = []
+
+    def events(self, raw: list[bytes]) -> bytes:
+        out = self.inner.events(raw)
+        self.sent.append(out)
+        return out
+
+    def end(self) -> bytes:
+        out = self.inner.end()
+        self.sent.append(out)
+        return out
+
+    @property
+    def finished(self) -> bool:
+        return self.inner.finished
+
+    def error(self, error: ProxyError) -> bytes:
+        return self.inner.error(error)
+
+    def final(self) -> dict[str, Any] | None:
+        return self.inner.final()
+
+
+__all__ = ["Recorder", "UsageTap", "choose_transform", "response_id", "token"]

@@ -24,8 +24,8 @@ from llmproxy.adapt.edits import (
     EditTuning, answer_failure, answer_text, describe, find_failure, tuned,
 )
 from llmproxy.config.edits import EditPrecisionConfig
-from llmproxy.errors import ProxyError
 from llmproxy.exchange.sessions import SessionState, Sessions
+from llmproxy.exchange.transform import Recorder
 from llmproxy.routing.conversation import Conversation
 from llmproxy.translate.splice import partial_from
 from llmproxy.translate.transforms import Transform
@@ -33,39 +33,6 @@ from llmproxy.translate.transforms import Transform
 __all__ = ["EditWatch", "TUNED_HEADER"]
 
 TUNED_HEADER = b"x-llmproxy-tuned"
-
-
-class _TextTap:
-    """
-    A transform that keeps what it relays, so the answer's text can be read
-    once the stream ended (only for requests whose answers are watched).
-    """
-
-    __slots__ = ("inner", "sent")
-
-    def __init__(self, inner: Transform) -> None:
-        self.inner = inner
-        self.sent: list[bytes] = []
-
-    def events(self, raw: list[bytes]) -> bytes:
-        out = self.inner.events(raw)
-        self.sent.append(out)
-        return out
-
-    def end(self) -> bytes:
-        out = self.inner.end()
-        self.sent.append(out)
-        return out
-
-    @property
-    def finished(self) -> bool:
-        return self.inner.finished
-
-    def error(self, error: ProxyError) -> bytes:
-        return self.inner.error(error)
-
-    def final(self) -> dict[str, Any] | None:
-        return self.inner.final()
 
 
 @dataclass
@@ -83,7 +50,7 @@ class EditWatch:
     frontend: str
     conversation: Conversation | None
     tuning: EditTuning | None = None
-    _tap: _TextTap | None = field(default=None, repr=False)
+    _tap: Recorder | None = field(default=None, repr=False)
 
     log = Logger()
 
@@ -159,7 +126,7 @@ class EditWatch:
         """
         if self.conversation is None:
             return transform
-        self._tap = _TextTap(transform)
+        self._tap = Recorder(transform)
         return self._tap
 
     async def streamed(self) -> None:
