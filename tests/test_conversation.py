@@ -15,7 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from llmproxy.exchange.sessions import MemorySessions, SessionState
 from llmproxy.routing.conversation import conversation_of
-from llmproxy.testing import openai_config
+from llmproxy.testing import Reply, openai_config
 from tests.harness import MemoryProxy
 
 ids = st.text(min_size=1, max_size=20)
@@ -155,3 +155,13 @@ class ThroughTheProxyTests(SynchronousTestCase):
         self.assertEqual(len(sessions), 0)
         swapped = proxy.service.use_config(proxy.service.config)
         self.assertIs(swapped.sessions, sessions)
+
+    def test_the_header_survives_a_failover(self) -> None:
+        proxy = MemoryProxy(lambda u: openai_config(
+            u, ["a", "b"], failure_handling={"retries_per_target": 0}))
+        proxy.fake.by_key["a"] = [Reply(503, {"error": {"message": "down"}})]
+        answer = proxy.result(proxy.request("POST", "/v1/chat/completions", {
+            "model": "gpt-x", "prompt_cache_key": "pck-9",
+            "messages": [{"role": "user", "content": "hi"}]}))
+        self.assertEqual((answer.status, answer.headers["x-llmproxy-attempts"]), (200, "2"))
+        self.assertEqual(answer.headers["x-llmproxy-session"], "prompt_cache_key pck-9")

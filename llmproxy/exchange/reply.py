@@ -34,6 +34,11 @@ from llmproxy.translate.transforms import Transform
 PASS_HEADERS = (b"x-request-id", b"openai-processing-ms", b"openai-version",
                 b"retry-after", b"retry-after-ms")
 _RATELIMIT = b"x-ratelimit-"
+#: What an attempt says of itself (L{ClientReply.route_headers}); the
+#: request's own headers (its conversation, phase, tuning) are not the
+#: attempt's and survive a failover.
+ROUTE_HEADERS = (b"x-llmproxy-route", b"x-llmproxy-key", b"x-llmproxy-attempts",
+                 b"x-llmproxy-dropped-params")
 #: The most of an upstream error body that is read.
 MAX_ERROR_BODY = 1024 * 1024
 #: Text that looks like an API key (OpenAI echoes masked keys in 401s).
@@ -179,8 +184,7 @@ class ClientReply:
         headers = self.request.responseHeaders
         for name, _ in list(headers.getAllRawHeaders()):
             lower = name.lower()
-            if lower.startswith(b"x-llmproxy-") or lower in PASS_HEADERS \
-                    or lower.startswith(_RATELIMIT):
+            if lower in ROUTE_HEADERS or lower in PASS_HEADERS or lower.startswith(_RATELIMIT):
                 headers.removeHeader(name)
 
     def stream_headers(self) -> None:
