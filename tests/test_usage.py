@@ -24,6 +24,7 @@ from llmproxy.testing.upstream import Reply, Stream
 from llmproxy.translate.transforms import without_usage
 from llmproxy.translate.usage import usage_counts, usage_line
 from tests.harness import MemoryProxy
+from tests.test_continuation import TEXT, memory, two_backends
 
 PIECES = ["a", "b", "c"]
 
@@ -161,6 +162,32 @@ class StreamedUsageTests(SynchronousTestCase):
         answer = proxy.chat(stream=True)
         self.assertEqual(answer.content, b"".join(plain_layout()))
         self.assertIsNone(replies.events[0]["usage"])
+
+
+class ContinuedStreamTests(SynchronousTestCase):
+    """
+    A stream broken mid-answer and continued on the next target: the
+    continuation's usage is known though the client never asked for it.
+    """
+
+    def test_usage_of_the_continuation(self) -> None:
+        from llmproxy.testing.continuation import Speak
+
+        for mode in ("prefill", "restart"):
+            proxy = memory(two_backends(mode))
+            replies = Replies(proxy)
+            proxy.fake.by_model["m1"] = [Speak(TEXT, cut_after=3)]
+            proxy.fake.by_model["m2"] = [Speak(TEXT)]
+            answer = proxy.post("/v1/chat/completions", {
+                "model": "first:m1|second:m2", "stream": True,
+                "messages": [{"role": "user", "content": "hi"}]})
+            self.assertNotIn(b'"usage"', answer.content, mode)
+            self.assertTrue(all(r.body["stream_options"] == {"include_usage": True}
+                                for r in proxy.fake.requests), mode)
+            [reply] = replies.events
+            self.assertEqual(reply["continued"], "second:m2", mode)
+            self.assertIsNotNone(reply["usage"], mode)
+            self.assertGreaterEqual(reply["usage"]["completion_tokens"], 1, mode)
 
 
 class OtherDialectsTests(SynchronousTestCase):
