@@ -349,6 +349,23 @@ class UsageHeaderTests(SynchronousTestCase):
     def test_not_on_streams(self) -> None:
         self.assertNotIn("x-llmproxy-usage", MemoryProxy().chat(stream=True).headers)
 
+    @given(st.integers(0, 10**9), st.integers(0, 10**9), st.integers(0, 10**9),
+           st.integers(0, 10**9))
+    def test_both_dialects(self, prompt: int, completion: int, cached: int,
+                           reasoning: int) -> None:
+        chat = {"prompt_tokens": prompt, "completion_tokens": completion,
+                "total_tokens": prompt + completion,
+                "prompt_tokens_details": {"cached_tokens": cached},
+                "completion_tokens_details": {"reasoning_tokens": reasoning}}
+        responses = {"input_tokens": prompt, "output_tokens": completion,
+                     "total_tokens": prompt + completion,
+                     "input_tokens_details": {"cached_tokens": cached},
+                     "output_tokens_details": {"reasoning_tokens": reasoning}}
+        expected = (f"prompt={prompt} completion={completion} total={prompt + completion} "
+                    f"cached={cached} reasoning={reasoning}")
+        self.assertEqual(usage_line(chat), expected)
+        self.assertEqual(usage_line(responses), expected)
+
     def test_counts(self) -> None:
         self.assertEqual(usage_counts({}), {"prompt": 0, "completion": 0, "total": 0,
                                             "cached": 0, "reasoning": 0})

@@ -20,36 +20,42 @@ from typing import Any, Mapping
 __all__ = ["usage_counts", "usage_line"]
 
 
-def _count(data: Any, *names: str) -> int:
+def _count(value: Any) -> int:
     """
-    The first of C{names} in C{data} that is a count, else 0.
+    C{value} when it is a count, else 0.
     """
-    if not isinstance(data, Mapping):
-        return 0
-    for name in names:
-        value = data.get(name)
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-            return value
-    return 0
+    return value if type(value) is int and value >= 0 else 0
+
+
+def _detail(usage: Mapping[str, Any], names: tuple[str, str], field: str) -> int:
+    """
+    A count inside the first of the detail objects C{names} that is one.
+    """
+    details = usage.get(names[0]) or usage.get(names[1])
+    return _count(details.get(field)) if isinstance(details, Mapping) else 0
+
+
+_CACHED = ("prompt_tokens_details", "input_tokens_details")
+_REASONING = ("completion_tokens_details", "output_tokens_details")
 
 
 def usage_counts(usage: Mapping[str, Any]) -> dict[str, int]:
     """
     The counts of a usage object of either dialect, in the line's order.
     """
-    prompt = _count(usage, "prompt_tokens", "input_tokens")
-    completion = _count(usage, "completion_tokens", "output_tokens")
-    total = _count(usage, "total_tokens") or prompt + completion
-    cached = _count(usage.get("prompt_tokens_details") or usage.get("input_tokens_details"),
-                    "cached_tokens")
-    reasoning = _count(usage.get("completion_tokens_details")
-                       or usage.get("output_tokens_details"), "reasoning_tokens")
-    return {"prompt": prompt, "completion": completion, "total": total, "cached": cached,
-            "reasoning": reasoning}
+    get = usage.get
+    prompt = _count(get("prompt_tokens")) or _count(get("input_tokens"))
+    completion = _count(get("completion_tokens")) or _count(get("output_tokens"))
+    return {"prompt": prompt, "completion": completion,
+            "total": _count(get("total_tokens")) or prompt + completion,
+            "cached": _detail(usage, _CACHED, "cached_tokens"),
+            "reasoning": _detail(usage, _REASONING, "reasoning_tokens")}
 
 
 def usage_line(usage: Mapping[str, Any]) -> str:
     """
     The counts of C{usage} as C{name=count} pairs, space separated.
     """
-    return " ".join(f"{name}={count}" for name, count in usage_counts(usage).items())
+    c = usage_counts(usage)
+    return (f"prompt={c['prompt']} completion={c['completion']} total={c['total']} "
+            f"cached={c['cached']} reasoning={c['reasoning']}")
