@@ -12,7 +12,7 @@ from typing import Any
 
 from hypothesis import given, strategies as st
 from twisted.logger import LogEvent, Logger, formatEvent
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from llmproxy.adapt.usage import asks_usage, needs_usage, with_usage
 from llmproxy.exchange.events import REPLY_NAMESPACE
@@ -23,7 +23,7 @@ from llmproxy.testing.builders import chat_chunk
 from llmproxy.testing.upstream import Reply, Stream
 from llmproxy.translate.transforms import without_usage
 from llmproxy.translate.usage import usage_counts, usage_line
-from tests.harness import MemoryProxy
+from tests.harness import MemoryProxy, in_thread, sdk, start
 from tests.test_continuation import TEXT, memory, two_backends
 
 PIECES = ["a", "b", "c"]
@@ -162,6 +162,32 @@ class StreamedUsageTests(SynchronousTestCase):
         answer = proxy.chat(stream=True)
         self.assertEqual(answer.content, b"".join(plain_layout()))
         self.assertIsNone(replies.events[0]["usage"])
+
+
+class SDKTests(TestCase):
+    """
+    The official client, over real sockets, streaming without asking.
+    """
+
+    async def test_stream_without_usage(self) -> None:
+        proxy = await start(self)
+        replies: list[LogEvent] = []
+        proxy.service.app.events.addObserver(
+            lambda e: replies.append(e) if e["log_namespace"] == REPLY_NAMESPACE else None)
+        proxy.fake.script.append(Stream(openai_layout(), delay=0.01))
+
+        def call() -> list[Any]:
+            with sdk(proxy.url) as client:
+                return list(client.chat.completions.create(
+                    model="gpt-4o", messages=[{"role": "user", "content": "hi"}],
+                    stream=True))
+
+        chunks = await in_thread(call)
+        self.assertEqual("".join(c.choices[0].delta.content or "" for c in chunks),
+                         "".join(PIECES))
+        self.assertTrue(all(c.choices and c.usage is None for c in chunks))
+        self.assertEqual(proxy.fake.requests[0].body["stream_options"], {"include_usage": True})
+        self.assertEqual(replies[0]["usage"], DETAILED)
 
 
 class ContinuedStreamTests(SynchronousTestCase):
