@@ -274,7 +274,8 @@ class AccessLogTests(EventsTestCase):
         [line] = lines
         text = formatEvent(line)
         self.assertRegex(text, r'^10\.1\.2\.3 "POST /v1/chat/completions HTTP/1\.1" 200 \d+ '
-                               r'0\.000s route=a:m key=a#1 attempts=1 stream=no "memsite/1"$')
+                               r'0\.000s route=a:m key=a#1 attempts=1 stream=no prompt=3 completion=2 '
+                               r'total=5 cached=0 reasoning=0 "memsite/1"$')
         self.assertNotIn(SECRET, text)
 
     def test_client_left_and_no_route(self) -> None:

@@ -119,7 +119,8 @@ class StreamingTests(TestCase):
         chunks = chat_chunks("gpt-4o", ["a", "b", "c"], usage=True)
         proxy.fake.script.append(Stream(chunks))
         status, headers, content = await post(self, proxy.url + "/v1/chat/completions",
-                                              {**CHAT, "stream": True})
+                                              {**CHAT, "stream": True,
+                                               "stream_options": {"include_usage": True}})
         self.assertEqual(status, 200)
         self.assertTrue(headers["content-type"].startswith("text/event-stream"))
         self.assertEqual(content, b"".join(chunks))

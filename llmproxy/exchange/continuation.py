@@ -33,7 +33,7 @@ from llmproxy.exchange.events import BROKEN, CANCELLED, CLIENT_ERROR, OK, Attemp
 from llmproxy.exchange.outcome import Outcome, classify_status
 from llmproxy.exchange.relay import StreamRelay
 from llmproxy.exchange.reply import MAX_ERROR_BODY, Tried, label, lower_headers
-from llmproxy.exchange.transform import Recorder, choose_transform
+from llmproxy.exchange.transform import Recorder, UsageTap, choose_transform
 from llmproxy.routing.resolve import named_route
 from llmproxy.translate.splice import (
     PREFILL, RESTART, Partial, Splicer, partial_from, prefill_body, seam_comment, splicer,
@@ -176,6 +176,9 @@ async def _attempt(
                              exchange.call.body, exchange.clock)
     if exchange.call.tap is not None:
         inner = exchange.call.tap(inner)
+    if exchange.events.observed:
+        # The usage a chat client did not ask for never reaches the splice.
+        inner = UsageTap(inner)
     name = f"{target.backend}:{target.model}"
     splice = splicer(inner, state.partial, mode, seam_comment(name, state.reason))
     exchange.note.attempts += 1
@@ -225,7 +228,8 @@ async def _send(
     note.outcome = OK
     exchange.note.continued = f"{slot.target.backend}:{slot.target.model}"
     if exchange.events.observed:
-        exchange.note.usage = splice.usage
+        tapped = splice.inner.usage if isinstance(splice.inner, UsageTap) else None
+        exchange.note.usage = splice.usage or tapped
     final = splice.final()
     if exchange.call.on_response is not None and final is not None:
         exchange.call.on_response(json.dumps(final).encode())

@@ -56,6 +56,7 @@ from llmproxy.routing.conversation import Conversation
 from llmproxy.routing.resolve import Route, Target
 from llmproxy.translate.content import answer_starts
 from llmproxy.translate.transforms import Transform
+from llmproxy.translate.usage import usage_line
 
 #: An attempt's result: the body to write (whole answers), L{None} (all
 #: written), the failure to fail over from, or a stream to continue.
@@ -463,9 +464,12 @@ class Exchange:
         except (ValueError, TypeError, KeyError, AttributeError):
             raise InvalidAnswer(
                 f"Upstream {name} answered with a body that is not a valid response")
-        self.reply.json_headers(response.code)
         usage = data.get("usage")  # for the key's prompt-cache totals and the events
         self.note.usage = usage if isinstance(usage, dict) else None
+        if self.note.usage is not None:
+            self.reply.request.setHeader(b"x-llmproxy-usage",
+                                         usage_line(self.note.usage).encode())
+        self.reply.json_headers(response.code)
         if self.edits is not None:
             await self.edits.whole(data, backend.dialect)
         if self.call.on_response is not None:

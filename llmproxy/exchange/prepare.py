@@ -14,6 +14,7 @@ from typing import Any, Mapping, Sequence
 
 from llmproxy.adapt.edits import EditTuning
 from llmproxy.adapt.pipeline import Context, Pipeline, Shaped, Translate
+from llmproxy.adapt.usage import needs_usage, with_usage
 from llmproxy.adapt.steps import DEFAULT_PIPELINE
 from llmproxy.dialects import CHAT, RESPONSES
 from llmproxy.errors import ProxyError
@@ -71,7 +72,13 @@ def prepare_chat(
     context = Context(target.backend, target.model, CHAT, backend_dialect, reasoning,
                       backend_type, edit=edit)
     translate = _to_responses if backend_dialect == RESPONSES else None
-    return _bytes(target, original, steps.run(target.body, context, translate))
+    shaped = steps.run(target.body, context, translate)
+    if translate is None and needs_usage(shaped.body):
+        # Streamed usage is asked for on the client's behalf (and stripped
+        # from its stream: see llmproxy.adapt.usage).
+        changed = target.changed or shaped.changed
+        return with_usage(shaped.body, None if changed else original), shaped.dropped
+    return _bytes(target, original, shaped)
 
 
 def prepare_responses(

@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 from twisted.internet.interfaces import IReactorTime
 
+from llmproxy.adapt.usage import asks_usage, needs_usage
 from llmproxy.dialects import CHAT
 from llmproxy.errors import ProxyError
 from llmproxy.exchange.events import USAGE_KEY, find_usage
@@ -43,11 +44,12 @@ def choose_transform(
     client's C{body} with C{model}.
     """
     if frontend == backend_dialect:
-        return transforms.passthrough(frontend)
+        # A chat stream llmproxy asked usage for (see prepare_chat) sheds it.
+        return transforms.passthrough(frontend, strip_usage=frontend == CHAT
+                                      and needs_usage(body))
     now = int(clock.seconds())
     if frontend == CHAT:
-        include = bool((body.get("stream_options") or {}).get("include_usage"))
-        return transforms.ResponsesToChat(model, include, "chatcmpl-" + token(), now)
+        return transforms.ResponsesToChat(model, asks_usage(body), "chatcmpl-" + token(), now)
     return transforms.ChatToResponses(response_id(), now, body)
 
 

@@ -152,20 +152,68 @@ class _Passthrough:
 _FINISHED = re.compile(rb'"finish_reason"\s*:\s*"')
 
 
+#: How an upstream asked for usage ends every other chunk (OpenAI's layout).
+_NULL_USAGE = b',"usage":null}\n\n'
+#: The same, spaced otherwise.
+_NULL_USAGE_TAIL = re.compile(rb',\s*"usage"\s*:\s*null(\s*}\s*)\Z')
+_USAGE = b'"usage"'
+
+
+def without_usage(item: bytes) -> bytes:
+    """
+    A chat event as the upstream would have sent it had nobody asked for
+    the stream's usage: the usage-only chunk (no choices) is C{b""}, and a
+    C{"usage": null} ending a chunk is taken out.  Only a bytes check for
+    the events that name no usage.
+    """
+    if _USAGE not in item:
+        return item
+    if item.endswith(_NULL_USAGE):
+        return item[:-len(_NULL_USAGE)] + b"}\n\n"
+    tail = _NULL_USAGE_TAIL.search(item)
+    if tail is not None:
+        return item[:tail.start()] + tail.group(1)
+    event = parse_event(item)
+    if event is None or event.data is None or event.done:
+        return item
+    data = _object(event)
+    if data.get("choices") == [] and isinstance(data.get("usage"), dict):
+        return b""
+    return item
+
+
 class ChatPassthrough(_Passthrough):
     """
     Chat events from a chat upstream.  A C{[DONE]} before any chunk is an
     empty answer, not a stream.
+
+    @param strip_usage: llmproxy asked for the stream's usage on the
+        client's behalf (L{llmproxy.adapt.usage}): the client gets its
+        stream without it (L{without_usage}).
     """
 
     missing = "data: [DONE]"
 
-    def __init__(self) -> None:
+    def __init__(self, strip_usage: bool = False) -> None:
         super().__init__()
         self.seen = False
         self.answered = False
+        self.strip_usage = strip_usage
 
     def events(self, raw: list[bytes]) -> bytes:
+        if self.strip_usage:
+            self._check(raw)
+            return b"".join(map(without_usage, raw))
+        self._check(raw)
+        return raw[0] if len(raw) == 1 else b"".join(raw)
+
+    def _check(self, raw: list[bytes]) -> None:
+        """
+        Note the answer's progress (its first chunk, its C{finish_reason},
+        its end).
+
+        @raise BadStream: for an end before the first chunk.
+        """
         for item in raw:
             kind = _kind(item)
             if kind == _DATA:
@@ -176,7 +224,6 @@ class ChatPassthrough(_Passthrough):
                 if not self.seen:
                     raise BadStream("upstream stream ended before its first event")
                 self.finished = True
-        return raw[0] if len(raw) == 1 else b"".join(raw)
 
     def end(self) -> bytes:
         """
@@ -444,13 +491,18 @@ class ChatToResponses:
         return self.state.response if self.closed else None
 
 
-def passthrough(dialect: str, response_id: str = "resp_failed") -> Transform:
+def passthrough(dialect: str, response_id: str = "resp_failed",
+                strip_usage: bool = False) -> Transform:
     """
     The byte-for-byte transform of C{dialect}; its C{error} renders that
     dialect's in-band error (for Responses, a C{response.failed} of a
     response with C{response_id} when the upstream named none).
+
+    @param strip_usage: see L{ChatPassthrough}.
     """
-    return ChatPassthrough() if dialect == CHAT else ResponsesPassthrough(response_id)
+    if dialect == CHAT:
+        return ChatPassthrough(strip_usage)
+    return ResponsesPassthrough(response_id)
 
 
 def in_band_error(dialect: str, error: ProxyError, response_id: str = "resp_failed") -> bytes:
