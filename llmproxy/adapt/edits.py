@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Sequence
 
-from llmproxy.adapt.pipeline import Context, Shaped, Step
+from llmproxy.adapt.pipeline import Context, EditTuning, Shaped, Step
 from llmproxy.adapt.reasoning import is_reasoning_model
 from llmproxy.config.edits import EditPrecisionConfig
 from llmproxy.dialects import CHAT
@@ -48,18 +48,6 @@ _TEXT_PARTS = frozenset({"text", "input_text", "output_text"})
 #: file, a build log) would otherwise cost every pattern a full search
 #: (about 50 us per 4 KB for the shipped patterns, on every such request).
 SCAN_LIMIT = 4096
-
-
-class EditTuning(NamedTuple):
-    """
-    A request to tune.
-
-    @ivar failure: what showed the failure, as C{x-llmproxy-tuned} says it
-        (C{cline search-block}).
-    """
-
-    failure: str
-    settings: EditPrecisionConfig
 
 
 class Change(NamedTuple):

@@ -51,12 +51,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Callable, Mapping, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple
 
+from llmproxy.config.edits import EditPrecisionConfig
 from llmproxy.dialects import CHAT, RESPONSES
 
-if TYPE_CHECKING:
-    from llmproxy.adapt.edits import EditTuning
 
 __all__ = [
     "PROXY_FIELD_PREFIX",
@@ -75,6 +74,18 @@ PROXY_FIELD_PREFIX = "x_llmproxy_"
 BOTH_DIALECTS: frozenset[str] = frozenset({CHAT, RESPONSES})
 
 _NO_KNOBS: Mapping[str, Any] = MappingProxyType({})
+
+
+class EditTuning(NamedTuple):
+    """
+    Edit precision's decision for one request (L{llmproxy.adapt.edits}).
+
+    @ivar failure: what showed the failure, as C{x-llmproxy-tuned} says it
+        (C{cline search-block}).
+    """
+
+    failure: str
+    settings: EditPrecisionConfig
 
 
 class Context(NamedTuple):

@@ -15,6 +15,7 @@ backend registry.
 
 from llmproxy.config.listen import TCPAddress, check_exposure, is_loopback_endpoint, parse_tcp
 from llmproxy.config.load import build_config, load_config, load_yaml
+from llmproxy.config.error import ConfigError
 from llmproxy.config.model import (
     DEFAULT_LISTEN,
     OPENAI_BACKEND,
@@ -24,7 +25,6 @@ from llmproxy.config.model import (
     BackendKind,
     BackendOption,
     Config,
-    ConfigError,
     FailoverRoute,
     FailureConfig,
     Overrides,

@@ -12,12 +12,12 @@ from types import MappingProxyType
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
+from llmproxy.config.error import ConfigError
 from llmproxy.config.model import (
     OPENAI_BACKEND,
     ApiKey,
     BackendConfig,
     BackendKind,
-    ConfigError,
     Overrides,
 )
 from llmproxy.config.reader import Reader, did_you_mean, env_refs, unset_refs

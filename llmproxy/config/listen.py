@@ -16,7 +16,8 @@ from urllib.parse import urlsplit
 
 from twisted.internet.endpoints import serverFromString
 
-from llmproxy.config.model import OPENAI_BACKEND, BackendConfig, BackendKind, Config, ConfigError
+from llmproxy.config.error import ConfigError
+from llmproxy.config.model import OPENAI_BACKEND, BackendConfig, BackendKind, Config
 from llmproxy.config.reader import did_you_mean
 
 _TCP = re.compile(r"^tcp6?:(?P<port>\d+)(?P<rest>(?::[^:]+=[^:]*)*)$")

@@ -25,11 +25,11 @@ from llmproxy.config.edits import edit_precision_config
 from llmproxy.config.listen import (
     check_exposure, check_personal_accounts, listen_problem, port_problem, without_self_loop,
 )
+from llmproxy.config.error import ConfigError
 from llmproxy.config.model import (
     AliasRule,
     BackendKind,
     Config,
-    ConfigError,
     FailoverRoute,
     FailureConfig,
     Overrides,

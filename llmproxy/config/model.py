@@ -26,12 +26,6 @@ DEFAULT_LISTEN = "tcp:8000:interface=127.0.0.1"
 OPENAI_BACKEND = "openai"
 
 
-class ConfigError(Exception):
-    """
-    The configuration is invalid; the message names the key and the file.
-    """
-
-
 @dataclass(frozen=True)
 class ApiKey:
     """

@@ -16,7 +16,7 @@ import os
 import re
 from typing import Any, Iterable, Mapping
 
-from llmproxy.config.model import ConfigError
+from llmproxy.config.error import ConfigError
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
