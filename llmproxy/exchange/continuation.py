@@ -19,9 +19,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, replace
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from twisted.internet.defer import CancelledError
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from llmproxy.backends.base import Backend
@@ -29,22 +30,50 @@ from llmproxy.backends.body import collect_body, drop_body
 from llmproxy.errors import ProxyError, UpstreamError
 from llmproxy.exchange.answers import head_problem
 from llmproxy.exchange.attempts import AttemptQueue, Slot
-from llmproxy.exchange.events import BROKEN, CANCELLED, CLIENT_ERROR, OK, AttemptNote
+from llmproxy.exchange.call import Call
+from llmproxy.exchange.events import (
+    BROKEN, CANCELLED, CLIENT_ERROR, OK, AttemptNote, ExchangeEvents, ReplyNote,
+)
 from llmproxy.exchange.outcome import Outcome, classify_status
 from llmproxy.exchange.relay import StreamRelay
-from llmproxy.exchange.reply import MAX_ERROR_BODY, Tried, label, lower_headers
+from llmproxy.exchange.reply import (
+    MAX_ERROR_BODY, ClientReply, Failed, Tried, label, lower_headers,
+)
+from llmproxy.exchange.runtime import Runtime
 from llmproxy.exchange.transform import Recorder, UsageTap, choose_transform
-from llmproxy.routing.resolve import named_route
+from llmproxy.routing.resolve import Target, named_route
 from llmproxy.translate.splice import (
     PREFILL, RESTART, Partial, Splicer, partial_from, prefill_body, seam_comment, splicer,
     with_prefill_fields,
 )
 from llmproxy.translate.transforms import Transform
 
-if TYPE_CHECKING:
-    from llmproxy.exchange.exchange import Exchange
-
 log = Logger()
+
+
+class Exchange(Protocol):
+    """
+    What a continuation needs of the exchange whose stream it continues
+    (L{llmproxy.exchange.exchange.Exchange}).
+    """
+
+    call: Call
+    clock: IReactorTime
+    events: ExchangeEvents
+    note: ReplyNote
+    reply: ClientReply
+    runtime: Runtime
+    tried: list[Tried]
+
+    def deadline(self) -> float: ...
+
+    def time_left(self, backend: Backend, model: str, elsewhere: bool = False) -> float: ...
+
+    def payload_for(self, target: Target, backend: Backend) -> tuple[bytes, tuple[str, ...]]: ...
+
+    def network_failure(
+        self, queue: AttemptQueue, slot: Slot, e: Exception, note: AttemptNote
+    ) -> Failed: ...
 
 
 @dataclass
@@ -133,7 +162,7 @@ async def _continue(exchange: Exchange, queue: AttemptQueue, state: _Break) -> b
     """
     failure = exchange.runtime.config.failure
     while not queue.empty() and len(exchange.tried) < failure.max_attempts \
-            and exchange.clock.seconds() < exchange._deadline():
+            and exchange.clock.seconds() < exchange.deadline():
         if state.partial.blocker is not None:
             log.info("not continuing a broken stream: {why}", why=state.partial.blocker)
             return False
@@ -165,7 +194,7 @@ async def _attempt(
         body = prefill_body(exchange.call.frontend, target.body, state.partial.text)
         target = replace(target, body=body, changed=True)
     try:
-        payload, _ = exchange._prepare(target, backend)
+        payload, _ = exchange.payload_for(target, backend)
         if mode == PREFILL and (backend.config.prefill_params or backend.config.prefill_message):
             payload = _with_fields(payload, backend)
     except ProxyError as e:
@@ -200,13 +229,13 @@ async def _send(
     clock = exchange.clock
     try:
         response = await backend.send(payload, slot.key, True,
-                                      exchange._time_left(backend, slot.target.model))
+                                      exchange.time_left(backend, slot.target.model))
     except CancelledError:
         raise
     except Exception as e:
         if exchange.reply.gone:
             raise CancelledError()
-        failed = exchange._network_failure(queue, slot, e, note)
+        failed = exchange.network_failure(queue, slot, e, note)
         queue.failed(slot, failed.outcome, None)
         return _Ended.FAILED
     note.status, note.headers_at = response.code, clock.seconds()
@@ -216,7 +245,7 @@ async def _send(
         drop_body(response, clock)
         return _failed(exchange, queue, slot, note, "invalid answer")
     relay = StreamRelay(exchange.reply.request, splice, clock, backend.config.idle_timeout,
-                        deadline=exchange._deadline())
+                        deadline=exchange.deadline())
     response.deliverBody(relay)
     try:
         await relay.finished
@@ -246,7 +275,7 @@ async def _refused(
     """
     try:
         body = await collect_body(response, exchange.clock, backend.config.idle_timeout,
-                                  MAX_ERROR_BODY, exchange._deadline())
+                                  MAX_ERROR_BODY, exchange.deadline())
     except CancelledError:
         raise
     except ProxyError as e:

@@ -16,8 +16,8 @@ continued (L{llmproxy.exchange.continuation}).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Union
+from dataclasses import dataclass
+from typing import Mapping, Union
 
 from twisted.internet.defer import CancelledError
 from twisted.internet.task import deferLater
@@ -30,6 +30,7 @@ from llmproxy.backends.body import collect_body, drop_body
 from llmproxy.dialects import CHAT
 from llmproxy.errors import InvalidRequest, ProxyError, StreamBroken, StreamTimeout
 from llmproxy.exchange import prepare
+from llmproxy.exchange.call import Call
 from llmproxy.exchange.aggregated import (
     STREAM_FACTOR, FailedStream, aggregated_answer, streams_only,
 )
@@ -52,7 +53,6 @@ from llmproxy.exchange.reply import (
 from llmproxy.exchange.runtime import Runtime
 from llmproxy.exchange.transform import Recorder, UsageTap, choose_transform, response_id
 from llmproxy.exchange.tuning import EditWatch
-from llmproxy.routing.conversation import Conversation
 from llmproxy.routing.resolve import Route, Target
 from llmproxy.translate.content import answer_starts
 from llmproxy.translate.transforms import Transform
@@ -61,31 +61,6 @@ from llmproxy.translate.usage import usage_line
 #: An attempt's result: the body to write (whole answers), L{None} (all
 #: written), the failure to fail over from, or a stream to continue.
 Result = Union[bytes, None, Failed, Cut]
-
-
-@dataclass(slots=True)
-class Call:
-    """
-    What the client asked: its frontend's dialect, its body (parsed, and
-    as sent), the Responses conversation it continues (L{None} when
-    llmproxy does not know it) and who wants the whole answer.
-    """
-
-    frontend: str
-    body: Mapping[str, Any]
-    raw: bytes
-    history: tuple[Mapping[str, Any], ...] | None = ()
-    on_response: Callable[[bytes], None] | None = None
-    #: The conversation the client named, if any.
-    conversation: Conversation | None = None
-    #: Wraps each attempt's stream transform (the planning phase counts
-    #: tool calls through it); L{None} for nearly every request.
-    tap: Callable[[Transform], Transform] | None = None
-    #: Whether the client asked for an event stream.
-    stream: bool = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.stream = self.body.get("stream") is True
 
 
 @dataclass(slots=True)
@@ -183,15 +158,15 @@ class Exchange:
         fcfg = self.runtime.config.failure
         return same_target_wait(RetryPolicy.of(fcfg), failed.outcome, failed.transient,
                                 failed.retry_after, slot.retries,
-                                self._deadline() - self.clock.seconds(), self.runtime.jitter())
+                                self.deadline() - self.clock.seconds(), self.runtime.jitter())
 
-    def _deadline(self) -> float:
+    def deadline(self) -> float:
         """
         When the request's total budget runs out, by its clock.
         """
         return self.started + self.runtime.config.failure.total_timeout_budget
 
-    def _time_left(self, backend: Backend, model: str, elsewhere: bool = False) -> float:
+    def time_left(self, backend: Backend, model: str, elsewhere: bool = False) -> float:
         """
         The first-byte timeout of this attempt: the backend's (for a
         stream, within its first-token limit), within what is left of the
@@ -201,7 +176,7 @@ class Exchange:
         left.
         """
         timeout = backend.config.timeout
-        left = self._deadline() - self.clock.seconds()
+        left = self.deadline() - self.clock.seconds()
         if self.call.stream:
             limits = stream_limits(self.runtime.config.failure, backend.config, model)
             timeout = header_wait(limits, timeout)
@@ -217,7 +192,7 @@ class Exchange:
         """
         target = slot.target
         backend = self.runtime.upstreams.backends[target.backend]
-        payload, dropped = self._prepare(target, backend)
+        payload, dropped = self.payload_for(target, backend)
         tuned = None if self.edits is None else self.edits.tuned_text(
             target.body, target.model, backend.config.reasoning_models)
         transform = choose_transform(self.call.frontend, backend.dialect, target.model,
@@ -251,14 +226,14 @@ class Exchange:
         # client that wants a whole answer (see _collect).
         stream = self.call.stream or streams_only(backend)
         try:
-            wait = self._time_left(backend, target.model, queue.elsewhere(target))
+            wait = self.time_left(backend, target.model, queue.elsewhere(target))
             response = await backend.send(out.payload, key, stream, wait)
         except CancelledError:
             raise
         except Exception as e:
             if self.reply.gone:
                 raise CancelledError()
-            return self._network_failure(queue, slot, e, note)
+            return self.network_failure(queue, slot, e, note)
         note.status, note.headers_at = response.code, self.clock.seconds()
         if response.code // 100 != 2:
             return await self._upstream_failure(queue, slot, response, note)
@@ -322,7 +297,7 @@ class Exchange:
         self.log.warn("{label}: {error}", label=name, error=error.message)
         return Failed(error, transient=isinstance(error, StreamBroken))
 
-    def _prepare(self, target: Target, backend: Backend) -> tuple[bytes, tuple[str, ...]]:
+    def payload_for(self, target: Target, backend: Backend) -> tuple[bytes, tuple[str, ...]]:
         call = self.call
         reasoning = backend.config.reasoning_models
         edit = None if self.edits is None else self.edits.tuning
@@ -343,7 +318,7 @@ class Exchange:
                 code="invalid_request_shape",
             )
 
-    def _network_failure(
+    def network_failure(
         self, queue: AttemptQueue, slot: Slot, e: Exception, note: AttemptNote
     ) -> Failed:
         verdict = classify_exception(e)
@@ -371,7 +346,7 @@ class Exchange:
                                  f"{coding} content coding (not read)")
             body = await collect_body(response, self.clock,
                                       upstreams.backends[target.backend].config.idle_timeout,
-                                      MAX_ERROR_BODY, self._deadline())
+                                      MAX_ERROR_BODY, self.deadline())
         except CancelledError:
             raise
         except ProxyError as e:
@@ -448,7 +423,7 @@ class Exchange:
         aggregate = streams_only(backend)
         limit = self.runtime.config.max_body_bytes * 2
         body = await collect_body(response, self.clock, backend.config.idle_timeout,
-                                  limit * STREAM_FACTOR if aggregate else limit, self._deadline())
+                                  limit * STREAM_FACTOR if aggregate else limit, self.deadline())
         if aggregate:
             body = aggregated_answer(body, self.clock.seconds())
         name = f"{target.backend}:{target.model}"
@@ -505,7 +480,7 @@ class Exchange:
             relayed = self.edits.tap(relayed)
         relay = StreamRelay(reply.request, relayed, self.clock,
                             backend.config.idle_timeout, on_first_write=first_event,
-                            deadline=self._deadline(), answer=watch)
+                            deadline=self.deadline(), answer=watch)
         response.deliverBody(relay)
         try:
             await relay.finished
