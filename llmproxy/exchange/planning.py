@@ -29,6 +29,7 @@ from llmproxy.errors import ProxyError
 from llmproxy.exchange.exchange import Call
 from llmproxy.exchange.runtime import Runtime
 from llmproxy.exchange.sessions import SessionState, Sessions
+from llmproxy.exchange.transform import Wrapped
 from llmproxy.routing.resolve import Route, plan_model
 from llmproxy.sse import parse_event
 from llmproxy.translate.transforms import Transform
@@ -83,7 +84,7 @@ def _dicts(value: object) -> list[Mapping[str, Any]]:
     return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
 
 
-class WriteTap:
+class WriteTap(Wrapped):
     """
     A stream transform relaying through another while it counts the
     file-writing tool calls of the upstream's events (either dialect): a
@@ -96,7 +97,7 @@ class WriteTap:
     """
 
     def __init__(self, inner: Transform) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.writes = 0
         self.ended = False
         self.failed = False
@@ -144,16 +145,9 @@ class WriteTap:
         self.ended = True
         return out
 
-    @property
-    def finished(self) -> bool:
-        return self.inner.finished
-
     def error(self, error: ProxyError) -> bytes:
         self.failed = True
         return self.inner.error(error)
-
-    def final(self) -> dict[str, Any] | None:
-        return self.inner.final()
 
 
 @dataclass

@@ -53,23 +53,18 @@ def choose_transform(
     return transforms.ChatToResponses(response_id(), now, body)
 
 
-class UsageTap:
+class Wrapped:
     """
-    A transform that relays through another and keeps the last usage
-    object the upstream's events carried.
+    A transform that relays through another, unchanged; a subclass
+    overrides what it watches on the way.
     """
+
+    __slots__ = ("inner",)
 
     def __init__(self, inner: Transform) -> None:
         self.inner = inner
-        self.usage: dict[str, Any] | None = None
 
     def events(self, raw: list[bytes]) -> bytes:
-        for item in reversed(raw):
-            if USAGE_KEY in item:
-                usage = find_usage(item)
-                if usage is not None:
-                    self.usage = usage
-                break
         return self.inner.events(raw)
 
     def end(self) -> bytes:
@@ -86,16 +81,38 @@ class UsageTap:
         return self.inner.final()
 
 
-class Recorder:
+class UsageTap(Wrapped):
+    """
+    A transform that relays through another and keeps the last usage
+    object the upstream's events carried.
+    """
+
+    __slots__ = ("usage",)
+
+    def __init__(self, inner: Transform) -> None:
+        super().__init__(inner)
+        self.usage: dict[str, Any] | None = None
+
+    def events(self, raw: list[bytes]) -> bytes:
+        for item in reversed(raw):
+            if USAGE_KEY in item:
+                usage = find_usage(item)
+                if usage is not None:
+                    self.usage = usage
+                break
+        return self.inner.events(raw)
+
+
+class Recorder(Wrapped):
     """
     A transform that keeps the bytes it produced, for what reads the answer
     once it ended (a continuation, edit precision's answer watch).
     """
 
-    __slots__ = ("inner", "sent")
+    __slots__ = ("sent",)
 
     def __init__(self, inner: Transform) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.sent: list[bytes] = []
 
     def events(self, raw: list[bytes]) -> bytes:
@@ -108,15 +125,5 @@ class Recorder:
         self.sent.append(out)
         return out
 
-    @property
-    def finished(self) -> bool:
-        return self.inner.finished
 
-    def error(self, error: ProxyError) -> bytes:
-        return self.inner.error(error)
-
-    def final(self) -> dict[str, Any] | None:
-        return self.inner.final()
-
-
-__all__ = ["Recorder", "UsageTap", "choose_transform", "response_id", "token"]
+__all__ = ["Recorder", "UsageTap", "Wrapped", "choose_transform", "response_id", "token"]
