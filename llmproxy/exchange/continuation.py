@@ -67,6 +67,8 @@ class Exchange(Protocol):
 
     def deadline(self) -> float: ...
 
+    def new_attempt(self, slot: Slot) -> AttemptNote: ...
+
     def time_left(self, backend: Backend, model: str, elsewhere: bool = False) -> float: ...
 
     def payload_for(self, target: Target, backend: Backend) -> tuple[bytes, tuple[str, ...]]: ...
@@ -210,9 +212,7 @@ async def _attempt(
         inner = UsageTap(inner)
     name = f"{target.backend}:{target.model}"
     splice = splicer(inner, state.partial, mode, seam_comment(name, state.reason))
-    exchange.note.attempts += 1
-    note = AttemptNote(exchange.note.attempts, target.backend, target.model,
-                       slot.key.name if slot.key is not None else None, exchange.clock.seconds())
+    note = exchange.new_attempt(slot)
     try:
         return await _send(exchange, queue, slot, backend, payload, splice, note, state)
     except CancelledError:

@@ -201,10 +201,7 @@ class Exchange:
             transform = self.call.tap(transform)
         if transform is not None and may_continue(self, queue):
             transform = Recorder(transform)
-        self.note.attempts += 1
-        note = AttemptNote(self.note.attempts, target.backend, target.model,
-                           slot.key.name if slot.key is not None else None, self.clock.seconds(),
-                           retry=slot.repeat)
+        note = self.new_attempt(slot)
         try:
             return await self._send(queue, slot, backend,
                                     _Outgoing(payload, dropped, transform, tuned), note)
@@ -213,6 +210,16 @@ class Exchange:
             raise
         finally:
             self.events.attempt(note, self.clock.seconds())
+
+    def new_attempt(self, slot: Slot) -> AttemptNote:
+        """
+        Count an attempt on C{slot}, and start the note its event will carry.
+        """
+        self.note.attempts += 1
+        target = slot.target
+        return AttemptNote(self.note.attempts, target.backend, target.model,
+                           slot.key.name if slot.key is not None else None, self.clock.seconds(),
+                           retry=slot.repeat)
 
     async def _send(
         self, queue: AttemptQueue, slot: Slot, backend: Backend, out: _Outgoing,
