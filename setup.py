@@ -20,6 +20,8 @@ setup(
         "pyyaml>=6",
         "service-identity>=21",
         "pyopenssl>=24",
+        "prometheus_client>=0.20",
+        "txredisapi>=1.4.10",
     ],
     extras_require={"test": ["hypothesis>=6.100", "openai>=1.50", "treq>=24.9"]},
     entry_points={"console_scripts": ["llmproxy = llmproxy.__main__:main"]},
