@@ -11,6 +11,7 @@ flight keep theirs.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Mapping, cast
 
 from klein import Klein
@@ -36,9 +37,11 @@ from llmproxy.frontends.access import AccessLog
 from llmproxy.frontends.auth import check_key
 from llmproxy.frontends.body import check_fields, parse_body
 from llmproxy.frontends.errors import json_answer, too_deep
+from llmproxy.frontends.history import History
 from llmproxy.frontends.hot import HotRoute, Root
 from llmproxy.frontends.models import ModelListing
 from llmproxy.frontends.site import ProxyRequest, ProxySite
+from llmproxy.frontends.status_page import render, wants_html
 from llmproxy.frontends.store import ResponseStore
 from llmproxy.frontends.usage import pooled_usage
 
@@ -73,6 +76,11 @@ class ProxyApp:
         self.request_factory: type[ProxyRequest] = ProxyRequest
         if config.access_log:
             self.events.addObserver(AccessLog())
+        #: The status page's traffic charts: observing from the page's
+        #: first view on (until then, requests pay nothing for them).
+        self.history = History(clock)
+        #: When the service started, for the status page's uptime.
+        self.started = clock.seconds()
 
     def hot_routes(self) -> dict[bytes, HotRoute]:
         """
@@ -157,6 +165,31 @@ class ProxyApp:
                          type="invalid_request_error", param="model", code="model_not_found")
 
     @app.route("/v1/llmproxy/status", methods=["GET"])
+    def status_route(self, request: IRequest) -> bytes:
+        """
+        The status document, or the status page for a client preferring
+        HTML (a browser).
+        """
+        request.setHeader(b"vary", b"accept")
+        if wants_html(request.getHeader(b"accept")):
+            return self.status_page(request)
+        return self.status(request)
+
+    @app.route("/status", methods=["GET"])
+    def status_page(self, request: IRequest) -> bytes:
+        """
+        The status document as a page (L{llmproxy.frontends.status_page});
+        its first view starts the traffic history.
+        """
+        document = json.loads(self.status(request))
+        self.history.attach(self.events)
+        now = self.clock.seconds()
+        page = render(document, self.history.snapshot(), now, self.started).encode("utf-8")
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        request.setHeader(b"content-length", str(len(page)).encode())
+        request.setHeader(b"cache-control", b"no-store")
+        return page
+
     def status(self, request: IRequest) -> bytes:
         runtime = self.runtime
         self._authorize(request, runtime)
