@@ -131,17 +131,22 @@ class PageTests(SynchronousTestCase):
                       section(render(document(), EMPTY, 0, 0), "accounts"))
 
     def test_store_memory_unless_the_document_says(self) -> None:
-        self.assertIn("memory", section(render(document(), EMPTY, 0, 0), "store"))
+        self.assertIn("<td>store</td><td>memory</td>",
+                      section(render(document(), EMPTY, 0, 0), "store"))
         status = {**document(), "state": {"backend": "sqlite", "path": "/var/lib/x.db"}}
         store = section(render(status, EMPTY, 0, 0), "store")
         self.assertIn("sqlite", store)
         self.assertIn("/var/lib/x.db", store)
 
     def test_config_digest_and_uptime(self) -> None:
-        status = {**document(), "config": {"digest": "sha256:0123abcd", "loaded_at": 5.0}}
+        status = {**document(), "config": {"digest": "sha256:0123abcd", "loaded_at": 5.0,
+                                           "source": "/etc/llmproxy.yaml"}}
         config = section(render(status, EMPTY, 100_000.0, 100_000.0 - 7384), "config")
-        self.assertIn("2h 3m", config)
-        self.assertIn("sha256:0123abcd", config)
+        self.assertIn("<tr><td>uptime</td><td>2h 3m</td></tr>", config)
+        self.assertIn("<tr><td>digest</td><td>sha256:0123abcd</td></tr>", config)
+        self.assertIn("<tr><td>loaded_at</td><td>1970-01-01 00:00:05 UTC</td></tr>", config)
+        self.assertIn("<tr><td>source</td><td>/etc/llmproxy.yaml</td></tr>", config)
+        self.assertNotIn("<th>", config)
         self.assertIn("uptime", section(render(document(), EMPTY, 9.0, 0.0), "config"))
         self.assertIn("9s", section(render(document(), EMPTY, 9.0, 0.0), "config"))
 
@@ -163,17 +168,24 @@ class PageTests(SynchronousTestCase):
         self.assertIn("no data", section(render(document(), EMPTY, 0, 0), "traffic"))
 
     @given(backend=NAMES, key=NAMES, model=NAMES, error=st.one_of(st.none(), NAMES),
-           state=NAMES, cooldown=NUMBERS)
+           state=NAMES, cooldown=NUMBERS, sections=st.dictionaries(
+               st.sampled_from(["state", "config"]),
+               st.dictionaries(NAMES, st.one_of(NAMES, NUMBERS, st.lists(NAMES, max_size=2)),
+                               max_size=3)))
     @settings(max_examples=150, deadline=None)
     def test_user_controlled_text_is_escaped(self, backend: str, key: str, model: str,
-                                             error: str | None, state: str,
-                                             cooldown: Any) -> None:
-        page = render(document(backend, key, model, error, state, cooldown), EMPTY, 0.0, 0.0)
+                                             error: str | None, state: str, cooldown: Any,
+                                             sections: dict[str, Any]) -> None:
+        status = {**document(backend, key, model, error, state, cooldown), **sections}
+        page = render(status, EMPTY, 0.0, 0.0)
         elements = parsed(page)
         self.assertEqual(elements.ids, list(MARKERS), "no name opens or closes an element")
         self.assertEqual(elements.scripts, 0)
         text = "".join(elements.text)
-        for name in (backend, key, model, error):
+        names = [backend, key, model, error]
+        for fields in sections.values():
+            names += [k for k in fields] + [v for v in fields.values() if isinstance(v, str)]
+        for name in names:
             if name is not None:
                 self.assertIn(_collapse(name), _collapse(text))
         tags = set(elements.tags)

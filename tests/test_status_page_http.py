@@ -117,6 +117,23 @@ class StatusPageTests(SynchronousTestCase):
         self.assertNotIn("tokens per minute: latest 0 ", traffic)
         self.assertIn("time to first token, p50: latest", traffic)
 
+    def test_a_status_document_made_asynchronously(self) -> None:
+        """
+        The document may come from a coroutine (a shared store asked for its
+        own status): both answers wait for it.
+        """
+        proxy = self.proxy()
+        app = proxy.service.app
+        plain = app.status
+
+        async def later(request: Any) -> bytes:
+            return plain(request)
+
+        self.patch(app, "status", later)
+        self.assertIn("openai#1", section(self.page(proxy), "keys"))
+        self.assertEqual(proxy.get("/v1/llmproxy/status").json()["backends"]["openai"]["type"],
+                         "openai")
+
     def test_uptime(self) -> None:
         proxy = self.proxy()
         proxy.clock.advance(3 * 3600 + 5 * 60)

@@ -12,6 +12,7 @@ flight keep theirs.
 from __future__ import annotations
 
 import json
+from inspect import isawaitable
 from typing import Any, Mapping, cast
 
 from klein import Klein
@@ -165,23 +166,26 @@ class ProxyApp:
                          type="invalid_request_error", param="model", code="model_not_found")
 
     @app.route("/v1/llmproxy/status", methods=["GET"])
-    def status_route(self, request: IRequest) -> bytes:
+    async def status_route(self, request: IRequest) -> bytes:
         """
         The status document, or the status page for a client preferring
         HTML (a browser).
         """
         request.setHeader(b"vary", b"accept")
         if wants_html(request.getHeader(b"accept")):
-            return self.status_page(request)
-        return self.status(request)
+            return await self.status_page(request)
+        answer = self.status(request)
+        return cast(bytes, await answer) if isawaitable(answer) else answer
 
     @app.route("/status", methods=["GET"])
-    def status_page(self, request: IRequest) -> bytes:
+    async def status_page(self, request: IRequest) -> bytes:
         """
-        The status document as a page (L{llmproxy.frontends.status_page});
-        its first view starts the traffic history.
+        The status document as a page (L{llmproxy.frontends.status_page}):
+        the JSON answer itself, so the page shows every section the document
+        has; its first view starts the traffic history.
         """
-        document = json.loads(self.status(request))
+        answer = self.status(request)  # may be awaitable, for a store's own status
+        document = json.loads(cast(bytes, await answer) if isawaitable(answer) else answer)
         self.history.attach(self.events)
         now = self.clock.seconds()
         page = render(document, self.history.snapshot(), now, self.started).encode("utf-8")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+from datetime import datetime, timezone
 from html import escape
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -95,15 +96,25 @@ def _section(name: str, title: str, content: str) -> str:
     return f'<section id="{name}"><h2>{escape(title)}</h2>{content}</section>'
 
 
-def _table(head: Sequence[str], rows: Iterable[Sequence[str]], empty: str) -> str:
+def _table(head: Sequence[str], rows: Iterable[Sequence[str]], empty: str = "") -> str:
     """
-    A table of C{rows} (cells already HTML), or C{empty} in a paragraph.
+    A table of C{rows} (cells already HTML) under the headings C{head}
+    (none when empty), or C{empty} in a paragraph.
     """
     lines = ["<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows]
     if not lines:
         return f'<p class="muted">{escape(empty)}</p>'
-    header = "".join(f"<th>{escape(h)}</th>" for h in head)
-    return f"<table><tr>{header}</tr>{''.join(lines)}</table>"
+    header = "<tr>" + "".join(f"<th>{escape(h)}</th>" for h in head) + "</tr>" if head else ""
+    return f"<table>{header}{''.join(lines)}</table>"
+
+
+def _fields(fields: Mapping[str, Any]) -> list[list[str]]:
+    """
+    A section's name/value rows; a number under a name ending in C{_at} is
+    a time (seconds since the epoch), shown in UTC.
+    """
+    return [[_text(name), _time(value) if str(name).endswith("_at") and _is_number(value)
+             else _text(value)] for name, value in fields.items()]
 
 
 def _traffic(history: Snapshot) -> str:
@@ -192,17 +203,16 @@ def _window(which: str, window: Any, now: float) -> str:
 
 
 def _store(state: Any) -> str:
-    if not isinstance(state, Mapping) or not state:
-        return _section("store", "Store", _table(["backend"], [["memory"]], ""))
-    rows = [[_text(k), _text(v)] for k, v in state.items()]
-    return _section("store", "Store", _table(["", ""], rows, ""))
+    """
+    The status document's C{state} section as it comes; C{memory} without.
+    """
+    rows = _fields(_mapping(state)) or [["store", "memory"]]
+    return _section("store", "Store", _table([], rows))
 
 
 def _config(config: Any, uptime: float) -> str:
-    rows = [["uptime", escape(_duration(uptime))]]
-    for k, v in _mapping(config).items():
-        rows.append([_text(k), _text(v)])
-    return _section("config", "Configuration", _table(["", ""], rows, ""))
+    rows = [["uptime", escape(_duration(uptime))], *_fields(_mapping(config))]
+    return _section("config", "Configuration", _table([], rows))
 
 
 # cells
@@ -249,6 +259,14 @@ def _number(value: float) -> str:
     if abs(value) >= 100 or value == int(value):
         return f"{value:.0f}"
     return f"{value:.3g}" if abs(value) < 1 else f"{value:.2f}".rstrip("0").rstrip(".")
+
+
+def _time(seconds: float) -> str:
+    try:
+        when = datetime.fromtimestamp(seconds, timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        return _text(seconds)
+    return escape(when.strftime("%Y-%m-%d %H:%M:%S UTC"))
 
 
 def _seconds(value: Any) -> str:
