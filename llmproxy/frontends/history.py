@@ -165,7 +165,9 @@ class History:
             current.errors += 1
         usage = event.get("usage")
         if isinstance(usage, dict):
-            current.tokens += usage_counts(usage)["total"]
+            total = usage.get("total_tokens")
+            current.tokens += total if type(total) is int and total > 0 \
+                else usage_counts(usage)["total"]
 
     def _ttft(self, seconds: Any) -> None:
         if not isinstance(seconds, (int, float)) or seconds < 0:
