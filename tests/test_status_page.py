@@ -40,7 +40,9 @@ def document(backend: str = "openai", key: str = "openai#1", model: str = "gpt-4
                              "cooldown": 30.0, "probe_interval": 5.0, "next_probe_in": 4.0,
                              "probing": False}},
         "keys": [{"name": key, "state": state, "cooldown_left": cooldown,
-                  "recent_failures": 1, "last_error": error, "prompt_cache": None}],
+                  "recent_failures": 1, "last_error": error,
+                  "prompt_cache": {"answers": 3, "prompt_tokens": 1200, "cached_tokens": 504,
+                                   "cached_share": 0.42}}],
     }}}
 
 
@@ -99,6 +101,7 @@ class PageTests(SynchronousTestCase):
         self.assertIn('<span class="warn">rate_limited</span>', keys)
         self.assertIn("12.5 s", keys)
         self.assertIn("Rate limit reached", keys)
+        self.assertIn("<td>42% of 1200 prompt tokens</td>", keys)
         backends = section(page, "backends")
         self.assertIn("gpt-4o", backends)
         self.assertIn('<span class="bad">open</span>', backends)
@@ -148,6 +151,8 @@ class PageTests(SynchronousTestCase):
         self.assertIn("<tr><td>source</td><td>/etc/llmproxy.yaml</td></tr>", config)
         self.assertNotIn("<th>", config)
         self.assertIn("uptime", section(render(document(), EMPTY, 9.0, 0.0), "config"))
+        self.assertIn("1970-01-02 03:46:40 UTC, up 2h 3m",
+                      render(status, EMPTY, 100_000.0, 100_000.0 - 7384))
         self.assertIn("9s", section(render(document(), EMPTY, 9.0, 0.0), "config"))
 
     def test_any_section_may_be_missing_or_odd(self) -> None:

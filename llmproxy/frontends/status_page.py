@@ -85,8 +85,9 @@ def render(status: Mapping[str, Any], history: Snapshot, now: float, started: fl
         f'<meta http-equiv="refresh" content="{REFRESH}">'
         '<meta name="viewport" content="width=device-width">'
         f"<title>llmproxy status</title><style>{_STYLE}{marks}</style></head><body>"
-        f'<h1>llmproxy status</h1><p class="muted">up {_duration(now - started)}; '
-        f"this page reloads every {REFRESH} s</p>{body}</body></html>\n"
+        f'<h1>llmproxy status</h1><p class="muted">{_time(now)}, up '
+        f"{_duration(now - started)}; this page reloads every {REFRESH} s</p>"
+        f"{body}</body></html>\n"
     )
 
 
@@ -159,10 +160,21 @@ def _keys(backends: Mapping[str, Any]) -> str:
             key = _mapping(key)
             rows.append([_text(name), _text(key.get("name")), _state(key.get("state")),
                          _seconds(key.get("cooldown_left")), _text(key.get("recent_failures")),
-                         _text(key.get("last_error"))])
+                         _text(key.get("last_error")), _cache(key.get("prompt_cache"))])
     return _section("keys", "Keys", _table(
-        ["backend", "key", "state", "cooldown left", "recent failures", "last error"], rows,
-        "No keys (keyless backends only)."))
+        ["backend", "key", "state", "cooldown left", "recent failures", "last error",
+         "prompt cache"], rows, "No keys (keyless backends only)."))
+
+
+def _cache(counts: Any) -> str:
+    """
+    A key's cached share of its prompt tokens, when it had any.
+    """
+    counts = _mapping(counts)
+    share, prompt = counts.get("cached_share"), counts.get("prompt_tokens")
+    if not _is_number(share) or not _is_number(prompt):
+        return ""
+    return escape(f"{share * 100:.0f}% of {_number(prompt)} prompt tokens")
 
 
 def _accounts(backends: Mapping[str, Any], now: float) -> str:
