@@ -26,7 +26,7 @@ import json
 from dataclasses import replace
 from typing import Any, Callable, Protocol as TypingProtocol
 
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -94,7 +94,7 @@ async def serve(host: Host, route: Route) -> bytes | None:
     last: ProxyError | None = None
     for part in _parts(route):
         try:
-            if part.hybrid is not None:
+            if isinstance(part, Target) and part.hybrid is not None:
                 return await _hybrid(host, part.hybrid)
             return await host.serve(part)
         except ProxyError as e:
@@ -140,8 +140,8 @@ async def _hybrid(host: Host, spec: HybridRoute) -> bytes | None:
             return with_reasoning(tap(transform) if tap else transform, call.frontend, said)
         call.tap = shown_first
     out = await host.serve(_execution(host, spec, reasoning))
-    if out is None:
-        return None
+    if out is None or request.code // 100 != 2:  # written, or an error relayed
+        return out
     out, summed = merge_answer(out, call.frontend, reasoning, usage)
     execution = host.note.usage
     request.setHeader(USAGE_HEADER, (
@@ -192,26 +192,38 @@ async def _reason(host: Host, spec: HybridRoute) -> tuple[str | None, Any, str]:
     route = replace(spec.reasoning, targets=tuple(
         replace(t, changed=True, body=reasoning_body(t.body, frontend))
         for t in spec.reasoning.targets))
-    phase = _Phase(host.clock)
+    phase, quiet = _Phase(host.clock), _QuietReply(host.reply.request, frontend, host.clock,
+                                                   host.note)
     reasoner = host.sibling(
         Call(frontend, body, json.dumps(body).encode(), call.history,
-             conversation=call.conversation),
-        _QuietReply(host.reply.request, frontend, host.clock, host.note), phase.consume)
+             conversation=call.conversation), quiet, phase.consume)
     running = Deferred.fromCoroutine(reasoner.serve(route))
-    running.addTimeout(spec.settings.timeout, host.clock)
+    expired = []
+
+    def expire() -> None:
+        # Gone, to the phase's attempts: an interrupted send stops them.
+        expired.append(True)
+        quiet.gone = True
+        running.cancel()
+    timer = host.clock.callLater(spec.settings.timeout, expire)
     try:
         await running
     except CancelledError:
-        raise
-    except TimeoutError:
+        if not expired:
+            raise
         log.warn("hybrid reasoning phase timed out after {timeout:g} s",
                  timeout=spec.settings.timeout)
         return None, None, "reasoning=timeout"
     except ProxyError as e:
         if host.reply.gone:
             raise CancelledError()
+        if expired:
+            return None, None, "reasoning=timeout"
         log.warn("hybrid reasoning phase failed: {error}", error=e.message)
         return None, None, f"reasoning=failed; code={e.code or e.status}"
+    finally:
+        if timer.active():
+            timer.cancel()
     cutter = phase.cutter
     assert cutter is not None
     text = cutter.text

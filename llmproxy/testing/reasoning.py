@@ -50,7 +50,7 @@ def reasoning_summary_events(model: str, thoughts: Sequence[str],
     """
     events = responses_events(model, answer)
     at = {"item_id": "rs_fake", "output_index": 0, "summary_index": 0}
-    reasoning = [encode_event(e, e["type"]) for e in [
+    items: list[dict[str, Any]] = [
         {"type": "response.output_item.added", "output_index": 0,
          "item": {"type": "reasoning", "id": "rs_fake", "summary": []}},
         {"type": "response.reasoning_summary_part.added", **at,
@@ -59,5 +59,6 @@ def reasoning_summary_events(model: str, thoughts: Sequence[str],
         {"type": "response.output_item.done", "output_index": 0,
          "item": {"type": "reasoning", "id": "rs_fake",
                   "summary": [{"type": "summary_text", "text": "".join(thoughts)}]}},
-    ]]
+    ]
+    reasoning = [encode_event(e, e["type"]) for e in items]
     return events[:2] + reasoning + events[2:]

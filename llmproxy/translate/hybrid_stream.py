@@ -256,7 +256,15 @@ class _ResponsesWithReasoning(_WithReasoning):
         self.sequence = 0
 
     def events(self, raw: list[bytes]) -> bytes:
-        out = self.inner.events(raw)
+        return self._rewrite(self.inner.events(raw))
+
+    def end(self) -> bytes:
+        return self._rewrite(self.inner.end())
+
+    def error(self, error: ProxyError) -> bytes:
+        return self._rewrite(self.inner.error(error))
+
+    def _rewrite(self, out: bytes) -> bytes:
         if not out:
             return out
         written = []
