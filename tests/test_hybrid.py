@@ -251,6 +251,18 @@ class PhaseTests(SynchronousTestCase):
         self.assertEqual(answer.headers["x-llmproxy-route"], "openai:gpt-4o")
         self.assertEqual(answer.json()["choices"][0]["message"]["content"], "fake: fix the bug")
 
+    def test_hybrid_failing_over_to_a_plain_stream(self) -> None:
+        proxy = MemoryProxy(lambda url: openai_config(
+            url, failure_handling={"keepalive_after": 100}))
+        _thinking(proxy)
+        proxy.fake.by_model["gpt-4o-mini"] = [Reply(503, {"error": {
+            "message": "overloaded", "type": "server_error", "param": None, "code": None}})]
+        answer = _finish(proxy, proxy.request("POST", "/v1/chat/completions", {
+            "model": HYBRID + "|openai:gpt-4o", "messages": _user(), "stream": True}))
+        self.assertEqual(answer.headers["x-llmproxy-route"], "openai:gpt-4o")
+        self.assertNotIn(b"reasoning_content", answer.content)
+        self.assertTrue(sse_events(answer.content)[-1].done)
+
     def test_responses_frontend(self) -> None:
         proxy = MemoryProxy()
         _thinking(proxy)

@@ -16,9 +16,8 @@ from twisted.web.iweb import IResponse
 from llmproxy.backends.registry import BackendContext, BackendType
 from llmproxy.config import ApiKey, BackendConfig, BackendKind, BackendOption
 from llmproxy.config.error import ConfigError
-from llmproxy.config.hybrid import INJECTIONS, SETTING_NAMES, HybridConfig
+from llmproxy.config.hybrid import HYBRID, INJECTIONS, SETTING_NAMES, HybridConfig, with_settings
 from llmproxy.dialects import CHAT
-from llmproxy.routing.hybrid import HYBRID, with_settings
 
 __all__ = ["HYBRID_TYPE", "HybridBackend"]
 

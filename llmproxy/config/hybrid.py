@@ -7,12 +7,14 @@ parameters may override one by one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Mapping
 
 if TYPE_CHECKING:
     from llmproxy.config.reader import Reader
 
+#: The selector prefix C{hybrid:[...]}, and the backend type of named hybrids.
+HYBRID = "hybrid"
 #: Where the captured reasoning goes in the execution request.
 INJECTIONS = ("system", "user")
 
@@ -47,6 +49,40 @@ SETTING_NAMES = {
 }
 
 
+def setting_value(name: str, value: Any) -> Any:
+    """
+    One setting's typed value; raises L{ValueError} saying what it takes.
+    """
+    field = SETTING_NAMES[name]
+    if field == "injection":
+        if value not in INJECTIONS:
+            raise ValueError(f"one of {', '.join(INJECTIONS)}")
+        return value
+    kind, low, high, what = {
+        "force_turns": (int, 0, None, "an integer of at least 0"),
+        "probability": (float, 0.0, 1.0, "a number from 0 to 1"),
+        "timeout": (float, 0.0, None, "a number above 0"),
+    }[field]
+    try:
+        number = kind(value)
+    except (TypeError, ValueError):
+        raise ValueError(what)
+    if isinstance(value, bool) or number < low or (high is not None and number > high) \
+            or (field == "timeout" and number == 0):
+        raise ValueError(what)
+    return number
+
+
+def with_settings(base: HybridConfig, values: Mapping[str, Any]) -> HybridConfig:
+    """
+    C{base} with the settings C{values} names (YAML or selector names;
+    L{None} values are not set).
+    """
+    changes = {SETTING_NAMES[name]: setting_value(name, value)
+               for name, value in values.items() if name in SETTING_NAMES and value is not None}
+    return replace(base, **changes) if changes else base
+
+
 def hybrid_config(top: Reader) -> HybridConfig:
     """
     The C{hybrid} section (every setting optional).
@@ -70,4 +106,7 @@ def hybrid_config(top: Reader) -> HybridConfig:
     return config
 
 
-__all__ = ["HybridConfig", "INJECTIONS", "SETTING_NAMES", "hybrid_config"]
+__all__ = [
+    "HYBRID", "HybridConfig", "INJECTIONS", "SETTING_NAMES", "hybrid_config", "setting_value",
+    "with_settings",
+]

@@ -132,14 +132,18 @@ async def _hybrid(host: Host, spec: HybridRoute) -> bytes | None:
     request.setHeader(HEADER, status.encode())
     shown = usage_line(usage) if usage is not None else "unknown"
     request.setHeader(USAGE_HEADER, f"reasoning: {shown}; execution: streamed".encode())
-    call = host.call
+    call, tap = host.call, host.call.tap
     if reasoning and call.stream:
-        tap, said = call.tap, reasoning
+        said = reasoning
 
         def shown_first(transform: Transform) -> Transform:
             return with_reasoning(tap(transform) if tap else transform, call.frontend, said)
         call.tap = shown_first
-    out = await host.serve(_execution(host, spec, reasoning))
+    try:
+        out = await host.serve(_execution(host, spec, reasoning))
+    except ProxyError:
+        call.tap = tap  # the route's next part is no hybrid's
+        raise
     if out is None or request.code // 100 != 2:  # written, or an error relayed
         return out
     out, summed = merge_answer(out, call.frontend, reasoning, usage)

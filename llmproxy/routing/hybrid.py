@@ -17,15 +17,12 @@ C{code="invalid_model_selector"}, like every selector error.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Any, Mapping
+from dataclasses import dataclass
 
-from llmproxy.config.hybrid import INJECTIONS, SETTING_NAMES, HybridConfig
+from llmproxy.config.hybrid import HYBRID, SETTING_NAMES, HybridConfig, setting_value, with_settings
 from llmproxy.errors import InvalidRequest
 from llmproxy.routing.selector import ERROR_CODE, MAX_ROUTE_ELEMENTS, parse_query
 
-#: The selector prefix, and the backend type of named hybrids.
-HYBRID = "hybrid"
 _PREFIX = HYBRID + ":["
 
 __all__ = [
@@ -104,30 +101,6 @@ def parse_hybrid(text: str) -> HybridSelector:
     return HybridSelector(phases[0].strip(), phases[1].strip(), params)
 
 
-def _setting(name: str, value: Any) -> Any:
-    """
-    One setting's typed value; raises L{ValueError} saying what it takes.
-    """
-    field = SETTING_NAMES[name]
-    if field == "injection":
-        if value not in INJECTIONS:
-            raise ValueError(f"one of {', '.join(INJECTIONS)}")
-        return value
-    kind, low, high, what = {
-        "force_turns": (int, 0, None, "an integer of at least 0"),
-        "probability": (float, 0.0, 1.0, "a number from 0 to 1"),
-        "timeout": (float, 0.0, None, "a number above 0"),
-    }[field]
-    try:
-        number = kind(value)
-    except (TypeError, ValueError):
-        raise ValueError(what)
-    if isinstance(value, bool) or number < low or (high is not None and number > high) \
-            or (field == "timeout" and number == 0):
-        raise ValueError(what)
-    return number
-
-
 def check_settings(text: str, params: tuple[tuple[str, str], ...]) -> None:
     """
     Reject an unknown setting or a bad value in a hybrid selector's query.
@@ -137,19 +110,9 @@ def check_settings(text: str, params: tuple[tuple[str, str], ...]) -> None:
             raise _invalid(text, f"unknown hybrid setting {name!r}; known: "
                                  f"{', '.join(SETTING_NAMES)}")
         try:
-            _setting(name, value)
+            setting_value(name, value)
         except ValueError as e:
             raise _invalid(text, f"hybrid setting {name!r} must be {e}, not {value!r}")
-
-
-def with_settings(base: HybridConfig, values: Mapping[str, Any]) -> HybridConfig:
-    """
-    C{base} with the settings C{values} names (YAML or selector names;
-    L{None} values are not set).
-    """
-    changes = {SETTING_NAMES[name]: _setting(name, value)
-               for name, value in values.items() if name in SETTING_NAMES and value is not None}
-    return replace(base, **changes) if changes else base
 
 
 def decide(settings: HybridConfig, turn: int | None, tuned: bool, draw: float) -> str | None:
