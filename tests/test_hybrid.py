@@ -20,7 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from llmproxy.testing import (
     Reply, Stall, Stream, backend_data, chat_chunks, chat_tool_chunks, config_data,
-    openai_config, reasoning_delta_chunks, sse_events, think_chunks,
+    openai_config, reasoning_delta_chunks, responses_events, sse_events, think_chunks,
 )
 from tests.harness import Answer, MemoryProxy, client, in_thread, sdk, start
 
@@ -250,6 +250,38 @@ class PhaseTests(SynchronousTestCase):
         self.assertEqual(answer.status, 200)
         self.assertEqual(answer.headers["x-llmproxy-route"], "openai:gpt-4o")
         self.assertEqual(answer.json()["choices"][0]["message"]["content"], "fake: fix the bug")
+
+    def test_anywhere_a_selector_goes(self) -> None:
+        for extra, model in (({"model_aliases": [{"pattern": "^smart$", "replacement": HYBRID}]},
+                              "smart"),
+                             ({"force_model": HYBRID}, "gpt-4o"),
+                             ({"failover_routes": {"smart": {"policy": "m", "elements": [
+                                 HYBRID, "openai:gpt-4o"]}}}, "smart")):
+            proxy = MemoryProxy(lambda url: openai_config(url, **extra))
+            _thinking(proxy)
+            answer = _finish(proxy, proxy.request("POST", "/v1/chat/completions", {
+                "model": model, "messages": _user()}))
+            self.assertIn("reasoning=ok", answer.headers["x-llmproxy-hybrid"], extra)
+            self.assertEqual(answer.headers["x-llmproxy-route"], "openai:gpt-4o-mini")
+
+    def test_responses_reasoning_backend_and_usage(self) -> None:
+        proxy = MemoryProxy(lambda url: config_data({
+            "openai": backend_data(url, "sk-1"),
+            "deep": backend_data(url, "sk-2", type="openai-responses")}))
+        proxy.fake.by_model["o3"] = [Stream(responses_events("o3", ["Plan: ", "read it."]))]
+        answer = _finish(proxy, proxy.request("POST", "/v1/chat/completions", {
+            "model": "hybrid:[deep:o3,openai:gpt-4o-mini]", "messages": _user()}))
+        reasoning, = [r for r in proxy.fake.requests if r.model == "o3"]
+        self.assertEqual(reasoning.path, "/v1/responses")
+        self.assertEqual(reasoning.body["reasoning"]["effort"], "high")
+        self.assertEqual(answer.json()["choices"][0]["message"]["reasoning_content"],
+                         "Plan: read it.")
+        phases = dict(p.split(": ") for p in answer.headers["x-llmproxy-hybrid-usage"].split("; "))
+        totals = [int(phases[name].split("total=")[1].split()[0])
+                  for name in ("reasoning", "execution")]
+        self.assertEqual(totals, [6, 7])  # as the fake counts them
+        self.assertEqual(answer.json()["usage"]["total_tokens"], 13)
+        self.assertIn("total=13", answer.headers["x-llmproxy-usage"])
 
     def test_hybrid_failing_over_to_a_plain_stream(self) -> None:
         proxy = MemoryProxy(lambda url: openai_config(
