@@ -90,6 +90,19 @@ class PhaseTests(SynchronousTestCase):
         self.assertTrue(content.endswith("</reasoning>\n\nfix the bug"), content)
         self.assertIn("First read the file, then fix it.", content)
 
+    def test_reasoning_selector_sets_its_effort(self) -> None:
+        proxy = MemoryProxy()
+        _thinking(proxy)
+        _finish(proxy, proxy.request("POST", "/v1/chat/completions", {
+            "model": "hybrid:[openai:o3-mini?reasoning_effort=medium,openai:gpt-4o-mini]",
+            "messages": _user(), "reasoning_effort": "low", "max_tokens": 20}))
+        reasoning, = _bodies(proxy, "o3-mini")
+        self.assertEqual(reasoning["reasoning_effort"], "medium")
+        self.assertNotIn("max_completion_tokens", reasoning)
+        execution, = _bodies(proxy, "gpt-4o-mini")
+        self.assertNotIn("reasoning_effort", execution)
+        self.assertEqual(execution["max_tokens"], 20)
+
     def test_reasoning_deltas(self) -> None:
         proxy = MemoryProxy()
         proxy.fake.by_model["o3-mini"] = [Stream(reasoning_delta_chunks(

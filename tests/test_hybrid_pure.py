@@ -26,7 +26,7 @@ from llmproxy.testing import (
     think_chunks,
 )
 from llmproxy.translate.hybrid import (
-    add_usage, execution_body, inject, merge_answer, reasoning_block, reasoning_body,
+    add_usage, chosen_effort, execution_body, inject, merge_answer, reasoning_block, reasoning_body,
 )
 from llmproxy.translate.hybrid_stream import ReasoningCutter, ReasoningFailed, with_reasoning
 
@@ -203,15 +203,23 @@ class BodyTests(SynchronousTestCase):
 
     def test_reasoning_body(self) -> None:
         body = chat_request(tools=[{"type": "function", "function": {"name": "f"}}],
-                            tool_choice="auto", reasoning_effort="low",
+                            tool_choice="auto", reasoning_effort="low", max_tokens=50,
                             response_format={"type": "json_object"})
         out = reasoning_body(body, "chat")
         self.assertEqual(set(out), {"model", "messages", "stream", "reasoning_effort"})
         self.assertEqual((out["stream"], out["reasoning_effort"]), (True, "high"))
-        out = reasoning_body({"model": "m", "input": "x", "tools": [], "text": {"format": {}}},
-                             "responses")
+        out = reasoning_body({"model": "m", "input": "x", "tools": [], "text": {"format": {}},
+                              "max_output_tokens": 9}, "responses")
         self.assertEqual(out, {"model": "m", "input": "x", "stream": True, "text": {},
                                "reasoning": {"effort": "high", "summary": "auto"}})
+
+    def test_selector_effort_wins(self) -> None:
+        client = chat_request(reasoning_effort="low")
+        self.assertEqual(chosen_effort(client, client, "chat"), "high")
+        self.assertEqual(chosen_effort({**client, "reasoning_effort": "medium"}, client, "chat"),
+                         "medium")
+        self.assertEqual(chosen_effort({"reasoning": {"effort": "xhigh"}}, {}, "responses"),
+                         "xhigh")
 
     def test_execution_body_turns_reasoning_off(self) -> None:
         body = chat_request(reasoning_effort="high")

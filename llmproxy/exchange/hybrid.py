@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from typing import Any, Callable, Protocol as TypingProtocol
+from typing import Any, Callable, Coroutine, Protocol as TypingProtocol
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -49,7 +49,9 @@ from llmproxy.exchange.tuning import EditWatch
 from llmproxy.routing.hybrid import decide
 from llmproxy.routing.resolve import HybridRoute, Route, Target
 from llmproxy.sse import SSEError, SSEParser
-from llmproxy.translate.hybrid import execution_body, merge_answer, reasoning_body
+from llmproxy.translate.hybrid import (
+    chosen_effort, execution_body, merge_answer, reasoning_body,
+)
 from llmproxy.translate.hybrid_stream import ReasoningCutter, ReasoningFailed, with_reasoning
 from llmproxy.translate.transforms import Transform
 from llmproxy.translate.usage import usage_line
@@ -194,40 +196,26 @@ async def _reason(host: Host, spec: HybridRoute) -> tuple[str | None, Any, str]:
     call, frontend = host.call, host.call.frontend
     body = reasoning_body(call.body, frontend)
     route = replace(spec.reasoning, targets=tuple(
-        replace(t, changed=True, body=reasoning_body(t.body, frontend))
-        for t in spec.reasoning.targets))
-    phase, quiet = _Phase(host.clock), _QuietReply(host.reply.request, frontend, host.clock,
-                                                   host.note)
-    reasoner = host.sibling(
-        Call(frontend, body, json.dumps(body).encode(), call.history,
-             conversation=call.conversation), quiet, phase.consume)
-    running = Deferred.fromCoroutine(reasoner.serve(route))
-    expired = []
-
-    def expire() -> None:
-        # Gone, to the phase's attempts: an interrupted send stops them.
-        expired.append(True)
-        quiet.gone = True
-        running.cancel()
-    timer = host.clock.callLater(spec.settings.timeout, expire)
+        replace(t, changed=True, body=reasoning_body(t.body, frontend, chosen_effort(
+            t.body, call.body, frontend))) for t in spec.reasoning.targets))
+    phase = _Phase(host.clock, _QuietReply(host.reply.request, frontend, host.clock, host.note))
+    reasoner = host.sibling(Call(frontend, body, json.dumps(body).encode(), call.history,
+                                 conversation=call.conversation), phase.reply, phase.consume)
+    timeout = spec.settings.timeout
     try:
-        await running
+        await phase.run(reasoner.serve(route), timeout)
     except CancelledError:
-        if not expired:
+        if not phase.expired:
             raise
-        log.warn("hybrid reasoning phase timed out after {timeout:g} s",
-                 timeout=spec.settings.timeout)
+        log.warn("hybrid reasoning phase timed out after {timeout:g} s", timeout=timeout)
         return None, None, "reasoning=timeout"
     except ProxyError as e:
         if host.reply.gone:
             raise CancelledError()
-        if expired:
+        if phase.expired:
             return None, None, "reasoning=timeout"
         log.warn("hybrid reasoning phase failed: {error}", error=e.message)
         return None, None, f"reasoning=failed; code={e.code or e.status}"
-    finally:
-        if timer.active():
-            timer.cancel()
     cutter = phase.cutter
     assert cutter is not None
     text = cutter.text
@@ -239,13 +227,34 @@ async def _reason(host: Host, spec: HybridRoute) -> tuple[str | None, Any, str]:
 
 class _Phase:
     """
-    The reasoning phase's answers, each read by a L{_ReasoningReader}
-    (the phase's timeout bounds them all).
+    The reasoning phase's attempts within its timeout, and their answers,
+    each read by a L{_ReasoningReader}.
+
+    @ivar expired: whether the timeout stopped the phase.
     """
 
-    def __init__(self, clock: IReactorTime) -> None:
+    def __init__(self, clock: IReactorTime, reply: _QuietReply) -> None:
         self.clock = clock
+        self.reply = reply
         self.cutter: ReasoningCutter | None = None
+        self.expired = False
+
+    async def run(self, attempts: Coroutine[Any, Any, bytes | None], timeout: float) -> None:
+        """
+        Run the phase's C{attempts}, cancelled after C{timeout} seconds.
+        """
+        running = Deferred.fromCoroutine(attempts)
+
+        def expire() -> None:
+            # Gone, to the phase's attempts: an interrupted send stops them.
+            self.expired = self.reply.gone = True
+            running.cancel()
+        timer = self.clock.callLater(timeout, expire)
+        try:
+            await running
+        finally:
+            if timer.active():
+                timer.cancel()
 
     async def consume(self, backend: Backend, target: Target, response: IResponse) -> bytes:
         reader = _ReasoningReader(self.clock, backend.config.idle_timeout)

@@ -23,7 +23,7 @@ from llmproxy.dialects import CHAT
 from llmproxy.translate.usage import usage_counts
 
 __all__ = [
-    "MAX_EFFORT", "add_usage", "execution_body", "inject", "merge_answer", "reasoning_block",
+    "MAX_EFFORT", "add_usage", "chosen_effort", "execution_body", "inject", "merge_answer", "reasoning_block",
     "reasoning_body", "reasoning_item",
 ]
 
@@ -32,25 +32,47 @@ MAX_EFFORT = "high"
 #: The effort of an execution model that cannot turn reasoning off.
 LOW_EFFORT = "low"
 
-_CHAT_TOOLS = ("tools", "tool_choice", "parallel_tool_calls", "functions", "function_call",
-               "response_format", "stream_options", "n")
-_RESPONSES_TOOLS = ("tools", "tool_choice", "parallel_tool_calls")
+#: What the reasoning phase is not sent: tools, an output format, a token
+#: cap (a reasoning model spends its cap on reasoning; the phase's timeout
+#: and L{llmproxy.translate.hybrid_stream.MAX_REASONING} bound it).
+_CHAT_DROPPED = ("tools", "tool_choice", "parallel_tool_calls", "functions", "function_call",
+                 "response_format", "stream_options", "n", "max_tokens",
+                 "max_completion_tokens")
+_RESPONSES_DROPPED = ("tools", "tool_choice", "parallel_tool_calls", "max_output_tokens")
 
 
-def reasoning_body(body: Mapping[str, Any], frontend: str) -> dict[str, Any]:
+def _effort(body: Mapping[str, Any], frontend: str) -> Any:
+    if frontend == CHAT:
+        return body.get("reasoning_effort")
+    reasoning = body.get("reasoning")
+    return reasoning.get("effort") if isinstance(reasoning, Mapping) else None
+
+
+def chosen_effort(target: Mapping[str, Any], client: Mapping[str, Any], frontend: str) -> str:
     """
-    The reasoning phase's body: streamed, at L{MAX_EFFORT}, without tools
-    or an output format.
+    The reasoning phase's effort: its selector's (a target body's effort
+    that is not the client's), else L{MAX_EFFORT}.
+    """
+    mine = _effort(target, frontend)
+    return mine if isinstance(mine, str) and mine != _effort(client, frontend) else MAX_EFFORT
+
+
+def reasoning_body(
+    body: Mapping[str, Any], frontend: str, effort: str = MAX_EFFORT
+) -> dict[str, Any]:
+    """
+    The reasoning phase's body: streamed, at C{effort}, without tools, an
+    output format or a token cap.
     """
     out = {k: v for k, v in body.items()
-           if k not in (_CHAT_TOOLS if frontend == CHAT else _RESPONSES_TOOLS)}
+           if k not in (_CHAT_DROPPED if frontend == CHAT else _RESPONSES_DROPPED)}
     out["stream"] = True
     if frontend == CHAT:
-        out["reasoning_effort"] = MAX_EFFORT
+        out["reasoning_effort"] = effort
         return out
     reasoning = out.get("reasoning")
     out["reasoning"] = {**(reasoning if isinstance(reasoning, Mapping) else {}),
-                        "effort": MAX_EFFORT, "summary": "auto"}
+                        "effort": effort, "summary": "auto"}
     text = out.get("text")
     if isinstance(text, Mapping) and "format" in text:
         out["text"] = {k: v for k, v in text.items() if k != "format"}
