@@ -18,8 +18,9 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from llmproxy.sse import encode_event
 from llmproxy.testing import (
-    Reply, Stall, Stream, backend_data, chat_chunks, chat_tool_chunks, config_data,
+    Reply, Stall, Stream, backend_data, chat_chunk, chat_chunks, chat_tool_chunks, config_data,
     openai_config, reasoning_delta_chunks, responses_events, sse_events, think_chunks,
 )
 from tests.harness import Answer, MemoryProxy, client, in_thread, sdk, start
@@ -189,6 +190,30 @@ class PhaseTests(SynchronousTestCase):
         self.assertIn("reasoning=ok", answer.headers["x-llmproxy-hybrid"])
         keys = [r.headers["authorization"] for r in proxy.fake.requests if r.model == "o3-mini"]
         self.assertEqual(keys, ["Bearer sk-1", "Bearer sk-2"])
+
+    def test_error_in_the_reasoning_stream(self) -> None:
+        proxy = MemoryProxy()
+        proxy.fake.by_model["o3-mini"] = [Stream([
+            encode_event(chat_chunk("o3-mini", {"content": "<think>hm"})),
+            encode_event({"error": {"message": "overloaded", "type": "server_error"}})],
+            end="stall")]
+        answer = _finish(proxy, proxy.request("POST", "/v1/chat/completions", {
+            "model": HYBRID, "messages": _user()}))
+        self.assertEqual(answer.headers["x-llmproxy-hybrid"],
+                         "reasoning=failed; code=reasoning_failed")
+        self.assertEqual(answer.json()["choices"][0]["message"]["content"], "fake: fix the bug")
+        # A broken stream is retried once on its target, like any other.
+        self.assertEqual(proxy.fake.lost, len(_bodies(proxy, "o3-mini")), "each one dropped")
+        self.assertEqual(proxy.fake.open, [])
+
+    def test_empty_reasoning(self) -> None:
+        proxy = MemoryProxy()
+        proxy.fake.by_model["o3-mini"] = [Stream(think_chunks("o3-mini", [" "], ["x"]))]
+        answer = _finish(proxy, proxy.request("POST", "/v1/chat/completions", {
+            "model": HYBRID, "messages": _user()}))
+        self.assertTrue(answer.headers["x-llmproxy-hybrid"].startswith("reasoning=empty"))
+        self.assertNotIn("reasoning_content", answer.json()["choices"][0]["message"])
+        self.assertEqual(_bodies(proxy, "gpt-4o-mini")[0]["messages"], _user())
 
     def test_timeout_falls_through(self) -> None:
         proxy = MemoryProxy(lambda url: openai_config(
