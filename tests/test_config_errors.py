@@ -367,7 +367,7 @@ class DidYouMeanTests(ErrorTestCase):
         self.assertConfigError(
             {"backends": {"x": {"type": "opnai"}}},
             "conf.yaml: backends.x.type: unknown type 'opnai' "
-            "(known: openai, openai-responses, mock, openai-codex); did you mean 'openai'?")
+            "(known: openai, openai-responses, mock, openai-codex, hybrid); did you mean 'openai'?")
         self.assertConfigError(
             {"backends": {"openai": {}}, "default_backend": "opnai"},
             "conf.yaml: default_backend: unknown backend 'opnai' (known: openai); "

@@ -102,7 +102,7 @@ class ShippedTableTests(SynchronousTestCase):
         that names none.
         """
         self.assertEqual([k.name for k in REGISTRY.kinds],
-                         ["openai", "openai-responses", "mock", "openai-codex"])
+                         ["openai", "openai-responses", "mock", "openai-codex", "hybrid"])
         config = _build({"backends": {"up": {}}}, registry=REGISTRY)
         self.assertEqual(config.backends["up"].type, "openai")
 

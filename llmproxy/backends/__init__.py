@@ -8,7 +8,7 @@ none).  A new type is one module declaring a L{BackendType} plus one line
 here.
 """
 
-from llmproxy.backends import codex, mock, openai
+from llmproxy.backends import codex, hybrid, mock, openai
 from llmproxy.backends.registry import BackendContext, BackendType, Factory, Registry
 
 REGISTRY = Registry(
@@ -16,6 +16,7 @@ REGISTRY = Registry(
     openai.OPENAI_RESPONSES,
     mock.MOCK,
     codex.OPENAI_CODEX,
+    hybrid.HYBRID_TYPE,
 )
 
 __all__ = ["REGISTRY", "BackendContext", "BackendType", "Factory", "Registry"]

@@ -22,6 +22,7 @@ import yaml
 from llmproxy.config.backends import backends_and_default
 from llmproxy.config.capture import capture_config
 from llmproxy.config.edits import edit_precision_config
+from llmproxy.config.hybrid import hybrid_config
 from llmproxy.config.listen import (
     check_exposure, check_personal_accounts, listen_problem, port_problem, without_self_loop,
 )
@@ -454,6 +455,7 @@ def build_config(
         capture=capture_config(top, overrides.capture_file, env),
         session=session_config(top),
         edit_precision=edit_precision_config(top),
+        hybrid=hybrid_config(top),
         warnings=(*top.warnings, *warnings),
     )
     top.finish()

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Mapping, Union
+from typing import Awaitable, Callable, Mapping, Union
 
 from twisted.internet.defer import CancelledError
 from twisted.internet.task import deferLater
@@ -37,6 +37,7 @@ from llmproxy.exchange.aggregated import (
 from llmproxy.exchange.answers import InvalidAnswer, content_coding, head_problem, parse_answer
 from llmproxy.exchange.attempts import AttemptQueue, Slot, keyed_route
 from llmproxy.exchange.continuation import Cut, continue_cut, may_continue
+from llmproxy.exchange import hybrid
 from llmproxy.exchange.events import (
     BROKEN, CANCELLED, CLIENT_ERROR, OK, TIMEOUT, AttemptNote, ExchangeEvents, ReplyNote,
 )
@@ -61,6 +62,8 @@ from llmproxy.translate.usage import usage_line
 #: An attempt's result: the body to write (whole answers), L{None} (all
 #: written), the failure to fail over from, or a stream to continue.
 Result = Union[bytes, None, Failed, Cut]
+#: Reads an answer in place of the relay (a hybrid route's reasoning phase).
+Consume = Callable[[Backend, Target, IResponse], Awaitable[bytes]]
 
 
 @dataclass(slots=True)
@@ -98,6 +101,8 @@ class Exchange:
         self.tried: list[Tried] = []
         #: Edit precision tuning (L{llmproxy.exchange.tuning}), when on.
         self.edits: EditWatch | None = None
+        #: What reads a successful answer instead of the relay, if anything.
+        self.consume: Consume | None = None
 
     # the loop
 
@@ -106,21 +111,45 @@ class Exchange:
         Serve the request; returns the body to write for non-streamed
         answers (L{None} when everything was written already).
         """
-        route = keyed_route(route, self.runtime.upstreams)
+        if not route.hybrid:
+            route = keyed_route(route, self.runtime.upstreams)
         fcfg = self.runtime.config.failure
         if self.call.stream and fcfg.keepalive_after > 0:
             self.reply.keep_alive(fcfg.keepalive_after, fcfg.keepalive_interval)
-        conversation = self.call.conversation
-        queue = AttemptQueue(route, self.runtime.upstreams, self.clock, fcfg.default_cooldown,
-                             conversation.key if conversation is not None else None)
         call, edits = self.call, self.runtime.config.edit_precision
         if edits.active:
             self.edits = await EditWatch.start(call.body, call.frontend, call.conversation,
                                                self.runtime.sessions, edits, self.reply.request)
         try:
-            return await self._attempts(queue)
+            if route.hybrid:  # its phases are routes served by serve()
+                return await hybrid.serve(self, route)
+            return await self._attempts(self._queue(route))
         finally:
             self.reply.stop_keepalive()
+
+    async def serve(self, route: Route) -> bytes | None:
+        """
+        Serve the request through C{route}'s attempts (one phase of a
+        hybrid route); L{run} does the request's own setup first.
+        """
+        return await self._attempts(self._queue(keyed_route(route, self.runtime.upstreams)))
+
+    def _queue(self, route: Route) -> AttemptQueue:
+        conversation = self.call.conversation
+        return AttemptQueue(route, self.runtime.upstreams, self.clock,
+                            self.runtime.config.failure.default_cooldown,
+                            conversation.key if conversation is not None else None)
+
+    def sibling(self, call: Call, reply: ClientReply, consume: Consume) -> Exchange:
+        """
+        An exchange for a phase of this request that answers it not
+        itself: its own call and reply, C{consume} reading each answer;
+        this one's runtime, events, budget and note.
+        """
+        other = Exchange(reply.request, call, self.runtime, self.events)
+        other.started, other.note, other.reply, other.consume = \
+            self.started, self.note, reply, consume
+        return other
 
     async def _attempts(self, queue: AttemptQueue) -> bytes | None:
         fcfg = self.runtime.config.failure
@@ -263,7 +292,9 @@ class Exchange:
         """
         target = slot.target
         try:
-            if transform is not None:
+            if self.consume is not None:
+                result, ok = await self.consume(backend, target, response), True
+            elif transform is not None:
                 relayed = await self._relay(target, backend, response, transform, note)
                 if isinstance(relayed, Cut):
                     queue.record_failure(slot)

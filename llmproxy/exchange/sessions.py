@@ -27,6 +27,8 @@ class SessionState:
         response or tool result showed an edit failure).
     @ivar tune_reason: the failure pattern that set C{tune_next}.
     @ivar last_seen: when it was last updated (POSIX seconds).
+    @ivar hybrid_turns: requests it sent through a hybrid route (their
+        first turns always get the reasoning phase).
     """
 
     turns: int = 0
@@ -35,6 +37,7 @@ class SessionState:
     tune_next: bool = False
     last_seen: float = 0.0
     tune_reason: str = ""
+    hybrid_turns: int = 0
 
 
 #: A change to a conversation's state (a pure function of the old state).

@@ -16,11 +16,15 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from llmproxy.config import Config, FailoverRoute
+from llmproxy.config.hybrid import HybridConfig
 from llmproxy.errors import InvalidRequest
 from llmproxy.routing.aliases import apply_aliases
+from llmproxy.routing.hybrid import (
+    HYBRID, check_settings, is_hybrid, parse_hybrid, split_failover, with_settings,
+)
 from llmproxy.routing.params import validate_params
 from llmproxy.routing.precedence import apply_precedence
-from llmproxy.routing.selector import Selector, parse_failover
+from llmproxy.routing.selector import Selector, parse_failover, parse_selector
 
 
 #: The policy of routes that do not name one (plain models and C{a|b}):
@@ -57,16 +61,33 @@ class Target:
     changed: bool
     warnings: tuple[str, ...] = ()
     key: str | None = None
+    #: A hybrid element's two phases (L{llmproxy.exchange.hybrid}).
+    hybrid: HybridRoute | None = None
 
 
 @dataclass(frozen=True)
 class Route:
     """
     Ordered targets and the failover policy joining them.
+
+    @ivar hybrid: whether a target is a hybrid element.
     """
 
     targets: tuple[Target, ...]
     policy: str = DEFAULT_POLICY
+    hybrid: bool = False
+
+
+@dataclass(frozen=True)
+class HybridRoute:
+    """
+    The two phases of a hybrid element, each a route of its own (failover
+    and key rotation apply within each), and its settings.
+    """
+
+    reasoning: Route
+    execution: Route
+    settings: HybridConfig
 
 
 def _route_text(config: Config, model: str) -> tuple[str, str]:
@@ -152,10 +173,18 @@ class _Element:
     defaults: Mapping[str, object]
     warnings: tuple[str, ...]
     key: str | None = None
+    hybrid: _HybridPlan | None = None
 
 
 #: A model string's plan: its elements, in order, and the failover policy.
 _Plan = tuple[tuple[_Element, ...], str]
+
+
+@dataclass(frozen=True)
+class _HybridPlan:
+    reasoning: _Plan
+    execution: _Plan
+    settings: HybridConfig
 
 
 _INSTANCE = re.compile(r"^(?P<backend>.+)\.(?P<n>[1-9][0-9]*)$")
@@ -204,6 +233,8 @@ def _backend_and_key(config: Config, selector: Selector) -> tuple[str, str | Non
 
 def _element(config: Config, selector: Selector) -> _Element:
     backend, key = _backend_and_key(config, selector)
+    if config.backends[backend].type == HYBRID:
+        return _named_hybrid(config, selector, backend)
     result = validate_params(selector.params, lenient=config.uri_params == "lenient")
     defaults = (config.model_defaults.get(f"{backend}:{selector.model}")
                 or config.model_defaults.get(selector.model) or {})
@@ -228,6 +259,15 @@ def _body(element: _Element, body: Mapping[str, Any], dialect: str
     return built, built != body
 
 
+def _hybrid_target(e: _Element, body: Mapping[str, Any], dialect: str) -> Target:
+    assert e.hybrid is not None
+    reasoning = _route(e.hybrid.reasoning, body, dialect)
+    execution = _route(e.hybrid.execution, body, dialect)
+    warnings = tuple(w for r in (reasoning, execution) for t in r.targets for w in t.warnings)
+    return Target(e.backend, e.model, body, False, warnings,
+                  hybrid=HybridRoute(reasoning, execution, e.hybrid.settings))
+
+
 def _route(plan: _Plan, body: Mapping[str, Any], dialect: str) -> Route:
     """
     The route of a plan for one body.  Elements that get the same body
@@ -235,19 +275,22 @@ def _route(plan: _Plan, body: Mapping[str, Any], dialect: str) -> Route:
     backend), one per distinct element among the others.
     """
     elements, policy = plan
-    if len(elements) == 1:
+    if len(elements) == 1 and elements[0].hybrid is None:
         e = elements[0]
         return Route((Target(e.backend, e.model, *_body(e, body, dialect), e.warnings, e.key),),
                      policy)
     bodies: dict[object, tuple[Mapping[str, Any], bool]] = {}
     targets = []
     for e in elements:
+        if e.hybrid is not None:
+            targets.append(_hybrid_target(e, body, dialect))
+            continue
         recipe: object = e.model if not e.params and not e.defaults else id(e)
         built = bodies.get(recipe)
         if built is None:
             built = bodies[recipe] = _body(e, body, dialect)
         targets.append(Target(e.backend, e.model, *built, e.warnings, e.key))
-    return Route(tuple(targets), policy)
+    return Route(tuple(targets), policy, any(t.hybrid is not None for t in targets))
 
 
 def _model_of(body: Mapping[str, Any]) -> str:
@@ -278,12 +321,70 @@ def plan_model(config: Config, model: str) -> _Plan:
     are the same L{_Element}).
     """
     text, policy = _route_text(config, model)
+    if "[" in text:
+        return _hybrid_plan(config, text, policy)
     selectors = parse_failover(text)
     planned: dict[Selector, _Element] = {}
     for selector in selectors:
         if selector not in planned:
             planned[selector] = _element(config, selector)
     return tuple(planned[s] for s in selectors), policy
+
+
+def _hybrid_plan(config: Config, text: str, policy: str) -> _Plan:
+    """
+    The plan of a failover list that may hold hybrid elements.
+    """
+    elements = []
+    for part in split_failover(text):
+        if not part.strip():
+            raise InvalidRequest(f"Invalid model selector {text.strip()[:80]!r}: a failover "
+                                 "list has an empty element", param="model",
+                                 code="invalid_model_selector")
+        elements.append(_inline_hybrid(config, part) if is_hybrid(part)
+                        else _element(config, parse_selector(part)))
+    return tuple(elements), policy
+
+
+def _inline_hybrid(config: Config, text: str) -> _Element:
+    selector = parse_hybrid(text)
+    settings = with_settings(config.hybrid, dict(selector.params))
+    return _Element(HYBRID, text.strip(), {}, {}, (), hybrid=_HybridPlan(
+        _phase_plan(config, selector.reasoning), _phase_plan(config, selector.execution),
+        settings))
+
+
+def _named_hybrid(config: Config, selector: Selector, backend: str) -> _Element:
+    """
+    A C{type: hybrid} backend: its phases and settings come from its
+    options; a selector's parameters override the settings.
+    """
+    check_settings(str(selector), selector.params)
+    options = config.backends[backend].options
+    settings = with_settings(with_settings(config.hybrid, options), dict(selector.params))
+    return _Element(backend, selector.model, {}, {}, (), hybrid=_HybridPlan(
+        _phase_plan(config, options["reasoning"]), _phase_plan(config, options["execution"]),
+        settings))
+
+
+def _phase_plan(config: Config, text: str) -> _Plan:
+    """
+    One phase's plan: aliases and failover routes apply; a phase is never
+    hybrid itself.
+    """
+    text = apply_aliases(config.model_aliases, text) or text
+    route = named_route(config, text)
+    policy = DEFAULT_POLICY if route is None else route.policy
+    if route is not None:
+        text = "|".join(route.elements)
+    nested = InvalidRequest(f"Invalid model selector {text[:80]!r}: a hybrid selector's phase "
+                            "cannot be hybrid", param="model", code="invalid_model_selector")
+    if "[" in text:
+        raise nested
+    elements = tuple(_element(config, s) for s in parse_failover(text))
+    if any(e.hybrid is not None for e in elements):
+        raise nested
+    return elements, policy
 
 
 def resolve(config: Config, body: Mapping[str, Any], dialect: str = "chat") -> Route:

@@ -20,7 +20,9 @@ from urllib.parse import quote_plus, unquote_plus
 
 from llmproxy.errors import InvalidRequest
 
-__all__ = ["MAX_ROUTE_ELEMENTS", "Selector", "parse_selector", "parse_failover"]
+__all__ = [
+    "MAX_ROUTE_ELEMENTS", "Selector", "parse_selector", "parse_failover", "parse_query",
+]
 
 ERROR_CODE = "invalid_model_selector"
 
@@ -200,6 +202,10 @@ def _parse_query(text: str, query: str) -> tuple[tuple[str, str], ...]:
         seen.add(name)
         params.append((name, value))
     return tuple(params)
+
+
+#: Decodes a query string C{k=v&...} (C{text} is named in errors).
+parse_query = _parse_query
 
 
 def parse_selector(text: str) -> Selector:

@@ -73,3 +73,7 @@ from llmproxy.testing.continuation import Speak, SpeakingOpenAI, listen_speaking
 __all__ += ["Speak", "SpeakingOpenAI", "listen_speaking"]
 from llmproxy.testing.replay import replay_captured  # noqa: E402
 __all__ += ["replay_captured"]
+from llmproxy.testing.reasoning import (  # noqa: E402
+    reasoning_delta_chunks, reasoning_summary_events, think_chunks,
+)
+__all__ += ["reasoning_delta_chunks", "reasoning_summary_events", "think_chunks"]
