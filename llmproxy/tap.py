@@ -5,6 +5,7 @@ The C{twistd llmproxy} command line: options, and C{makeService}.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from dataclasses import replace
@@ -13,7 +14,7 @@ from typing import Callable, cast
 from twisted.internet.interfaces import IReactorProcess, IReactorSocket
 from twisted.python import usage
 
-from llmproxy import service
+from llmproxy import reload, service
 from llmproxy.backends import REGISTRY
 from llmproxy.backends.base import IUpstreamReactor
 from llmproxy.capture.rotate import open_private
@@ -145,10 +146,26 @@ class Options(usage.Options):
             capture_file=self["capture"],
         )
 
+    def load(self) -> Config:
+        """
+        The configuration these options name, read and checked (at startup
+        and at each reload alike).
+
+        @raise ConfigError: naming the key and the file.
+        """
+        config = load_config(self.overrides(), kinds=REGISTRY.kinds)
+        check_strong_model(config)
+        return worker_capture(config, self["worker-index"])
+
+    def config_path(self) -> str | None:
+        """
+        The config file these options name, if any.
+        """
+        return self["config"] or os.environ.get("CONFIG_FILE") or None
+
     def postOptions(self) -> None:
         try:
-            self.config: Config = load_config(self.overrides(), kinds=REGISTRY.kinds)
-            check_strong_model(self.config)
+            self.config: Config = self.load()
         except ConfigError as e:
             raise StartupError(str(e))
         self._apply_log_level()
@@ -207,9 +224,11 @@ def makeService(options: Options, reactor: IProxyReactor | None = None) -> servi
 
         reactor = cast(IProxyReactor, _reactor)
     index = options["worker-index"]
-    config = worker_capture(options.config, index)
+    config = options.config
     if config.workers <= 1 and index is None:
-        return service.makeService(config, reactor)
+        proxy = service.makeService(config, reactor)
+        reload.install(proxy, options.load, options.config_path(), reactor)
+        return proxy
     address = parse_tcp(config.listen)
     assert address is not None
     if options["worker-port"] is not None:
@@ -219,8 +238,12 @@ def makeService(options: Options, reactor: IProxyReactor | None = None) -> servi
     )
     listener = proxy.endpoint_service
     assert isinstance(listener, ReusePortService)
+    relay = None
     if index is None:
-        WorkerChildren(reactor, config.workers, options.argv, listener).setServiceParent(proxy)
+        children = WorkerChildren(reactor, config.workers, options.argv, listener)
+        children.setServiceParent(proxy)
+        relay = children.relay
     else:
         ParentWatch(reactor).setServiceParent(proxy)
+    reload.install(proxy, options.load, options.config_path(), reactor, relay)
     return proxy

@@ -215,6 +215,17 @@ class AliasRule:
 
 
 @dataclass(frozen=True)
+class ReloadConfig:
+    """
+    C{reload}: whether to poll the config file's modification time, and how
+    often (seconds).  C{SIGHUP} reloads whatever this says.
+    """
+
+    watch: bool = False
+    interval: float = 2.0
+
+
+@dataclass(frozen=True)
 class Config:
     """
     The whole, validated configuration of one llmproxy process.
@@ -248,6 +259,7 @@ class Config:
     session: SessionConfig = SessionConfig()
     edit_precision: EditPrecisionConfig = EditPrecisionConfig()
     warnings: tuple[str, ...] = ()
+    reload: ReloadConfig = ReloadConfig()
 
     @property
     def auth_enabled(self) -> bool:

@@ -11,7 +11,7 @@ flight keep theirs.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, cast
+from typing import Any, Callable, Mapping, cast
 
 from klein import Klein
 from twisted.internet.defer import CancelledError
@@ -73,6 +73,8 @@ class ProxyApp:
         self.request_factory: type[ProxyRequest] = ProxyRequest
         if config.access_log:
             self.events.addObserver(AccessLog())
+        #: The status's C{config} section (set by L{llmproxy.reload}).
+        self.config_status: Callable[[], dict[str, Any]] | None = None
 
     def hot_routes(self) -> dict[bytes, HotRoute]:
         """
@@ -174,7 +176,10 @@ class ProxyApp:
             accounts = getattr(backend, "accounts_status", None)
             if accounts is not None:
                 entry["accounts"] = accounts()
-        return json_answer(request, 200, {"backends": backends})
+        answer: dict[str, Any] = {"backends": backends}
+        if self.config_status is not None:
+            answer["config"] = self.config_status()
+        return json_answer(request, 200, answer)
 
     @app.route("/backend-api/wham/usage", methods=["GET"])
     @app.route("/api/codex/usage", methods=["GET"])
