@@ -109,20 +109,29 @@ def _build(
     The configuration, or L{None} after recording each error: an error at a
     key of the file sets that key aside and reads the rest again.
     """
-    failed = False
+    seen: set[str] = set()
     for _ in range(MAX_ERRORS):
         try:
             config = build_config(data, overrides, env, source=report.source, kinds=kinds)
             check_strong_model(config)
         except ConfigError as e:
-            failed = True
             key, located = _locate(str(e), report.source, positions)
-            report.errors.append(located)
-            if key is None or not _remove(data, positions[key].keys):
+            if key not in seen:  # else a consequence of setting it aside
+                report.errors.append(located)
+            if key is None or not _set_aside(data, positions[key].keys):
                 return None
+            seen.add(key)
             continue
-        return None if failed else config
+        return None if seen else config
     return None
+
+
+def _set_aside(data: Any, keys: tuple[Any, ...]) -> bool:
+    """
+    Remove the value at C{keys}, or if it is gone already, the nearest
+    enclosing one (not the whole file); whether anything was removed.
+    """
+    return any(_remove(data, keys[:end]) for end in range(len(keys), 0, -1))
 
 
 def _locate(message: str, source: str, positions: Mapping[str, Position]) -> tuple[str | None, str]:
