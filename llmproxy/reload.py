@@ -109,6 +109,8 @@ class Reloader(Service):
         self.state = ConfigState(path, config_digest(proxy.config), self.clock.seconds())
         self._main_log = observer
         self.log = Logger(namespace=RELOAD_NAMESPACE, observer=cast(ILogObserver, self._emit))
+        #: The main log only: what is not a reload's outcome.
+        self.notes = Logger(namespace="llmproxy.config", observer=observer)
         self._running = False
         self._again = False
         self._waiters: list[Deferred[bool]] = []
@@ -171,8 +173,7 @@ class Reloader(Service):
         if listener is not None:
             self._replace_listener(listener)
         for note in _needs_restart(old, config):
-            self.log.warn("{note}", note=note, ok=True, error=None, digest=self.state.digest,
-                          path=self.state.path)
+            self.notes.warn("{note}", note=note)
         self.state.digest = config_digest(config)
         self.state.loaded_at = self.clock.seconds()
         self.state.last_error = None

@@ -195,6 +195,7 @@ class ReloadTests(TestCase):
         notes = [e for e in self.logged if e["log_level"].name == "warn"]
         self.assertEqual(len(notes), 1)
         self.assertIn("log_level changed; it takes effect on restart", notes[0]["note"])
+        self.assertEqual([e["ok"] for e in self.reloads()], [True], "one reload event")
 
     async def test_reloads_asked_together_run_one_after_the_other(self) -> None:
         write(self.path, {**self.data, "failure_handling": {"max_attempts": 4}})
