@@ -172,7 +172,7 @@ class Reloader(Service):
         self.proxy.use_config(config)
         if listener is not None:
             self._replace_listener(listener)
-        for note in _needs_restart(old, config):
+        for note in (*config.warnings, *_needs_restart(old, config)):
             self.notes.warn("{note}", note=note)
         self.state.digest = config_digest(config)
         self.state.loaded_at = self.clock.seconds()

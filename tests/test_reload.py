@@ -24,12 +24,12 @@ from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from llmproxy.backends import REGISTRY
-from llmproxy.config import Config, Overrides, load_config
+from llmproxy.config import Config, Overrides, TCPAddress, load_config
 from llmproxy.reload import RELOAD_NAMESPACE, ConfigWatch, Reloader, SignalHook, config_digest
 from llmproxy.service import ProxyService
 from llmproxy.startup import ListenService
 from llmproxy.testing import Stream, chat_chunks, chat_request, listen_fake, openai_config
-from llmproxy.workers import WorkerChildren
+from llmproxy.workers import ReusePortService, WorkerChildren
 from tests.harness import client, post
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -196,6 +196,23 @@ class ReloadTests(TestCase):
         self.assertEqual(len(notes), 1)
         self.assertIn("log_level changed; it takes effect on restart", notes[0]["note"])
         self.assertEqual([e["ok"] for e in self.reloads()], [True], "one reload event")
+
+    async def test_with_workers_the_address_needs_a_restart(self) -> None:
+        shared = ReusePortService(reactor, TCPAddress("127.0.0.1", 0), self.service.app.site())
+        self.service.endpoint_service = shared
+        write(self.path, {**self.data, "listen": "tcp:8123:interface=127.0.0.1"})
+        self.assertFalse(await self.reloader.reload())
+        self.assertEqual(self.reloader.state.last_error,
+                         f"{self.path}: listen: changed to 'tcp:8123:interface=127.0.0.1', but "
+                         "with --workers the address only changes with a restart")
+        self.assertIs(self.service.endpoint_service, shared)
+
+    async def test_the_new_config_s_warnings_are_logged(self) -> None:
+        self.data["backends"]["openai"]["api_keys"] = ["sk-1", "${UNSET_VARIABLE}"]
+        write(self.path, self.data)
+        self.assertTrue(await self.reloader.reload())
+        [note] = [e["note"] for e in self.logged if e["log_level"].name == "warn"]
+        self.assertIn("${UNSET_VARIABLE} is not set", note)
 
     async def test_reloads_asked_together_run_one_after_the_other(self) -> None:
         write(self.path, {**self.data, "failure_handling": {"max_attempts": 4}})
