@@ -189,6 +189,13 @@ class ReloadTests(TestCase):
         self.assertEqual(second[0], 200, second[2])
         self.assertIn("remember me", json.dumps(self.fake.requests[-1].body))
 
+    async def test_the_store_takes_its_new_bounds(self) -> None:
+        store = self.service.app.store
+        write(self.path, {**self.data, "responses_store": {"max_items": 7, "max_age": 60}})
+        self.assertTrue(await self.reloader.reload())
+        self.assertIs(self.service.app.store, store)
+        self.assertEqual((store.max_items, store.max_age), (7, 60))
+
     async def test_a_setting_that_needs_a_restart_is_named(self) -> None:
         write(self.path, {**self.data, "log_level": "debug"})
         self.assertTrue(await self.reloader.reload())
