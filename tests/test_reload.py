@@ -21,14 +21,18 @@ import yaml
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock, deferLater
+from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from llmproxy.backends import REGISTRY
-from llmproxy.config import Config, Overrides, TCPAddress, load_config
+from llmproxy.config import Config, ConfigError, Overrides, TCPAddress, load_config
 from llmproxy.reload import RELOAD_NAMESPACE, ConfigWatch, Reloader, SignalHook, config_digest
 from llmproxy.service import ProxyService
 from llmproxy.startup import ListenService
-from llmproxy.testing import Stream, chat_chunks, chat_request, listen_fake, openai_config
+from llmproxy.tap import Options, makeService
+from llmproxy.testing import (
+    Stream, chat_chunks, chat_request, listen_fake, make_config, openai_config,
+)
 from llmproxy.workers import ReusePortService, WorkerChildren
 from tests.harness import client, post
 
@@ -283,6 +287,52 @@ class WatchTests(SynchronousTestCase):
         self.assertEqual(self.changes, [])
 
 
+class InstallTests(SynchronousTestCase):
+    """
+    C{twistd llmproxy}'s service gets its reloader, and with C{reload:
+    {watch: true}} a watch on the file that reloads it.
+    """
+
+    def make(self, data: dict[str, Any]) -> tuple[ProxyService, str, MemoryReactorClock]:
+        self.patch(os, "environ", {})
+        path = os.path.abspath(self.mktemp())
+        write(path, data)
+        options = Options()
+        options.parseOptions(["--config", path])
+        clock = MemoryReactorClock()
+        proxy = makeService(options, reactor=clock)  # type: ignore[arg-type]
+        proxy.startService()
+        self.addCleanup(proxy.stopService)
+        return proxy, path, clock
+
+    def test_a_watched_file_reloads_when_it_changes(self) -> None:
+        data: dict[str, Any] = {"default_backend": "mock", "backends": {"mock": {"type": "mock"}},
+                                "reload": {"watch": True, "interval": 1}}
+        proxy, path, clock = self.make(data)
+        self.assertEqual([type(s) for s in proxy if isinstance(s, (Reloader, ConfigWatch))],
+                         [Reloader, ConfigWatch])
+        write(path, {**data, "failure_handling": {"max_attempts": 2}})
+        st = os.stat(path)
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 5 * 10**9))
+        clock.advance(1)
+        self.assertEqual(proxy.config.failure.max_attempts, 2)
+        self.assertEqual(proxy.app.config_status and proxy.app.config_status()["reloads"], 1)
+
+    def test_unwatched_by_default(self) -> None:
+        proxy, _, _ = self.make({"default_backend": "mock", "backends": {"mock": {}}})
+        self.assertEqual([type(s) for s in proxy if isinstance(s, (Reloader, ConfigWatch))],
+                         [Reloader])
+
+    def test_the_reload_section_is_checked(self) -> None:
+        with self.assertRaises(ConfigError) as caught:
+            make_config({"reload": {"watch": True, "intervall": 3}})
+        self.assertIn("reload.intervall: unknown key; did you mean 'interval'?",
+                      str(caught.exception))
+        with self.assertRaises(ConfigError) as caught:
+            make_config({"reload": {"interval": 0}})
+        self.assertIn("reload.interval: must be at least 0.1", str(caught.exception))
+
+
 class _Reactor:
     """
     Enough reactor for L{SignalHook}: running at once, calls from threads
@@ -381,6 +431,34 @@ class ProcessTests(TestCase):
         self.assertIsNotNone(process.poll())
 
 
+    async def test_the_first_worker_relays_sighup_to_the_others(self) -> None:
+        cwd = os.path.abspath(self.mktemp())
+        os.makedirs(cwd)
+        path = os.path.join(cwd, "llmproxy.yaml")
+        data: dict[str, Any] = {"listen": "tcp:0:interface=127.0.0.1", "workers": 2,
+                                "default_backend": "one",
+                                "backends": {"one": {"type": "mock", "models": ["m"]}}}
+        write(path, data)
+        env = {**os.environ, "PYTHONPATH": ROOT}
+        env.pop("OPENAI_API_KEY", None)
+        process = subprocess.Popen([sys.executable, "-m", "llmproxy", "--config", path],
+                                   cwd=cwd, env=env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.addCleanup(lambda: process.poll() is None and process.kill())
+        output = Output(process)
+        await output.wait_for(b"llmproxy on tcp:", count=2)
+        data["failure_handling"] = {"max_attempts": 2}
+        write(path, data)
+        os.kill(process.pid, signal.SIGHUP)
+        await output.wait_for(b"config reloaded from", count=2)
+        process.send_signal(signal.SIGTERM)
+        for _ in range(200):
+            if process.poll() is not None:
+                break
+            await deferLater(reactor, 0.05)
+        self.assertIsNotNone(process.poll())
+
+
 class Output:
     """
     A child process's output, read without blocking.
@@ -392,9 +470,9 @@ class Output:
         os.set_blocking(self.stdout.fileno(), False)
         self.text = b""
 
-    async def wait_for(self, marker: bytes, seconds: float = 30.0) -> None:
+    async def wait_for(self, marker: bytes, seconds: float = 30.0, count: int = 1) -> None:
         deadline = time.monotonic() + seconds
-        while marker not in self.text:
+        while self.text.count(marker) < count:
             if time.monotonic() > deadline:
                 raise AssertionError(f"no {marker!r} in {self.text.decode(errors='replace')}")
             self.text += self.stdout.read() or b""
