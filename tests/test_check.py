@@ -66,6 +66,31 @@ class PositionTests(SynchronousTestCase):
         self.assertEqual(found["backends.a.api_keys[0]"].text, "${K1}")
 
 
+_names = st.from_regex(r"[a-z][a-z_]{0,8}", fullmatch=True)
+_trees = st.recursive(
+    st.integers(0, 9) | st.booleans(),
+    lambda inner: st.dictionaries(_names, inner, min_size=1, max_size=4)
+    | st.lists(inner, min_size=1, max_size=3),
+    max_leaves=12)
+
+
+class PositionPropertyTests(SynchronousTestCase):
+    @given(st.dictionaries(_names, _trees, min_size=1, max_size=4))
+    def test_every_key_is_on_its_line(self, data: dict[str, Any]) -> None:
+        text = yaml.safe_dump(data, default_flow_style=False)
+        lines = text.splitlines()
+        for path, position in yaml_positions(text).items():
+            value: Any = data
+            for key in position.keys:
+                value = value[key]
+            if isinstance(position.keys[-1], str):
+                key = position.keys[-1]
+                self.assertTrue(f"{key}:" in lines[position.line - 1]
+                                or f"'{key}':" in lines[position.line - 1], path)
+            else:
+                self.assertTrue(lines[position.line - 1].lstrip().startswith("-"), path)
+
+
 class MaskTests(SynchronousTestCase):
     @given(st.text(min_size=1, max_size=80))
     def test_a_mask_never_shows_more_than_seven_characters(self, secret: str) -> None:
@@ -163,6 +188,14 @@ class CheckTests(Files):
                          ("[openai#1=sk-…0000, openai#2=sk-…WXYZ]", f"{name}:4, ${{K1}}"))
         self.assertEqual(rows["failure.max_attempts"], ("3", f"{name}:6"))
         self.assertEqual(rows["failure.max_wait"], ("10.0", "default"))
+
+    def test_without_a_file_the_demo_backends_are_built_in(self) -> None:
+        report = check(Overrides(), {}, kinds=REGISTRY.kinds)
+        rows = {path: (value, origin) for path, value, origin in report.rows}
+        self.assertEqual(rows["backends.mock.type"], ("mock", "built-in"))
+        self.assertEqual(rows["backends.openai.keys"], ("[]", "built-in"))
+        self.assertEqual(rows["default_backend"], ("mock", "default"))
+        self.assertEqual(report.source, "<defaults>")
 
     def test_the_printed_report_holds_no_secret(self) -> None:
         report = self.check("proxy_keys: [pk-" + LONG_KEY + "]\n"
