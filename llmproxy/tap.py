@@ -11,10 +11,10 @@ import sys
 from dataclasses import replace
 from typing import Callable, NoReturn, cast
 
+import twisted
 from twisted.internet.interfaces import IReactorProcess, IReactorSocket
 from twisted.python import usage
 
-import twisted
 from llmproxy import __version__, check, reload, service
 from llmproxy.backends import REGISTRY
 from llmproxy.backends.base import IUpstreamReactor
