@@ -5,15 +5,17 @@ The C{twistd llmproxy} command line: options, and C{makeService}.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from dataclasses import replace
-from typing import Callable, cast
+from typing import Callable, NoReturn, cast
 
+import twisted
 from twisted.internet.interfaces import IReactorProcess, IReactorSocket
 from twisted.python import usage
 
-from llmproxy import service
+from llmproxy import __version__, check, reload, service
 from llmproxy.backends import REGISTRY
 from llmproxy.backends.base import IUpstreamReactor
 from llmproxy.capture.rotate import open_private
@@ -77,7 +79,12 @@ class Options(usage.Options):
     ]
     optFlags = [
         ["disable-auth", None, "Serve without proxy keys, even beyond loopback."],
+        ["check", None, "Validate the configuration, print it resolved (secrets masked, "
+                        "each value's source) and exit: 0 if valid, 1 if not."],
+        ["probe", None, "With --check: also ask each backend's /models with each key."],
     ]
+    #: Set by --workers in the processes it spawns; not for people.
+    hidden = ("worker-index=", "worker-port=")
 
     def __init__(self) -> None:
         super().__init__()
@@ -98,6 +105,25 @@ class Options(usage.Options):
             super().parseOptions(options)
         except usage.UsageError as e:
             raise StartupError(self._usage_problem(str(e)))
+
+    def getUsage(self, width: int | None = None) -> str:
+        """
+        The usage text, without the options only llmproxy itself passes.
+        """
+        every = self.longOpt
+        self.longOpt = [option for option in every if option not in self.hidden]
+        try:
+            return super().getUsage(width)
+        finally:
+            self.longOpt = every
+
+    def opt_version(self) -> NoReturn:
+        """
+        Print llmproxy's and Twisted's versions and exit.
+        """
+        print(f"llmproxy {__version__}")
+        print(f"Twisted {twisted.__version__}")
+        sys.exit(0)
 
     def _usage_problem(self, problem: str) -> str:
         """
@@ -145,10 +171,29 @@ class Options(usage.Options):
             capture_file=self["capture"],
         )
 
+    def load(self) -> Config:
+        """
+        The configuration these options name, read and checked (at startup
+        and at each reload alike).
+
+        @raise ConfigError: naming the key and the file.
+        """
+        config = load_config(self.overrides(), kinds=REGISTRY.kinds)
+        check_strong_model(config)
+        return worker_capture(config, self["worker-index"])
+
+    def config_path(self) -> str | None:
+        """
+        The config file these options name, if any.
+        """
+        return self["config"] or os.environ.get("CONFIG_FILE") or None
+
     def postOptions(self) -> None:
+        if self["check"] or self["probe"]:
+            check.main(self.overrides(), bool(self["probe"]), REGISTRY.kinds)
+        self._foreground_pidfile()
         try:
-            self.config: Config = load_config(self.overrides(), kinds=REGISTRY.kinds)
-            check_strong_model(self.config)
+            self.config: Config = self.load()
         except ConfigError as e:
             raise StartupError(str(e))
         self._apply_log_level()
@@ -157,6 +202,19 @@ class Options(usage.Options):
             raise StartupError(
                 f"workers: needs a plain tcp: listen endpoint, not {self.config.listen!r}"
             )
+
+    def _foreground_pidfile(self) -> None:
+        """
+        In the foreground (C{twistd -n}), write no pidfile unless one is
+        asked for: twistd's default, C{twistd.pid} in the working
+        directory, would stop a second llmproxy started there.
+        """
+        parent = self.parent
+        if parent is None or not parent.get("nodaemon"):
+            return
+        if parent.get("pidfile") == "twistd.pid" and not any(
+                arg.startswith("--pidfile") for arg in sys.argv[1:]):
+            parent["pidfile"] = ""
 
     def _check_capture(self) -> None:
         """
@@ -207,9 +265,11 @@ def makeService(options: Options, reactor: IProxyReactor | None = None) -> servi
 
         reactor = cast(IProxyReactor, _reactor)
     index = options["worker-index"]
-    config = worker_capture(options.config, index)
+    config = options.config
     if config.workers <= 1 and index is None:
-        return service.makeService(config, reactor)
+        proxy = service.makeService(config, reactor)
+        reload.install(proxy, options.load, options.config_path(), reactor)
+        return proxy
     address = parse_tcp(config.listen)
     assert address is not None
     if options["worker-port"] is not None:
@@ -219,8 +279,12 @@ def makeService(options: Options, reactor: IProxyReactor | None = None) -> servi
     )
     listener = proxy.endpoint_service
     assert isinstance(listener, ReusePortService)
+    relay = None
     if index is None:
-        WorkerChildren(reactor, config.workers, options.argv, listener).setServiceParent(proxy)
+        children = WorkerChildren(reactor, config.workers, options.argv, listener)
+        children.setServiceParent(proxy)
+        relay = children.relay
     else:
         ParentWatch(reactor).setServiceParent(proxy)
+    reload.install(proxy, options.load, options.config_path(), reactor, relay)
     return proxy

@@ -18,6 +18,7 @@ from typing import Any, Sequence, cast
 
 from twisted.application.service import Service
 from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import (
     IListeningPort,
@@ -143,6 +144,18 @@ class WorkerChildren(Service):
             )
             self.children.append((process, ended))
         self.log.info("started {n} worker processes on port {port}", n=self.count - 1, port=port)
+
+    def relay(self, signum: int) -> None:
+        """
+        Send C{signum} to every worker still running (C{SIGHUP}: each
+        reloads its configuration).
+        """
+        for process, ended in self.children:
+            if not ended.called:
+                try:
+                    process.signalProcess(signum)
+                except ProcessExitedAlready:
+                    pass
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()

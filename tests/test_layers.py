@@ -26,6 +26,7 @@ LAYERS = {
     "frontends": 3,
     "capture": 4,
     "startup": 4, "logs": 4, "workers": 5, "service": 5,
+    "probe": 4, "check": 5, "reload": 5.5,  # reload: above service, below tap
     "tap": 6, "__main__": 7,
     "testing": 8,
 }

@@ -34,6 +34,7 @@ from llmproxy.config.model import (
     FailoverRoute,
     FailureConfig,
     Overrides,
+    ReloadConfig,
     compile_alias,
     parse_alias_flag,
 )
@@ -399,6 +400,17 @@ def _responses_store(top: Reader) -> tuple[int, float]:
     return size, ttl
 
 
+def _reload(top: Reader) -> ReloadConfig:
+    """
+    C{reload}: C{watch} (poll the file) and the polling C{interval}.
+    """
+    section = top.child("reload", top.mapping("reload"))
+    result = ReloadConfig(watch=bool(section.get("watch", bool, False)),
+                          interval=section.number("interval", 2.0, minimum=0.1))
+    section.finish()
+    return result
+
+
 def build_config(
     data: Mapping[str, Any],
     overrides: Overrides = Overrides(),
@@ -457,6 +469,7 @@ def build_config(
         edit_precision=edit_precision_config(top),
         hybrid=hybrid_config(top),
         warnings=(*top.warnings, *warnings),
+        reload=_reload(top),
     )
     top.finish()
     check_exposure(config)

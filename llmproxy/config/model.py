@@ -216,6 +216,17 @@ class AliasRule:
 
 
 @dataclass(frozen=True)
+class ReloadConfig:
+    """
+    C{reload}: whether to poll the config file's modification time, and how
+    often (seconds).  C{SIGHUP} reloads whatever this says.
+    """
+
+    watch: bool = False
+    interval: float = 2.0
+
+
+@dataclass(frozen=True)
 class Config:
     """
     The whole, validated configuration of one llmproxy process.
@@ -250,6 +261,7 @@ class Config:
     edit_precision: EditPrecisionConfig = EditPrecisionConfig()
     hybrid: HybridConfig = HybridConfig()
     warnings: tuple[str, ...] = ()
+    reload: ReloadConfig = ReloadConfig()
 
     @property
     def auth_enabled(self) -> bool:

@@ -169,6 +169,14 @@ class ExchangeEvents:
             self._publisher.removeObserver(observer)
         self.observed = bool(self._observers)
 
+    def publish(self, event: dict[str, Any]) -> None:
+        """
+        Send an event another part of llmproxy made (a config reload's, in
+        namespace C{llmproxy.reload}) to the observers, if there are any.
+        """
+        if self.observed:
+            self._publisher(event)
+
     def attempt(self, note: AttemptNote, now: float) -> None:
         """
         Emit the event of a finished attempt.

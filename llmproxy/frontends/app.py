@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from inspect import isawaitable
-from typing import Any, Mapping, cast
+from typing import Any, Callable, Mapping, cast
 
 from klein import Klein
 from twisted.internet.defer import CancelledError
@@ -82,6 +82,8 @@ class ProxyApp:
         self.history = History(clock)
         #: When the service started, for the status page's uptime.
         self.started = clock.seconds()
+        #: The status's C{config} section (set by L{llmproxy.reload}).
+        self.config_status: Callable[[], dict[str, Any]] | None = None
 
     def hot_routes(self) -> dict[bytes, HotRoute]:
         """
@@ -211,7 +213,10 @@ class ProxyApp:
             accounts = getattr(backend, "accounts_status", None)
             if accounts is not None:
                 entry["accounts"] = accounts()
-        return json_answer(request, 200, {"backends": backends})
+        answer: dict[str, Any] = {"backends": backends}
+        if self.config_status is not None:
+            answer["config"] = self.config_status()
+        return json_answer(request, 200, answer)
 
     @app.route("/backend-api/wham/usage", methods=["GET"])
     @app.route("/api/codex/usage", methods=["GET"])

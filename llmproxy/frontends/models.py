@@ -2,7 +2,8 @@
 """
 The model listing of C{GET /v1/models}: every backend's models as
 C{backend:model} (and bare for the default backend), then the targets of
-the model aliases.
+the model aliases.  A backend missing its key (an unset variable) lists
+nothing.
 
 Backends are asked all at once, and the listing waits for them at most
 L{LISTING_DEADLINE} seconds: a backend that has not answered by then is
@@ -43,7 +44,9 @@ class ModelListing:
         """
         The listing's model objects, in backend order.
         """
-        found = await self.gather(runtime.upstreams.backends)
+        found = await self.gather({name: backend for name, backend in
+                                   runtime.upstreams.backends.items()
+                                   if not _missing_key(backend)})
         created = int(self.clock.seconds())
         entries: dict[str, dict[str, Any]] = {}
 
@@ -104,6 +107,15 @@ class ModelListing:
         except Exception as e:
             self.log.warn("{backend}: cannot list its models ({error}); using config",
                           backend=name, error=type(e).__name__)
+
+
+def _missing_key(backend: Backend) -> bool:
+    """
+    Whether the backend wants a key it was not given (the demo's C{openai}
+    without C{OPENAI_API_KEY}): its models could not be used, so they are
+    not listed.
+    """
+    return not backend.config.keys and backend.config.key_env is not None
 
 
 def _cancel_all(asks: list[Deferred[None]]) -> None:
