@@ -204,3 +204,58 @@ class TwoProcessesTests(Processes):
                                 "planning (turn 3/3, writes 0)", None])
         self.assertEqual([r.model for r in fake.requests],
                          ["gpt-strong", "gpt-strong", "gpt-strong", "gpt-4o"])
+
+    async def test_the_store_gone_and_back(self) -> None:
+        fake, a, b, folder = await self.pair()
+        status, _, content = await post(self, a + "/v1/responses",
+                                        {"model": "gpt-4o", "input": "before"})
+        earlier = json.loads(content)["id"]
+        name = (await self.status(a))["backends"]["openai"]["keys"][0]["name"]
+        # The state file becomes something SQLite cannot open (swapped in
+        # whole, so no process sees a half-made folder).
+        os.makedirs(os.path.join(folder, "broken", "state.db"))
+        os.rename(self.state_dir, os.path.join(folder, "away"))
+        os.rename(os.path.join(folder, "broken"), self.state_dir)
+
+        async def up(url: str) -> bool:
+            return bool((await self.status(url))["state"]["up"])
+
+        async def both_down() -> bool:
+            return not await up(a) and not await up(b)
+
+        await self.until(both_down)
+        state = (await self.status(b))["state"]
+        self.assertTrue(state["last_error"])
+        for url in (a, b):  # what needs no stored state is served
+            status, _, _ = await post(self, url + CHAT, ASK)
+            self.assertEqual(status, 200)
+            status, _, _ = await post(self, url + "/v1/responses",
+                                      {"model": "gpt-4o", "input": "meanwhile"})
+            self.assertEqual(status, 200)
+        started = time.monotonic()
+        status, _, content = await post(self, b + "/v1/responses", {
+            "model": "gpt-4o", "input": "and?", "previous_response_id": earlier})
+        self.assertEqual(status, 503)
+        self.assertEqual(json.loads(content)["error"]["code"], "state_store_unavailable")
+        self.assertLess(time.monotonic() - started, 3.0)
+        fake.by_key["sk-a"] = [Reply(429, {"error": {"message": "slow down",
+                                                     "type": "rate_limit_error"}},
+                                     {"retry-after": "30"})]
+        for _ in range(2):  # the rotation reaches sk-a: learnt while the store is away
+            await post(self, a + CHAT, ASK)
+        self.assertEqual(await self.key_state(a, name), "rate_limited")
+        os.rename(self.state_dir, os.path.join(folder, "broken"))
+        os.rename(os.path.join(folder, "away"), self.state_dir)
+
+        async def both_up() -> bool:
+            return await up(a) and await up(b)
+
+        await self.until(both_up)
+
+        async def cooled() -> bool:
+            return await self.key_state(b, name) == "rate_limited"
+
+        await self.until(cooled, limit=1.0)
+        status, _, content = await post(self, b + "/v1/responses", {
+            "model": "gpt-4o", "input": "and?", "previous_response_id": earlier})
+        self.assertEqual(status, 200, content)
