@@ -80,6 +80,8 @@ class SQLiteState(Service):
         self._poller.startService()
 
     def stopService(self) -> Deferred[None] | None:
+        if not self.running:  # built, never started
+            return None
         super().stopService()
         stopped = self._poller.stopService()
         self.pool.callInThread(self.db.close)
