@@ -139,9 +139,8 @@ class Window:
 
     def news(self, before: Window | None) -> bool:
         """
-        Whether this report says more than C{before} did: another share
-        used, or another reset (a reset given as seconds from now drifts
-        by a second or two between answers).
+        Whether this report says more than C{before}: another share used or
+        another reset (one given as seconds from now drifts a little).
         """
         if before is None or before.used_percent != self.used_percent:
             return True
