@@ -21,7 +21,9 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from llmproxy.backends.codex import CodexBackend
 from llmproxy.exchange.sessions import StoreSessions
 from llmproxy.state import Bounds, MemoryState, StateUnavailable, StoredResponse
-from llmproxy.testing import Reply, backend_data, config_data, listen_chatgpt, openai_config
+from llmproxy.testing import (
+    Reply, backend_data, chat_completion, config_data, listen_chatgpt, openai_config,
+)
 from llmproxy.testing.codex import auth_data, write_auth_file
 from tests.harness import MemoryProxy, Proxy, client, post, start
 from tests.test_planning import planning
@@ -186,3 +188,42 @@ class SharedAccountWindowsTests(TestCase):
         self.assertLess(time.monotonic() - learnt, 0.3)
         self.assertEqual(there.states["chatgpt#1"].windows["primary"].used_percent, 90.0)
         self.assertEqual(there.key_preference(there.config.keys[0]), 10.0)
+
+
+class WriteLocked(MemoryState):
+    """
+    Reads answer; writes do not (another process holds the write lock).
+    """
+
+    async def update_session(self, key: str, change: Any, bounds: Bounds) -> Any:
+        raise StateUnavailable()
+
+
+class AnswersOutlastTheStoreTests(SynchronousTestCase):
+    """
+    An answer that came never fails for a conversation state that could
+    not be written after it.
+    """
+
+    def proxy(self, **session: Any) -> MemoryProxy:
+        p = MemoryProxy(lambda u: openai_config(u, **session))
+        app = p.service.app
+        app.runtime = replace(app.runtime, sessions=StoreSessions(
+            WriteLocked(p.clock), Bounds(10, 60)))
+        return p
+
+    def test_an_edit_failure_answer(self) -> None:
+        p = self.proxy()
+        text = "The SEARCH block does not match; I will re-read the file."
+        p.fake.script.append(Reply(200, chat_completion("gpt-4o", text)))
+        answer = p.post(CHAT, {"model": "gpt-4o", "messages": [
+            {"role": "user", "content": "edit app.py"}]}, {"session_id": "s-1"})
+        self.assertEqual(answer.status, 200)
+        self.assertIn(text, json.loads(answer.content)["choices"][0]["message"]["content"])
+
+    def test_a_planning_turn(self) -> None:
+        p = self.proxy(session=planning())
+        answer = p.post(CHAT, {"model": "gpt-4o", "messages": [
+            {"role": "user", "content": "plan"}]}, {"session_id": "s-2"})
+        self.assertEqual(answer.status, 200)
+        self.assertEqual(self.flushLoggedErrors(), [])
