@@ -36,7 +36,6 @@ from twisted.logger import ILogObserver, Logger, globalLogPublisher
 
 from llmproxy.backends.base import IUpstreamReactor
 from llmproxy.config import Config, ConfigError
-from llmproxy.frontends.store import ResponseStore
 from llmproxy.service import ProxyService, with_backlog
 from llmproxy.startup import cannot_listen
 from llmproxy.workers import ReusePortService
@@ -171,10 +170,6 @@ class Reloader(Service):
             except ConfigError as e:
                 return self._failed(str(e))
         self.proxy.use_config(config)
-        store = self.proxy.app.store
-        if isinstance(store, ResponseStore):  # kept, with the new bounds
-            store.max_items, store.max_age = config.responses_store_size, \
-                config.responses_store_ttl
         if listener is not None:
             self._replace_listener(listener)
         for note in (*config.warnings, *_needs_restart(old, config)):

@@ -198,7 +198,7 @@ class ReloadTests(TestCase):
         write(self.path, {**self.data, "responses_store": {"max_items": 7, "max_age": 60}})
         self.assertTrue(await self.reloader.reload())
         self.assertIs(self.service.app.store, store)
-        self.assertEqual((store.max_items, store.max_age), (7, 60))
+        self.assertEqual((store.bounds.max_items, store.bounds.max_age), (7, 60))
 
     async def test_a_setting_that_needs_a_restart_is_named(self) -> None:
         write(self.path, {**self.data, "log_level": "debug"})

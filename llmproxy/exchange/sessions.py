@@ -9,39 +9,12 @@ Redis) is another implementation of L{Sessions}, not a rewrite.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass, replace
-from typing import Callable, Protocol
+from dataclasses import replace
+from typing import Protocol
 
 from twisted.internet.interfaces import IReactorTime
 
-
-@dataclass(frozen=True)
-class SessionState:
-    """
-    What llmproxy remembers of one conversation.
-
-    @ivar turns: answered requests so far.
-    @ivar writes: file-writing tool calls in those answers.
-    @ivar planning_over: the planning phase ended (a limit was reached).
-    @ivar tune_next: the next request gets edit-precision tuning (a
-        response or tool result showed an edit failure).
-    @ivar tune_reason: the failure pattern that set C{tune_next}.
-    @ivar last_seen: when it was last updated (POSIX seconds).
-    @ivar hybrid_turns: requests it sent through a hybrid route (their
-        first turns always get the reasoning phase).
-    """
-
-    turns: int = 0
-    writes: int = 0
-    planning_over: bool = False
-    tune_next: bool = False
-    last_seen: float = 0.0
-    tune_reason: str = ""
-    hybrid_turns: int = 0
-
-
-#: A change to a conversation's state (a pure function of the old state).
-Change = Callable[[SessionState], SessionState]
+from llmproxy.state.base import Bounds, Change, SessionState, StateStore
 
 
 class Sessions(Protocol):
@@ -110,4 +83,32 @@ class MemorySessions:
         return self.clock.seconds() - state.last_seen > self.max_idle
 
 
-__all__ = ["Change", "MemorySessions", "SessionState", "Sessions"]
+class StoreSessions:
+    """
+    L{Sessions} in a shared store (L{llmproxy.state}): every process
+    serving the conversation sees one state.  A store that does not answer
+    raises L{llmproxy.state.StateUnavailable} (a 503 for a request that
+    needs the state first).
+
+    @ivar bounds: the conversations kept and their idle age (a reload sets
+        new ones).
+    """
+
+    def __init__(self, state: StateStore, bounds: Bounds) -> None:
+        self.state = state
+        self.bounds = bounds
+
+    async def get(self, key: str) -> SessionState:
+        return await self.state.get_session(key, self.bounds)
+
+    async def update(self, key: str, change: Change) -> SessionState:
+        return await self.state.update_session(key, change, self.bounds)
+
+    def expire(self) -> None:
+        """
+        Nothing: the service expires the store (responses and
+        conversations at once).
+        """
+
+
+__all__ = ["Change", "MemorySessions", "SessionState", "Sessions", "StoreSessions"]

@@ -16,7 +16,7 @@ from inspect import isawaitable
 from typing import Any, Callable, Mapping, cast
 
 from klein import Klein
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -32,6 +32,7 @@ from llmproxy.exchange import planning
 from llmproxy.exchange.events import ExchangeEvents
 from llmproxy.exchange.exchange import Call, Exchange
 from llmproxy.exchange.runtime import Runtime, Upstreams
+from llmproxy.exchange.sessions import Sessions
 from llmproxy.routing.conversation import Conversation, conversation_of
 from llmproxy.frontends import errors
 from llmproxy.frontends.access import AccessLog
@@ -65,9 +66,9 @@ class ProxyApp:
 
     def __init__(
         self, config: Config, upstreams: Upstreams, clock: IReactorTime,
-        store: ResponseStore | None = None,
+        store: ResponseStore | None = None, sessions: Sessions | None = None,
     ) -> None:
-        self.runtime = Runtime.of(config, upstreams, clock)
+        self.runtime = Runtime.of(config, upstreams, clock, sessions)
         self.clock = clock
         self.store = store or ResponseStore(clock, config.responses_store_size,
                                             config.responses_store_ttl)
@@ -213,7 +214,8 @@ class ProxyApp:
             accounts = getattr(backend, "accounts_status", None)
             if accounts is not None:
                 entry["accounts"] = accounts()
-        answer: dict[str, Any] = {"backends": backends}
+        answer: dict[str, Any] = {"backends": backends,
+                                  "state": self.store.state.status().shown()}
         if self.config_status is not None:
             answer["config"] = self.config_status()
         return json_answer(request, 200, answer)
@@ -241,19 +243,27 @@ class ProxyApp:
         runtime = self.runtime
         body, raw = self._body(request, RESPONSES, runtime)
         history: tuple[Mapping[str, Any], ...] | None = ()
+        found = root = None
         previous = body.get("previous_response_id")
         if previous is not None:
             if not isinstance(previous, str):
                 raise InvalidRequest("'previous_response_id' must be a string",
                                      param="previous_response_id", code="invalid_type")
-            history = self.store.history(previous)
+            found = await self.store.find(previous)
+            history, root = (found.messages, found.root) if found else (None, previous)
+
+        writes: list[Deferred[None]] = []
 
         def on_response(data: bytes) -> None:
-            self.store.remember(body, history or (), data)
+            written = self.store.remember(body, found, data)
+            if written is not None:
+                writes.append(written)
 
-        root = self.store.root(previous) if isinstance(previous, str) else None
-        return await self._serve(request, runtime, Call(
+        out = await self._serve(request, runtime, Call(
             RESPONSES, body, raw, history, on_response, _conversation(request, body, root)))
+        for written in writes:  # shared before the client can name it elsewhere
+            await written
+        return out
 
     async def _serve(self, request: Request, runtime: Runtime, call: Call) -> bytes | None:
         phase = None
