@@ -258,7 +258,7 @@ async def _send(
     exchange.note.continued = f"{slot.target.backend}:{slot.target.model}"
     if exchange.events.observed:
         tapped = splice.inner.usage if isinstance(splice.inner, UsageTap) else None
-        exchange.note.usage = splice.usage or tapped
+        exchange.note.usage = note.usage = splice.usage or tapped
     final = splice.final()
     if exchange.call.on_response is not None and final is not None:
         exchange.call.on_response(json.dumps(final).encode())

@@ -93,8 +93,12 @@ class Exchange:
         self.events = events
         self.clock = runtime.clock
         self.started = self.clock.seconds()
-        self.note = ReplyNote()
+        conversation = call.conversation
+        self.note = ReplyNote(frontend=call.frontend,
+                              session=conversation.key if conversation is not None else None)
         self.reply = ClientReply(request, call.frontend, self.clock, self.note)
+        if events.observed:
+            self.reply.opened = events.stream_opened
         self.tried: list[Tried] = []
         #: Edit precision tuning (L{llmproxy.exchange.tuning}), when on.
         self.edits: EditWatch | None = None
@@ -219,7 +223,7 @@ class Exchange:
         target = slot.target
         return AttemptNote(self.note.attempts, target.backend, target.model,
                            slot.key.name if slot.key is not None else None, self.clock.seconds(),
-                           retry=slot.repeat)
+                           retry=slot.repeat, frontend=self.call.frontend)
 
     async def _send(
         self, queue: AttemptQueue, slot: Slot, backend: Backend, out: _Outgoing,
@@ -272,6 +276,7 @@ class Exchange:
                 result, ok = None, relayed
             else:
                 result, ok = await self._collect(target, backend, response), True
+                note.usage = self.note.usage
         except CancelledError:
             raise
         except ProxyError as e:
@@ -475,7 +480,7 @@ class Exchange:
         tap = UsageTap(transform) if self.events.observed or note.key is not None else None
 
         def first_event() -> None:
-            note.first_event_at = self.clock.seconds()
+            note.first_event_at = self.note.first_event_at = self.clock.seconds()
             reply.first_event()
 
         limits = stream_limits(self.runtime.config.failure, backend.config, target.model)
@@ -492,8 +497,10 @@ class Exchange:
         try:
             await relay.finished
         except CancelledError:
+            self._partial_usage(tap, note, True)
             raise
         except ProxyError as e:
+            self._partial_usage(tap, note, relay.wrote)
             if not relay.wrote:
                 raise
             self.log.warn("{route}: stream failed after it started: {error}",
@@ -504,13 +511,26 @@ class Exchange:
             reply.stream_error(transform, e)
             return False
         if tap is not None:
-            self.note.usage = tap.usage
+            self.note.usage = note.usage = tap.usage
+            note.events = tap.count
         if self.edits is not None:
             await self.edits.streamed()
         final = transform.final()
         if self.call.on_response is not None and final is not None:
             self.call.on_response(json.dumps(final).encode())
         return True
+
+    def _partial_usage(self, tap: UsageTap | None, note: AttemptNote, reply: bool) -> None:
+        """
+        A stream ended early: its attempt's usage is what reached us (see
+        L{llmproxy.exchange.events}), and the reply's too when it relayed
+        this attempt's events (the client left, or got an in-band error).
+        """
+        if tap is None:
+            return
+        note.usage, note.events = tap.known(), tap.count or None
+        if reply:
+            self.note.usage = note.usage
 
     def write_late_error(self, error: ProxyError) -> bool:
         """
