@@ -24,6 +24,7 @@ from llmproxy.capture.install import Capture
 from llmproxy.config import Config
 from llmproxy.exchange.runtime import BackendFactory, Runtime, Upstreams, live_upstreams
 from llmproxy.frontends import ProxyApp
+from llmproxy.metrics import Metrics, answer, metrics_site
 from llmproxy.startup import ListenService
 
 
@@ -154,6 +155,29 @@ class ProxyService(MultiService):
         else:
             self.endpoint_service = listener(self.app.site())
         self.endpoint_service.setServiceParent(self)
+        self.metrics = self._metrics(config, reactor, separate=listener is None)
+
+    def _metrics(self, config: Config, reactor: IUpstreamReactor, separate: bool) -> Metrics | None:
+        """
+        The metrics, when on: C{/metrics} on C{metrics.listen} if it names an
+        endpoint (not with C{--workers}: each process would bind it, so each
+        serves its own on the main listener), else on the main listener.
+        """
+        if not config.metrics.enabled:
+            return None
+        capture = self.capture
+        metrics = Metrics(lambda: self.app.runtime, self.app.events, config.metrics.max_models,
+                          None if capture is None else lambda: capture.writer.dropped_total)
+        metrics.setServiceParent(self)
+        where = config.metrics.listen
+        if where is None or not separate:
+            self.app.metrics_page = lambda request: answer(request, metrics)
+        else:
+            self.metrics_service = ListenService(
+                endpoints.serverFromString(reactor, where), metrics_site(metrics), where,
+                IReactorCore(reactor, None))
+            self.metrics_service.setServiceParent(self)
+        return metrics
 
     @property
     def config(self) -> Config:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from llmproxy.config.session import SessionConfig
 from llmproxy.config.edits import EditPrecisionConfig
+from llmproxy.config.operations import AccessLogConfig, MetricsConfig
 
 if TYPE_CHECKING:
     from llmproxy.config.capture import CaptureConfig
@@ -247,6 +248,8 @@ class Config:
     capture: CaptureConfig | None = None
     session: SessionConfig = SessionConfig()
     edit_precision: EditPrecisionConfig = EditPrecisionConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    access: AccessLogConfig = AccessLogConfig()
     warnings: tuple[str, ...] = ()
 
     @property

@@ -11,7 +11,7 @@ flight keep theirs.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, cast
+from typing import Any, Callable, Mapping, cast
 
 from klein import Klein
 from twisted.internet.defer import CancelledError
@@ -73,6 +73,8 @@ class ProxyApp:
         self.request_factory: type[ProxyRequest] = ProxyRequest
         if config.access_log:
             self.events.addObserver(AccessLog())
+        #: C{/metrics} on this listener (L{llmproxy.metrics}), when it is served here.
+        self.metrics_page: Callable[[IRequest], bytes] | None = None
 
     def hot_routes(self) -> dict[bytes, HotRoute]:
         """
@@ -175,6 +177,13 @@ class ProxyApp:
             if accounts is not None:
                 entry["accounts"] = accounts()
         return json_answer(request, 200, {"backends": backends})
+
+    @app.route("/metrics", methods=["GET"])
+    def metrics(self, request: IRequest) -> bytes:
+        self._authorize(request, self.runtime)
+        if self.metrics_page is None:
+            return errors.unknown_path(request)
+        return self.metrics_page(request)
 
     @app.route("/backend-api/wham/usage", methods=["GET"])
     @app.route("/api/codex/usage", methods=["GET"])
