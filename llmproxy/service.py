@@ -144,6 +144,8 @@ class ProxyService(MultiService):
         if self.capture is not None:
             self.capture.attach(self.app)
             self.capture.writer.setServiceParent(self)  # stopped last: flushes the rest
+        if isinstance(self.app.access, Service):
+            self.app.access.setServiceParent(self)  # closes its file
         PoolService(self.pool).setServiceParent(self)
         expiry = _Periodic(SESSION_EXPIRY, lambda: self.app.runtime.sessions.expire())
         expiry.clock = clock

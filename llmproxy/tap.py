@@ -152,6 +152,7 @@ class Options(usage.Options):
         except ConfigError as e:
             raise StartupError(str(e))
         self._apply_log_level()
+        self._foreground_access_log()
         self._check_capture()
         if self.config.workers > 1 and parse_tcp(self.config.listen) is None:
             raise StartupError(
@@ -170,6 +171,14 @@ class Options(usage.Options):
             open_private(capture.file).close()
         except OSError as e:
             raise StartupError(f"capture: cannot write {capture.file}: {e.strerror}")
+
+    def _foreground_access_log(self) -> None:
+        """
+        In the foreground, the access log is on unless the file says.
+        """
+        parent = self.parent
+        if parent is not None and parent.get("nodaemon") and not self.config.access.said:
+            self.config = replace(self.config, access_log=True)
 
     def _apply_log_level(self) -> None:
         """

@@ -24,7 +24,7 @@ LAYERS = {
     "routing": 1, "adapt": 1, "translate": 1, "backends": 1,
     "exchange": 2,
     "frontends": 3,
-    "capture": 4,
+    "capture": 4, "metrics": 4,
     "startup": 4, "logs": 4, "workers": 5, "service": 5,
     "tap": 6, "__main__": 7,
     "testing": 8,

@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping, cast
 from klein import Klein
 from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
 from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.iweb import IRequest
@@ -32,7 +32,7 @@ from llmproxy.exchange.exchange import Call, Exchange
 from llmproxy.exchange.runtime import Runtime, Upstreams
 from llmproxy.routing.conversation import Conversation, conversation_of
 from llmproxy.frontends import errors
-from llmproxy.frontends.access import AccessLog
+from llmproxy.frontends.access import access_observer
 from llmproxy.frontends.auth import check_key
 from llmproxy.frontends.body import check_fields, parse_body
 from llmproxy.frontends.errors import json_answer, too_deep
@@ -71,8 +71,11 @@ class ProxyApp:
         self.listing = ModelListing(clock)
         #: The site's request class (capture puts its own).
         self.request_factory: type[ProxyRequest] = ProxyRequest
+        #: The access log's observer, when on (L{llmproxy.frontends.access}).
+        self.access: ILogObserver | None = None
         if config.access_log:
-            self.events.addObserver(AccessLog())
+            self.access = access_observer(config.access)
+            self.events.addObserver(self.access)
         #: C{/metrics} on this listener (L{llmproxy.metrics}), when it is served here.
         self.metrics_page: Callable[[IRequest], bytes] | None = None
 
