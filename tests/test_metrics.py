@@ -94,6 +94,12 @@ class MainListenerTests(SynchronousTestCase):
         self.assertTrue(answer.headers["content-type"].startswith("text/plain; version="))
         self.assertIn(b"process_open_fds", answer.content)
 
+    def test_refused_requests_have_their_frontend(self) -> None:
+        proxy = MemoryProxy(keyed)
+        proxy.post("/v1/responses", {"model": "gpt-4o", "input": "hi"})
+        self.assertEqual(value(scrape(proxy), "llmproxy_requests_total", frontend="responses",
+                               status_class="4xx", backend=""), 1)
+
     def test_off(self) -> None:
         proxy = MemoryProxy(lambda u: keyed(u, metrics=False))
         self.assertEqual(proxy.get("/metrics", AUTH).status, 404)

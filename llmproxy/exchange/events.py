@@ -84,7 +84,8 @@ info, one for each request the site processed, when its reply ended:
     first event of the answer written to the client; L{None} when none
     was (whole answers included).
   - C{request_id}: an identifier of this reply event, C{req_} and 24 hex
-    digits, made when the event is.
+    digits (a random prefix per process, then a count), made when the
+    event is.
   - C{usage} on a client that left mid-stream: what reached llmproxy until
     then (the upstream's object if it came, else the marked estimate of
     the attempt event); on a stream broken after it started, the same.
@@ -94,10 +95,11 @@ from __future__ import annotations
 
 import json
 import secrets
+import time
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.logger import ILogObserver, Logger, LogPublisher
+from twisted.logger import ILogObserver, Logger, LogLevel, LogPublisher
 
 #: The namespace of attempt events.
 ATTEMPT_NAMESPACE = "llmproxy.exchange.attempt"
@@ -183,6 +185,9 @@ class ExchangeEvents:
         self.observed = False
         #: Streamed replies started and not yet reported (L{stream_opened}).
         self.open_streams = 0
+        #: Request ids: this publisher's random prefix, then a count.
+        self._ids = secrets.token_hex(6)
+        self._replied = 0
         self._attempts = Logger(namespace=ATTEMPT_NAMESPACE, observer=self._publisher)
         self._replies = Logger(namespace=REPLY_NAMESPACE, observer=self._publisher)
 
@@ -211,8 +216,8 @@ class ExchangeEvents:
         if not self.observed:
             return
         started = note.started
-        self._attempts.info(
-            ATTEMPT_FORMAT, attempt=note.attempt, backend=note.backend, model=note.model,
+        self._emit(
+            self._attempts, ATTEMPT_FORMAT, attempt=note.attempt, backend=note.backend, model=note.model,
             key=note.key, outcome=note.outcome, status=note.status,
             time_to_headers=None if note.headers_at is None else note.headers_at - started,
             time_to_first_event=(None if note.first_event_at is None
@@ -234,7 +239,8 @@ class ExchangeEvents:
         path, protocol, client, user_agent, status, bytes, duration,
         completed); C{note} what the exchange said, if one ran.
         """
-        fields["request_id"] = "req_" + secrets.token_hex(12)
+        self._replied += 1
+        fields["request_id"] = f"req_{self._ids}{self._replied:012x}"
         if note is None:
             fields.update(route=None, key=None, attempts=0, streamed=False, usage=None,
                           continued=None, frontend=None, backend=None, model=None,
@@ -251,7 +257,17 @@ class ExchangeEvents:
                           time_to_first_event=None if first is None
                           else first - fields["arrived"])
         fields.pop("arrived", None)
-        self._replies.info(REPLY_FORMAT, **fields)
+        self._emit(self._replies, REPLY_FORMAT, **fields)
+
+    def _emit(self, logger: Logger, form: str, **event: Any) -> None:
+        """
+        What C{logger.info(form, **event)} does, without checking the level
+        (Twisted sorts every level to check one: microseconds per event).
+        """
+        event.update(log_logger=logger, log_level=LogLevel.info,
+                     log_namespace=logger.namespace, log_source=None, log_format=form,
+                     log_time=time.time())
+        self._publisher(event)
 
 
 def find_usage(data: bytes) -> dict[str, Any] | None:

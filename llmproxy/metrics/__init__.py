@@ -42,7 +42,8 @@ class Metrics(Service):
         dropped: Callable[[], int] | None = None, log: LogPublisher = globalLogPublisher,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.events = EventMetrics(self.registry, lambda: runtime().config, max_models)
+        self.events = EventMetrics(lambda: runtime().config, max_models)
+        self.registry.register(self.events)
         self.registry.register(RuntimeCollector(runtime, lambda: events.open_streams, dropped))
         ProcessCollector(registry=self.registry)
         self._log = log

@@ -89,7 +89,8 @@ def _store(runtime: Runtime, store: Callable[[], Any] | None) -> Metric | None:
     C{llmproxy_store_up{kind}} from the state store's status, when there
     is a store with one.
     """
-    found = store() if store is not None else getattr(runtime, "state", None)
+    found = store() if store is not None else \
+        getattr(runtime, "state", None) or getattr(runtime, "store", None)
     status_of = getattr(found, "status", None)
     if not callable(status_of):
         return None
