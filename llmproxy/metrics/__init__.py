@@ -41,7 +41,7 @@ class Metrics(Service):
         self, runtime: Callable[[], Runtime], events: ExchangeEvents, max_models: int,
         dropped: Callable[[], int] | None = None, log: LogPublisher = globalLogPublisher,
     ) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry = CollectorRegistry()
         self.events = EventMetrics(lambda: runtime().config, max_models)
         self.registry.register(self.events)
         self.registry.register(RuntimeCollector(runtime, lambda: events.open_streams, dropped))
