@@ -237,7 +237,9 @@ class ExchangeEvents:
         """
         Emit the event of a reply: C{fields} holds its HTTP keys (method,
         path, protocol, client, user_agent, status, bytes, duration,
-        completed); C{note} what the exchange said, if one ran.
+        completed, and C{arrived}, when the request arrived: read for
+        C{time_to_first_event}, not passed on); C{note} what the exchange
+        said, if one ran.
         """
         self._replied += 1
         fields["request_id"] = f"req_{self._ids}{self._replied:012x}"
