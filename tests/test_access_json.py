@@ -188,3 +188,51 @@ class ForegroundTests(SynchronousTestCase):
 
     def test_the_file_decides(self) -> None:
         self.assertFalse(self._options({"nodaemon": True}, "false").config.access_log)
+
+
+class ProcessTests(SynchronousTestCase):
+    """
+    The real thing: C{python -m llmproxy} in the foreground, with no
+    configuration (the demo backend): its access line on standard output,
+    and the request counted on C{/metrics}.
+    """
+
+    def test_foreground(self) -> None:
+        import socket
+        import subprocess
+        import sys
+        import time
+        import urllib.request
+
+        from tests.test_startup import _env
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        cwd = self.mktemp()
+        os.makedirs(cwd)
+        proc = subprocess.Popen([sys.executable, "-m", "llmproxy", "--port", str(port)],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env=_env(), cwd=cwd)
+        self.addCleanup(lambda: proc.poll() is not None or (proc.kill(), proc.wait()))
+        base = f"http://127.0.0.1:{port}"
+        body = json.dumps({"model": "demo", "stream": True,
+                           "messages": [{"role": "user", "content": PROMPT}]}).encode()
+        for _ in range(150):
+            try:
+                request = urllib.request.Request(base + "/v1/chat/completions", body,
+                                                 {"content-type": "application/json"})
+                with urllib.request.urlopen(request, timeout=5) as answer:
+                    answer.read()
+                break
+            except OSError:
+                time.sleep(0.1)
+        with urllib.request.urlopen(base + "/metrics", timeout=5) as answer:
+            metrics = answer.read().decode()
+        proc.terminate()
+        out, _ = proc.communicate(timeout=15)
+        lines = [line for line in out.splitlines() if "[llmproxy.access#info]" in line]
+        self.assertTrue(any('"POST /v1/chat/completions HTTP/1.1" 200' in line
+                            and "stream=yes" in line for line in lines), out)
+        self.assertNotIn(PROMPT, out)
+        self.assertRegex(metrics, r'llmproxy_requests_total\{[^}]*frontend="chat"[^}]*\} 1\.0')
