@@ -203,3 +203,27 @@ class DisconnectUsageTests(TestCase):
         self.assertFalse(reply["completed"])
         self.assertEqual(reply["usage"], DETAILED)
         self.assertEqual(events.attempts[0]["usage"], DETAILED)
+
+
+class ContinuationUsageTests(SynchronousTestCase):
+    """
+    A stream broken mid-answer, continued on the next target, which breaks
+    too: each attempt counts what it streamed.
+    """
+
+    def test_both_cut(self) -> None:
+        from llmproxy.testing.continuation import Speak
+        from tests.test_continuation import TEXT, memory, two_backends
+
+        proxy = memory(two_backends("prefill"))
+        events = Events(proxy.service.app.events)
+        proxy.fake.by_model["m1"] = [Speak(TEXT, cut_after=3)]
+        proxy.fake.by_model["m2"] = [Speak(TEXT, cut_after=4)]
+        proxy.post("/v1/chat/completions", {
+            "model": "first:m1|second:m2", "stream": True,
+            "messages": [{"role": "user", "content": "hi"}]})
+        first, second = events.attempts[:2]
+        self.assertEqual((first["outcome"], first["usage"]["estimated"]), ("broken", True))
+        self.assertEqual(second["backend"], "second")
+        self.assertTrue(second["usage"]["estimated"])
+        self.assertGreaterEqual(second["usage"]["output_tokens"], 1)

@@ -250,8 +250,10 @@ async def _send(
     try:
         await relay.finished
     except CancelledError:
+        _partial_usage(splice, note)
         raise
     except ProxyError as e:
+        _partial_usage(splice, note)
         return _broken(exchange, queue, slot, note, splice, e, state)
     queue.record_success(slot)
     note.outcome = OK
@@ -263,6 +265,15 @@ async def _send(
     if exchange.call.on_response is not None and final is not None:
         exchange.call.on_response(json.dumps(final).encode())
     return _Ended.DONE
+
+
+def _partial_usage(splice: Splicer, note: AttemptNote) -> None:
+    """
+    A continuation ended early: its attempt's usage is what reached us
+    (see L{llmproxy.exchange.events}).
+    """
+    if isinstance(splice.inner, UsageTap):
+        note.usage, note.events = splice.inner.known(), splice.inner.count or None
 
 
 async def _refused(
