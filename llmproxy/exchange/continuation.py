@@ -249,11 +249,11 @@ async def _send(
     response.deliverBody(relay)
     try:
         await relay.finished
-    except CancelledError:
-        _partial_usage(splice, note)
-        raise
-    except ProxyError as e:
-        _partial_usage(splice, note)
+    except (CancelledError, ProxyError) as e:
+        if isinstance(splice.inner, UsageTap):  # what reached us, on the attempt
+            splice.inner.tell(note)
+        if isinstance(e, CancelledError):
+            raise
         return _broken(exchange, queue, slot, note, splice, e, state)
     queue.record_success(slot)
     note.outcome = OK
@@ -265,15 +265,6 @@ async def _send(
     if exchange.call.on_response is not None and final is not None:
         exchange.call.on_response(json.dumps(final).encode())
     return _Ended.DONE
-
-
-def _partial_usage(splice: Splicer, note: AttemptNote) -> None:
-    """
-    A continuation ended early: its attempt's usage is what reached us
-    (see L{llmproxy.exchange.events}).
-    """
-    if isinstance(splice.inner, UsageTap):
-        note.usage, note.events = splice.inner.known(), splice.inner.count or None
 
 
 async def _refused(

@@ -497,12 +497,14 @@ class Exchange:
         try:
             await relay.finished
         except CancelledError:
-            self._partial_usage(tap, note, True)
+            if tap is not None:  # the client left: what reached us is the reply's
+                self.note.usage = tap.tell(note)
             raise
         except ProxyError as e:
-            self._partial_usage(tap, note, relay.wrote)
+            usage = None if tap is None else tap.tell(note)
             if not relay.wrote:
                 raise
+            self.note.usage = usage  # the client got this attempt's events
             self.log.warn("{route}: stream failed after it started: {error}",
                           route=f"{target.backend}:{target.model}", error=e.message)
             note.error = type(e).__name__
@@ -519,18 +521,6 @@ class Exchange:
         if self.call.on_response is not None and final is not None:
             self.call.on_response(json.dumps(final).encode())
         return True
-
-    def _partial_usage(self, tap: UsageTap | None, note: AttemptNote, reply: bool) -> None:
-        """
-        A stream ended early: its attempt's usage is what reached us (see
-        L{llmproxy.exchange.events}), and the reply's too when it relayed
-        this attempt's events (the client left, or got an in-band error).
-        """
-        if tap is None:
-            return
-        note.usage, note.events = tap.known(), tap.count or None
-        if reply:
-            self.note.usage = note.usage
 
     def write_late_error(self, error: ProxyError) -> bool:
         """

@@ -16,7 +16,7 @@ from twisted.internet.interfaces import IReactorTime
 from llmproxy.adapt.usage import asks_usage, needs_usage
 from llmproxy.dialects import CHAT
 from llmproxy.errors import ProxyError
-from llmproxy.exchange.events import USAGE_KEY, find_usage
+from llmproxy.exchange.events import USAGE_KEY, AttemptNote, find_usage
 from llmproxy.translate import transforms
 from llmproxy.translate.transforms import Transform
 
@@ -103,6 +103,14 @@ class UsageTap(Wrapped):
         if self.usage is not None:
             return self.usage
         return {"output_tokens": self.count, "estimated": True} if self.count else None
+
+    def tell(self, note: AttemptNote) -> dict[str, Any] | None:
+        """
+        Put what a stream that ended early consumed (L{known}) on its
+        attempt's C{note}, and return it.
+        """
+        note.usage, note.events = self.known(), self.count or None
+        return note.usage
 
     def events(self, raw: list[bytes]) -> bytes:
         self.count += len(raw)
