@@ -13,7 +13,7 @@ import sys
 from typing import Any, NoReturn
 
 from bench import RESULTS_DIR
-from bench.arms import ARMS
+from bench.arms import ARMS, EXTRA_ARMS
 from bench.report import evaluate, markdown, write_json
 from bench.runner import Settings, run, say
 
@@ -33,7 +33,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--streams", type=int, dest="soak_streams",
                         help="concurrent streams of the memory test (default 1000)")
     parser.add_argument("--arms", help="comma-separated subset of: "
-                        + ", ".join(a.name for a in ARMS))
+                        + ", ".join(a.name for a in ARMS + EXTRA_ARMS))
     parser.add_argument("--no-nginx", action="store_true",
                         help="use the Twisted upstream even if nginx is installed")
     parser.add_argument("--no-wrk", action="store_true",
@@ -55,7 +55,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
             overrides[name] = value
     if args.arms:
         names = tuple(a.strip() for a in args.arms.split(",") if a.strip())
-        unknown = set(names) - {a.name for a in ARMS}
+        unknown = set(names) - {a.name for a in ARMS + EXTRA_ARMS}
         if unknown:
             raise SystemExit(f"unknown arms: {', '.join(sorted(unknown))}")
         overrides["arms"] = names

@@ -6,6 +6,11 @@ The servers under test ("arms") and how to start them against an upstream:
   - C{llmproxy}: llmproxy with a realistic config (auth on, an alias
     route, a pool of 3 keys), one process.
   - C{llmproxy-w2}: the same with C{--workers 2}, when llmproxy has it.
+
+Not run unless named (C{--arms}), to measure what a feature costs:
+C{llmproxy-nometrics} (C{metrics: false}) and C{llmproxy-access} (the
+access log on, as in the foreground by default; the others run with
+C{access_log: false}, as a daemon does).
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ backends:
     api_keys: ["sk-bench-1", "sk-bench-2", "sk-bench-3"]
 model_aliases:
   - {{pattern: "^gpt-4$", replacement: "openai:gpt-4o-mini"}}
+access_log: false
 """
 
 
@@ -47,12 +53,14 @@ class Arm:
 
     @ivar kind: C{direct}, C{floor} or C{llmproxy}.
     @ivar workers: the C{--workers} value for llmproxy (None: not passed).
+    @ivar extra: YAML lines that replace the config's last ones (C{access_log}).
     """
 
     name: str
     kind: str
     label: str
     workers: int | None = None
+    extra: str = ""
 
 
 ARMS = (
@@ -60,6 +68,12 @@ ARMS = (
     Arm("floor", "floor", "floor (twisted.web + Agent)"),
     Arm("llmproxy", "llmproxy", "llmproxy, 1 process"),
     Arm("llmproxy-w2", "llmproxy", "llmproxy --workers 2", workers=2),
+)
+#: Arms run only when named with C{--arms}.
+EXTRA_ARMS = (
+    Arm("llmproxy-nometrics", "llmproxy", "llmproxy, metrics off",
+        extra="access_log: false\nmetrics: false\n"),
+    Arm("llmproxy-access", "llmproxy", "llmproxy, access log on", extra="access_log: true\n"),
 )
 
 
@@ -113,12 +127,16 @@ def workers_available(help_text: str) -> bool:
     return "--workers" in help_text
 
 
-def write_config(workdir: Path, port: int, upstream: int) -> Path:
+def write_config(workdir: Path, port: int, upstream: int, extra: str = "") -> Path:
     """
-    The realistic llmproxy config for a run on C{port} against C{upstream}.
+    The realistic llmproxy config for a run on C{port} against C{upstream}
+    (with C{extra} for its C{access_log} line).
     """
     path = workdir / f"llmproxy-{port}.yaml"
-    path.write_text(CONFIG_TEMPLATE.format(port=port, upstream=upstream, key=PROXY_KEY))
+    text = CONFIG_TEMPLATE.format(port=port, upstream=upstream, key=PROXY_KEY)
+    if extra:
+        text = text.removesuffix("access_log: false\n") + extra
+    path.write_text(text)
     return path
 
 
@@ -129,7 +147,8 @@ def server_argv(arm: Arm, port: int, upstream: int, workdir: Path) -> list[str]:
     if arm.kind == "floor":
         return [sys.executable, "-m", "bench.floor", "--port", str(port), "--upstream",
                 f"http://127.0.0.1:{upstream}/v1/chat/completions"]
-    argv = [sys.executable, "-m", "llmproxy", "--config", str(write_config(workdir, port, upstream))]
+    argv = [sys.executable, "-m", "llmproxy", "--config", str(write_config(workdir, port, upstream,
+                                                                         arm.extra))]
     if arm.workers is not None:
         argv += ["--workers", str(arm.workers)]
     return argv
@@ -154,5 +173,5 @@ def start(arm: Arm, upstream: int, procs: ProcessSet, workdir: Path,
     return Running(arm, port, server, startup, len(process_tree(server.pid)))
 
 
-__all__ = ["ARMS", "Arm", "Running", "bench_env", "llmproxy_help", "server_argv", "start",
+__all__ = ["ARMS", "EXTRA_ARMS", "Arm", "Running", "bench_env", "llmproxy_help", "server_argv", "start",
            "workers_available", "write_config"]

@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 from bench import REPO_ROOT
 from bench import arms as armsmod
-from bench.arms import ARMS, Arm, Running
+from bench.arms import ARMS, EXTRA_ARMS, Arm, Running
 from bench.client import latency_run, probe_chat, stream_run
 from bench.load import Loader, run_streams
 from bench.payloads import request_body
@@ -123,7 +123,7 @@ class Bench:
         """
         The arms selected for this run.
         """
-        return [a for a in ARMS if a.name in self.settings.arms]
+        return [a for a in ARMS + EXTRA_ARMS if a.name in self.settings.arms]
 
     def error(self, message: str) -> None:
         """

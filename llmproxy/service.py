@@ -32,6 +32,7 @@ from llmproxy.state import MEMORY, StateStore
 from llmproxy.state.base import Bounds
 from llmproxy.state.stores import open_store
 from llmproxy.state.sync import FactSync
+from llmproxy.metrics import Metrics, answer, metrics_site
 from llmproxy.startup import ListenService
 
 
@@ -161,6 +162,8 @@ class ProxyService(MultiService):
         if self.capture is not None:
             self.capture.attach(self.app)
             self.capture.writer.setServiceParent(self)  # stopped last: flushes the rest
+        if isinstance(self.app.access, Service):
+            self.app.access.setServiceParent(self)  # closes its file
         PoolService(self.pool).setServiceParent(self)
         expiry = _Periodic(SESSION_EXPIRY, self._expire)
         expiry.clock = clock
@@ -172,6 +175,30 @@ class ProxyService(MultiService):
         else:
             self.endpoint_service = listener(self.app.site())
         self.endpoint_service.setServiceParent(self)
+        self.metrics = self._metrics(config, reactor, separate=listener is None)
+
+    def _metrics(self, config: Config, reactor: IUpstreamReactor, separate: bool) -> Metrics | None:
+        """
+        The metrics, when on: C{/metrics} on C{metrics.listen} if it names an
+        endpoint (not with C{--workers}: each process would bind it, so each
+        serves its own on the main listener), else on the main listener.
+        """
+        if not config.metrics.enabled:
+            return None
+        capture = self.capture
+        metrics = Metrics(lambda: self.app.runtime, self.app.events, config.metrics.max_models,
+                          None if capture is None else lambda: capture.writer.dropped_total,
+                          store=self.state.status)
+        metrics.setServiceParent(self)
+        where = config.metrics.listen
+        if where is None or not separate:
+            self.app.metrics_page = lambda request: answer(request, metrics)
+        else:
+            self.metrics_service = ListenService(
+                endpoints.serverFromString(reactor, where), metrics_site(metrics), where,
+                IReactorCore(reactor, None))
+            self.metrics_service.setServiceParent(self)
+        return metrics
 
     def _expire(self) -> Deferred[None] | None:
         """

@@ -197,6 +197,7 @@ class Options(usage.Options):
         except ConfigError as e:
             raise StartupError(str(e))
         self._apply_log_level()
+        self._foreground_access_log()
         self._check_capture()
         self._check_state()
         if self.config.workers > 1 and parse_tcp(self.config.listen) is None:
@@ -239,6 +240,13 @@ class Options(usage.Options):
         folder = os.path.dirname(state.path) or "."
         if state.kind == "sqlite" and not os.path.isdir(folder):
             raise StartupError(f"state: {state.url}: no folder {folder}")
+    def _foreground_access_log(self) -> None:
+        """
+        In the foreground, the access log is on unless the file says.
+        """
+        parent = self.parent
+        if parent is not None and parent.get("nodaemon") and not self.config.access.said:
+            self.config = replace(self.config, access_log=True)
 
     def _apply_log_level(self) -> None:
         """

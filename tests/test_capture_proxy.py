@@ -257,7 +257,7 @@ class CaptureTests(SynchronousTestCase):
         Without a capture file: no writer, no wrapper, the plain request
         class.
         """
-        proxy = MemoryProxy(lambda upstream: openai_config(upstream))
+        proxy = MemoryProxy(lambda upstream: openai_config(upstream, metrics=False))
         self.assertIsNone(proxy.service.capture)
         backends = proxy.service.app.runtime.upstreams.backends.values()
         self.assertFalse(any(isinstance(b, CapturingBackend) for b in backends))

@@ -25,7 +25,7 @@ LAYERS = {
     "state": 1.5,
     "exchange": 2,
     "frontends": 3,
-    "capture": 4,
+    "capture": 4, "metrics": 4,
     "startup": 4, "logs": 4, "workers": 5, "service": 5,
     "probe": 4, "check": 5, "reload": 5.5,  # reload: above service, below tap
     "tap": 6, "__main__": 7,

@@ -65,7 +65,7 @@ class StatusPageTests(SynchronousTestCase):
             self.assertEqual(answer.headers["content-type"], "text/html; charset=utf-8")
 
     def test_same_auth_as_the_json(self) -> None:
-        proxy = self.proxy(proxy_keys=["pk"])
+        proxy = self.proxy(proxy_keys=["pk"], metrics=False)
         for path in ("/status", "/v1/llmproxy/status"):
             for headers in ({}, {"authorization": "Bearer wrong"}):
                 answer = proxy.get(path, {**HTML, **headers})
@@ -99,8 +99,14 @@ class StatusPageTests(SynchronousTestCase):
         self.assertRegex(backends, r"<td>a</td><td>openai</td><td>gpt-4o</td><td><span "
                                    r'class="bad">open</span></td><td>1 / 1</td>')
 
+    def test_traffic_counted_from_the_start_with_metrics_on(self) -> None:
+        proxy = self.proxy()
+        proxy.chat()
+        self.assertIn("requests per second: latest 0.1 req/s",
+                      section(self.page(proxy), "traffic"))
+
     def test_traffic_counted_from_the_first_view(self) -> None:
-        proxy = self.proxy(failure_handling={"retries_per_target": 0})
+        proxy = self.proxy(failure_handling={"retries_per_target": 0}, metrics=False)
         self.assertFalse(proxy.service.app.events.observed)
         proxy.chat()  # not counted
         self.assertIn("requests per second: latest 0 req/s", self.page(proxy))

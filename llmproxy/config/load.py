@@ -21,6 +21,7 @@ import yaml
 
 from llmproxy.config.backends import backends_and_default
 from llmproxy.config.capture import capture_config
+from llmproxy.config.operations import access_log_config, metrics_config
 from llmproxy.config.edits import edit_precision_config
 from llmproxy.config.hybrid import hybrid_config
 from llmproxy.config.listen import (
@@ -445,6 +446,7 @@ def build_config(
     log_level = _log_level(top, overrides, yaml_values.log_level)
     store_size, store_ttl = _responses_store(top)
     backends, warnings = without_self_loop(backends, listen, data, source, by_name)
+    access_on, access = access_log_config(top)
     config = Config(
         listen=listen,
         proxy_keys=proxy_keys,
@@ -460,7 +462,9 @@ def build_config(
         failure=_failure(top.child("failure_handling", top.mapping("failure_handling"))),
         max_body_bytes=top.integer("max_body_bytes", 32 * 1024 * 1024, minimum=1024),
         log_level=log_level,
-        access_log=bool(top.get("access_log", bool, False)),
+        access_log=access_on,
+        access=access,
+        metrics=metrics_config(top),
         responses_store_size=store_size,
         responses_store_ttl=store_ttl,
         workers=_workers(overrides, yaml_values.workers),

@@ -17,6 +17,7 @@ from llmproxy.config.session import SessionConfig
 from llmproxy.config.state import StateConfig
 from llmproxy.config.edits import EditPrecisionConfig
 from llmproxy.config.hybrid import HybridConfig
+from llmproxy.config.operations import AccessLogConfig, MetricsConfig
 
 if TYPE_CHECKING:
     from llmproxy.config.capture import CaptureConfig
@@ -262,6 +263,8 @@ class Config:
     state: StateConfig = StateConfig()
     edit_precision: EditPrecisionConfig = EditPrecisionConfig()
     hybrid: HybridConfig = HybridConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    access: AccessLogConfig = AccessLogConfig()
     warnings: tuple[str, ...] = ()
     reload: ReloadConfig = ReloadConfig()
 

@@ -249,16 +249,18 @@ async def _send(
     response.deliverBody(relay)
     try:
         await relay.finished
-    except CancelledError:
-        raise
-    except ProxyError as e:
+    except (CancelledError, ProxyError) as e:
+        if isinstance(splice.inner, UsageTap):  # what reached us, on the attempt
+            splice.inner.tell(note)
+        if isinstance(e, CancelledError):
+            raise
         return _broken(exchange, queue, slot, note, splice, e, state)
     queue.record_success(slot)
     note.outcome = OK
     exchange.note.continued = f"{slot.target.backend}:{slot.target.model}"
     if exchange.events.observed:
         tapped = splice.inner.usage if isinstance(splice.inner, UsageTap) else None
-        exchange.note.usage = splice.usage or tapped
+        exchange.note.usage = note.usage = splice.usage or tapped
     final = splice.final()
     if exchange.call.on_response is not None and final is not None:
         exchange.call.on_response(json.dumps(final).encode())

@@ -38,6 +38,17 @@ level info, one when each attempt is over:
   - C{retry}: whether the request had already tried this backend, model
     and key (a same-target retry, or a rate-limited key tried again once
     it cooled down).
+  - C{usage}: what this attempt consumed, as far as llmproxy knows: the
+    upstream's own C{usage} object (either dialect) when its answer carried
+    one, whatever the outcome; else, for a stream that relayed events
+    before it broke or its client left, an estimate clearly marked
+    C{{"output_tokens": N, "estimated": True}} where N is the number of the
+    upstream's events relayed (streams carry about one token per event);
+    else L{None} (nothing known: no answer, a refused one, or a whole
+    answer without usage).  Observers bill from the unmarked ones only.
+  - C{events}: the number of upstream events relayed for a stream; L{None}
+    for whole answers and attempts that relayed nothing.
+  - C{frontend}: the client's dialect (C{chat} or C{responses}).
 
 Reply events, namespace L{REPLY_NAMESPACE}, format L{REPLY_FORMAT}, level
 info, one for each request the site processed, when its reply ended:
@@ -62,15 +73,33 @@ info, one for each request the site processed, when its reply ended:
     carried one; else L{None}.
   - C{continued}: C{backend:model} of the target that continued a stream
     broken mid-answer (L{llmproxy.exchange.continuation}); else L{None}.
+  - C{frontend}: C{chat} or C{responses} for the two proxied endpoints;
+    L{None} for every other request.
+  - C{backend}, C{model}: C{route} split (L{None} with it); the model is
+    the bare upstream model.
+  - C{session}: the conversation's state key (a digest scoped to the
+    client, L{llmproxy.routing.conversation.Conversation.key}); L{None}
+    when the request names none.  Never the client's own id.
+  - C{time_to_first_event}: seconds from the request's arrival to the
+    first event of the answer written to the client; L{None} when none
+    was (whole answers included).
+  - C{request_id}: an identifier of this reply event, C{req_} and 24 hex
+    digits (a random prefix per process, then a count), made when the
+    event is.
+  - C{usage} on a client that left mid-stream: what reached llmproxy until
+    then (the upstream's object if it came, else the marked estimate of
+    the attempt event); on a stream broken after it started, the same.
 """
 
 from __future__ import annotations
 
 import json
+import secrets
+import time
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.logger import ILogObserver, Logger, LogPublisher
+from twisted.logger import ILogObserver, Logger, LogLevel, LogPublisher
 
 #: The namespace of attempt events.
 ATTEMPT_NAMESPACE = "llmproxy.exchange.attempt"
@@ -118,6 +147,9 @@ class AttemptNote:
     first_event_at: float | None = None
     error: str | None = None
     retry: bool = False
+    usage: dict[str, Any] | None = None
+    events: int | None = None
+    frontend: str | None = None
 
 
 @dataclass(slots=True)
@@ -132,6 +164,9 @@ class ReplyNote:
     streamed: bool = False
     usage: dict[str, Any] | None = None
     continued: str | None = None
+    frontend: str | None = None
+    session: str | None = None
+    first_event_at: float | None = None
 
 
 class ExchangeEvents:
@@ -148,6 +183,11 @@ class ExchangeEvents:
         self._publisher = LogPublisher()
         self._observers: list[ILogObserver] = []
         self.observed = False
+        #: Streamed replies started and not yet reported (L{stream_opened}).
+        self.open_streams = 0
+        #: Request ids: this publisher's random prefix, then a count.
+        self._ids = secrets.token_hex(6)
+        self._replied = 0
         self._attempts = Logger(namespace=ATTEMPT_NAMESPACE, observer=self._publisher)
         self._replies = Logger(namespace=REPLY_NAMESPACE, observer=self._publisher)
 
@@ -184,28 +224,60 @@ class ExchangeEvents:
         if not self.observed:
             return
         started = note.started
-        self._attempts.info(
-            ATTEMPT_FORMAT, attempt=note.attempt, backend=note.backend, model=note.model,
+        self._emit(
+            self._attempts, ATTEMPT_FORMAT, attempt=note.attempt, backend=note.backend, model=note.model,
             key=note.key, outcome=note.outcome, status=note.status,
             time_to_headers=None if note.headers_at is None else note.headers_at - started,
             time_to_first_event=(None if note.first_event_at is None
                                  else note.first_event_at - started),
-            duration=now - started, error=note.error, retry=note.retry,
+            duration=now - started, error=note.error, retry=note.retry, usage=note.usage,
+            events=note.events, frontend=note.frontend,
         )
+
+    def stream_opened(self) -> None:
+        """
+        A reply started its event stream; its reply event closes it.
+        """
+        if self.observed:
+            self.open_streams += 1
 
     def reply(self, fields: dict[str, Any], note: ReplyNote | None) -> None:
         """
         Emit the event of a reply: C{fields} holds its HTTP keys (method,
         path, protocol, client, user_agent, status, bytes, duration,
-        completed); C{note} what the exchange said, if one ran.
+        completed, and C{arrived}, when the request arrived: read for
+        C{time_to_first_event}, not passed on); C{note} what the exchange
+        said, if one ran.
         """
+        self._replied += 1
+        fields["request_id"] = f"req_{self._ids}{self._replied:012x}"
         if note is None:
             fields.update(route=None, key=None, attempts=0, streamed=False, usage=None,
-                          continued=None)
+                          continued=None, frontend=None, backend=None, model=None,
+                          session=None, time_to_first_event=None)
         else:
+            if note.streamed and self.open_streams > 0:
+                self.open_streams -= 1
+            first, route = note.first_event_at, note.route
+            backend, _, model = route.partition(":") if route is not None else (None, "", None)
             fields.update(route=note.route, key=note.key, attempts=note.attempts,
-                          streamed=note.streamed, usage=note.usage, continued=note.continued)
-        self._replies.info(REPLY_FORMAT, **fields)
+                          streamed=note.streamed, usage=note.usage, continued=note.continued,
+                          frontend=note.frontend, backend=backend, model=model,
+                          session=note.session,
+                          time_to_first_event=None if first is None
+                          else first - fields["arrived"])
+        fields.pop("arrived", None)
+        self._emit(self._replies, REPLY_FORMAT, **fields)
+
+    def _emit(self, logger: Logger, form: str, **event: Any) -> None:
+        """
+        What C{logger.info(form, **event)} does, without checking the level
+        (Twisted sorts every level to check one: microseconds per event).
+        """
+        event.update(log_logger=logger, log_level=LogLevel.info,
+                     log_namespace=logger.namespace, log_source=None, log_format=form,
+                     log_time=time.time())
+        self._publisher(event)
 
 
 def find_usage(data: bytes) -> dict[str, Any] | None:

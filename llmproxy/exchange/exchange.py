@@ -96,8 +96,12 @@ class Exchange:
         self.events = events
         self.clock = runtime.clock
         self.started = self.clock.seconds()
-        self.note = ReplyNote()
+        conversation = call.conversation
+        self.note = ReplyNote(frontend=call.frontend,
+                              session=conversation.key if conversation is not None else None)
         self.reply = ClientReply(request, call.frontend, self.clock, self.note)
+        if events.observed:
+            self.reply.opened = events.stream_opened
         self.tried: list[Tried] = []
         #: Edit precision tuning (L{llmproxy.exchange.tuning}), when on.
         self.edits: EditWatch | None = None
@@ -248,7 +252,7 @@ class Exchange:
         target = slot.target
         return AttemptNote(self.note.attempts, target.backend, target.model,
                            slot.key.name if slot.key is not None else None, self.clock.seconds(),
-                           retry=slot.repeat)
+                           retry=slot.repeat, frontend=self.call.frontend)
 
     async def _send(
         self, queue: AttemptQueue, slot: Slot, backend: Backend, out: _Outgoing,
@@ -303,6 +307,7 @@ class Exchange:
                 result, ok = None, relayed
             else:
                 result, ok = await self._collect(target, backend, response), True
+                note.usage = self.note.usage
         except CancelledError:
             raise
         except ProxyError as e:
@@ -506,7 +511,7 @@ class Exchange:
         tap = UsageTap(transform) if self.events.observed or note.key is not None else None
 
         def first_event() -> None:
-            note.first_event_at = self.clock.seconds()
+            note.first_event_at = self.note.first_event_at = self.clock.seconds()
             reply.first_event()
 
         limits = stream_limits(self.runtime.config.failure, backend.config, target.model)
@@ -523,10 +528,14 @@ class Exchange:
         try:
             await relay.finished
         except CancelledError:
+            if tap is not None:  # the client left: what reached us is the reply's
+                self.note.usage = tap.tell(note)
             raise
         except ProxyError as e:
+            usage = None if tap is None else tap.tell(note)
             if not relay.wrote:
                 raise
+            self.note.usage = usage  # the client got this attempt's events
             self.log.warn("{route}: stream failed after it started: {error}",
                           route=f"{target.backend}:{target.model}", error=e.message)
             note.error = type(e).__name__
@@ -535,7 +544,8 @@ class Exchange:
             reply.stream_error(transform, e)
             return False
         if tap is not None:
-            self.note.usage = tap.usage
+            self.note.usage = note.usage = tap.usage
+            note.events = tap.count
         if self.edits is not None:
             await self.edits.streamed()
         final = transform.final()

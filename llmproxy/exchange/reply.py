@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.web.iweb import IResponse
@@ -102,6 +102,8 @@ class ClientReply:
         self.wrote = False
         self._interval = 0.0
         self._keepalive: IDelayedCall | None = None
+        #: Called when the reply's event stream starts (metrics' open streams).
+        self.opened: Callable[[], None] | None = None
         request.notifyFinish().addBoth(self._finished)
 
     def _finished(self, _: object) -> None:
@@ -191,6 +193,8 @@ class ClientReply:
         """
         Start a 200 event stream.
         """
+        if not self.note.streamed and self.opened is not None:
+            self.opened()
         self.note.streamed = True
         request = self.request
         request.setResponseCode(200)

@@ -16,7 +16,7 @@ from twisted.internet.interfaces import IReactorTime
 from llmproxy.adapt.usage import asks_usage, needs_usage
 from llmproxy.dialects import CHAT
 from llmproxy.errors import ProxyError
-from llmproxy.exchange.events import USAGE_KEY, find_usage
+from llmproxy.exchange.events import USAGE_KEY, AttemptNote, find_usage
 from llmproxy.translate import transforms
 from llmproxy.translate.transforms import Transform
 
@@ -83,17 +83,37 @@ class Wrapped:
 
 class UsageTap(Wrapped):
     """
-    A transform that relays through another and keeps the last usage
-    object the upstream's events carried.
+    A transform that relays through another, keeps the last usage object
+    the upstream's events carried and counts the events.
     """
 
-    __slots__ = ("usage",)
+    __slots__ = ("usage", "count")
 
     def __init__(self, inner: Transform) -> None:
         super().__init__(inner)
         self.usage: dict[str, Any] | None = None
+        self.count = 0
+
+    def known(self) -> dict[str, Any] | None:
+        """
+        What the stream consumed as far as known: the upstream's usage, else
+        the marked estimate of the events relayed (see
+        L{llmproxy.exchange.events}), else L{None}.
+        """
+        if self.usage is not None:
+            return self.usage
+        return {"output_tokens": self.count, "estimated": True} if self.count else None
+
+    def tell(self, note: AttemptNote) -> dict[str, Any] | None:
+        """
+        Put what a stream that ended early consumed (L{known}) on its
+        attempt's C{note}, and return it.
+        """
+        note.usage, note.events = self.known(), self.count or None
+        return note.usage
 
     def events(self, raw: list[bytes]) -> bytes:
+        self.count += len(raw)
         for item in reversed(raw):
             if USAGE_KEY in item:
                 usage = find_usage(item)

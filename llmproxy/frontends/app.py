@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping, cast
 from klein import Klein
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
 from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.iweb import IRequest
@@ -35,7 +35,7 @@ from llmproxy.exchange.runtime import Runtime, Upstreams
 from llmproxy.exchange.sessions import Sessions
 from llmproxy.routing.conversation import Conversation, conversation_of
 from llmproxy.frontends import errors
-from llmproxy.frontends.access import AccessLog
+from llmproxy.frontends.access import access_observer
 from llmproxy.frontends.auth import check_key
 from llmproxy.frontends.body import check_fields, parse_body
 from llmproxy.frontends.errors import json_answer, too_deep
@@ -76,15 +76,23 @@ class ProxyApp:
         self.listing = ModelListing(clock)
         #: The site's request class (capture puts its own).
         self.request_factory: type[ProxyRequest] = ProxyRequest
+        #: The access log's observer, when on (L{llmproxy.frontends.access}).
+        self.access: ILogObserver | None = None
         if config.access_log:
-            self.events.addObserver(AccessLog())
-        #: The status page's traffic charts: observing from the page's
-        #: first view on (until then, requests pay nothing for them).
+            self.access = access_observer(config.access)
+            self.events.addObserver(self.access)
+        #: The status page's traffic charts.  With metrics on, the events
+        #: are built anyway and the history observes from the start; else
+        #: from the page's first view (until then requests pay nothing).
         self.history = History(clock)
+        if config.metrics.enabled:
+            self.history.attach(self.events)
         #: When the service started, for the status page's uptime.
         self.started = clock.seconds()
         #: The status's C{config} section (set by L{llmproxy.reload}).
         self.config_status: Callable[[], dict[str, Any]] | None = None
+        #: C{/metrics} on this listener (L{llmproxy.metrics}), when it is served here.
+        self.metrics_page: Callable[[IRequest], bytes] | None = None
 
     def hot_routes(self) -> dict[bytes, HotRoute]:
         """
@@ -219,6 +227,13 @@ class ProxyApp:
         if self.config_status is not None:
             answer["config"] = self.config_status()
         return json_answer(request, 200, answer)
+
+    @app.route("/metrics", methods=["GET"])
+    def metrics(self, request: IRequest) -> bytes:
+        self._authorize(request, self.runtime)
+        if self.metrics_page is None:
+            return errors.unknown_path(request)
+        return self.metrics_page(request)
 
     @app.route("/backend-api/wham/usage", methods=["GET"])
     @app.route("/api/codex/usage", methods=["GET"])

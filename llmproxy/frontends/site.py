@@ -165,6 +165,7 @@ class ProxySite(Site):
             "bytes": request.sentLength,
             "duration": self.clock.seconds() - arrived,
             "completed": completed,
+            "arrived": arrived,
         }, note)
 
 
