@@ -73,3 +73,5 @@ from llmproxy.testing.continuation import Speak, SpeakingOpenAI, listen_speaking
 __all__ += ["Speak", "SpeakingOpenAI", "listen_speaking"]
 from llmproxy.testing.replay import replay_captured  # noqa: E402
 __all__ += ["replay_captured"]
+from llmproxy.testing.redis import RedisServer  # noqa: E402
+__all__ += ["RedisServer"]

@@ -1,0 +1,234 @@
+# -*- test-case-name: tests.test_state_redis -*-
+"""
+The connection to one Redis server, over txredisapi: where it is (a
+C{redis://} or C{rediss://} URL), a small pool for commands that never
+waits longer than a bound, and one subscriber connection whose state says
+whether the server is reachable.
+
+txredisapi reconnects by itself (with a capped backoff), but a command sent
+while the server is down waits for a connection for ever; every command here
+is bounded by C{timeout} on the injected clock and fails with
+L{StoreUnavailable} instead.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+from urllib.parse import unquote, urlsplit
+
+import txredisapi
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError as DeferredTimeout
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.ssl import optionsForClientTLS
+from twisted.logger import Logger
+
+#: Default port of a Redis server.
+PORT = 6379
+
+
+class StoreUnavailable(Exception):
+    """
+    The Redis server could not be asked in time (down, unreachable, slow).
+    """
+
+
+@dataclass(frozen=True)
+class RedisAddress:
+    """
+    Where a Redis server is, parsed once from C{state:}.
+
+    @ivar password: never shown: not in C{repr}, not in L{display}.
+    """
+
+    host: str
+    port: int = PORT
+    db: int = 0
+    tls: bool = False
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+    @property
+    def display(self) -> str:
+        """
+        The URL without credentials, for status and logs.
+        """
+        scheme = "rediss" if self.tls else "redis"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self.port}/{self.db}"
+
+
+def parse_redis_url(url: str, env: Mapping[str, str] | None = None) -> RedisAddress:
+    """
+    Read C{redis://[[user]:password@]host[:port][/db]} (C{rediss://} for
+    TLS).  The password comes from the URL, else from C{REDIS_PASSWORD} in
+    C{env}.
+
+    @raise ValueError: naming what is wrong (never echoing a password).
+    """
+    env = os.environ if env is None else env
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        raise ValueError("expected redis:// or rediss://")
+    if parts.query or parts.fragment:
+        raise ValueError("a Redis URL takes no query or fragment")
+    try:
+        port = parts.port or PORT
+    except ValueError:
+        raise ValueError("the port is not a number from 1 to 65535") from None
+    if not parts.hostname:
+        raise ValueError("a Redis URL needs a host")
+    path = parts.path.strip("/")
+    if path and not (path.isascii() and path.isdigit()):
+        raise ValueError(f"the database must be a number, got {path!r}")
+    password = unquote(parts.password) if parts.password else env.get("REDIS_PASSWORD") or None
+    username = unquote(parts.username) if parts.username else None
+    return RedisAddress(
+        host=parts.hostname, port=port, db=int(path or 0), tls=parts.scheme == "rediss",
+        username=username, password=password)
+
+
+class _Subscriber(txredisapi.SubscriberProtocol):
+    """
+    The subscriber connection: subscribes (again) each time it connects and
+    tells its link about messages, connections and losses.
+    """
+
+    link: RedisLink
+
+    def connectionMade(self) -> Any:
+        d = super().connectionMade()
+        self.whenConnected().addCallback(lambda _: self.link._subscribed(self))
+        return d
+
+    def connectionLost(self, why: Any) -> None:
+        super().connectionLost(why)
+        self.link._lost(why.getErrorMessage())
+
+    def messageReceived(self, pattern: Any, channel: str, message: str) -> None:
+        self.link.on_message(channel, message)
+
+
+def _factory(address: RedisAddress, size: int, timeout: float, max_delay: float) -> Any:
+    factory = txredisapi.RedisFactory(
+        address.display, address.db, size, isLazy=True, password=address.password,
+        username=address.username, replyTimeout=timeout, convertNumbers=False)
+    factory.initialDelay = min(factory.initialDelay, max_delay)
+    factory.maxDelay = max_delay
+    return factory
+
+
+class RedisLink:
+    """
+    Commands and one subscription to one Redis server, with a bound on
+    every wait.
+
+    @ivar available: the subscriber connection is up (and subscribed) and
+        the last command was answered; false as soon as either fails, true
+        again when both work (then C{on_back} runs: the owner re-reads what
+        it may have missed).
+    @ivar error: the last failure, for status (no credentials in it).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        address: RedisAddress,
+        reactor: Any,
+        clock: IReactorTime,
+        channels: tuple[str, ...],
+        on_message: Callable[[str, str], None],
+        on_back: Callable[[], None],
+        timeout: float = 1.0,
+        max_delay: float = 2.0,
+        pool_size: int = 4,
+    ) -> None:
+        self.address = address
+        self.clock = clock
+        self.channels = channels
+        self.on_message = on_message
+        self.on_back = on_back
+        self.timeout = timeout
+        self.available = False
+        self.error: str | None = "connecting"
+        self._was_up = False
+        self._listening = False
+        self._pool = _factory(address, pool_size, timeout, max_delay)
+        self._subscriber = _factory(address, 1, timeout, max_delay)
+        self._subscriber.protocol = type("Subscriber", (_Subscriber,), {"link": self})
+        self._pool.startConnecting(self._endpoint(reactor))
+        self._subscriber.startConnecting(self._endpoint(reactor))
+
+    def _endpoint(self, reactor: Any) -> Any:
+        address = self.address
+        endpoint = HostnameEndpoint(reactor, address.host, address.port, timeout=self.timeout)
+        if address.tls:
+            return wrapClientTLS(optionsForClientTLS(address.host), endpoint)
+        return endpoint
+
+    async def call(self, command: str, *args: Any, **kwargs: Any) -> Any:
+        """
+        Run one txredisapi command (C{"get"}, C{"eval"}, ...) within
+        C{timeout} seconds.
+
+        @raise StoreUnavailable: not answered in time, or the connection
+            failed; a Redis error reply (a bug here) is raised as it is.
+        """
+        d: Deferred[Any] = getattr(self._pool.handler, command)(*args, **kwargs)
+        d.addTimeout(self.timeout, self.clock)
+        try:
+            result = await d
+        except CancelledError:
+            raise
+        except (DeferredTimeout, txredisapi.ConnectionError) as e:
+            self._down(f"{command}: {_describe(e)}")
+            raise StoreUnavailable(self.address.display) from e
+        if not self.available and self._listening:
+            self._up()
+        return result
+
+    async def disconnect(self) -> None:
+        """
+        Close every connection and stop reconnecting.
+        """
+        await self._pool.disconnect()
+        await self._subscriber.disconnect()
+
+    def _subscribed(self, protocol: Any) -> None:
+        def listening(_: object) -> None:
+            self._listening = True
+            self._up()
+
+        protocol.subscribe(list(self.channels)).addCallbacks(
+            listening, lambda f: self._down(f"subscribe: {f.getErrorMessage()}"))
+
+    def _up(self) -> None:
+        if self.available:
+            return
+        if self._was_up:
+            self.log.info("state store {url} is back", url=self.address.display)
+        self.available, self.error, self._was_up = True, None, True
+        self.on_back()
+
+    def _lost(self, why: str) -> None:
+        self._listening = False
+        if not self._subscriber.disconnectCalled:
+            self._down(f"lost: {why}")
+
+    def _down(self, why: str) -> None:
+        if self.available or self.error == "connecting":
+            self.log.warn("state store {url} unavailable ({why}); serving from local state",
+                          url=self.address.display, why=why)
+        self.available, self.error = False, why
+
+
+def _describe(e: BaseException) -> str:
+    if isinstance(e, DeferredTimeout):
+        return "no answer in time"
+    return str(e) or type(e).__name__
+
+
+__all__ = ["PORT", "RedisAddress", "RedisLink", "StoreUnavailable", "parse_redis_url"]

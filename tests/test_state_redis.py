@@ -1,0 +1,209 @@
+"""
+The Redis state store against a real C{redis-server} (started by
+L{llmproxy.testing.redis.RedisServer} on a free port): the URL, the bounded
+connection, the contract every state store keeps, and outages.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+from hypothesis import given, strategies as st
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock, deferLater
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from llmproxy.state.redis_link import (
+    RedisAddress,
+    RedisLink,
+    StoreUnavailable,
+    parse_redis_url,
+)
+from llmproxy.testing.redis import RedisServer
+
+
+async def until(condition: Callable[[], object], timeout: float = 10.0) -> None:
+    """
+    Wait (on the real reactor) until C{condition()} is true.
+    """
+    end = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > end:
+            raise AssertionError(f"still false after {timeout}s: {condition}")
+        await deferLater(reactor, 0.01, lambda: None)
+
+
+class UrlTests(SynchronousTestCase):
+    def test_plain(self) -> None:
+        self.assertEqual(parse_redis_url("redis://cache:6380/2", {}),
+                         RedisAddress("cache", 6380, 2))
+
+    def test_defaults(self) -> None:
+        self.assertEqual(parse_redis_url("redis://cache", {}), RedisAddress("cache", 6379, 0))
+
+    def test_tls(self) -> None:
+        address = parse_redis_url("rediss://cache.example:6380/0", {})
+        self.assertTrue(address.tls)
+        self.assertEqual(address.display, "rediss://cache.example:6380/0")
+
+    def test_password_in_url(self) -> None:
+        address = parse_redis_url("redis://:p%40ss@cache:6379/1", {"REDIS_PASSWORD": "env"})
+        self.assertEqual((address.password, address.username), ("p@ss", None))
+
+    def test_user_and_password(self) -> None:
+        address = parse_redis_url("redis://proxy:pw@cache/0", {})
+        self.assertEqual((address.username, address.password), ("proxy", "pw"))
+
+    def test_password_from_environment(self) -> None:
+        address = parse_redis_url("redis://cache:6379/0", {"REDIS_PASSWORD": "s3cret"})
+        self.assertEqual(address.password, "s3cret")
+
+    def test_password_never_shown(self) -> None:
+        address = parse_redis_url("redis://:s3cret@cache:6379/0", {})
+        self.assertNotIn("s3cret", repr(address))
+        self.assertNotIn("s3cret", address.display)
+
+    def test_ipv6_display(self) -> None:
+        self.assertEqual(parse_redis_url("redis://[::1]:7000/3", {}).display,
+                         "redis://[::1]:7000/3")
+
+    def test_refused(self) -> None:
+        for url in ("http://cache", "redis://", "redis://cache:99999/0", "redis://cache/x",
+                    "redis://cache/0?x=1", "redis://cache:port/0"):
+            with self.assertRaises(ValueError, msg=url):
+                parse_redis_url(url, {})
+
+    def test_refusal_never_echoes_the_password(self) -> None:
+        with self.assertRaises(ValueError) as caught:
+            parse_redis_url("redis://:s3cret@cache/zero", {})
+        self.assertNotIn("s3cret", str(caught.exception))
+
+    @given(host=st.from_regex(r"[a-z][a-z0-9.-]{0,20}", fullmatch=True),
+           port=st.integers(1, 65535), db=st.integers(0, 15), tls=st.booleans())
+    def test_display_round_trip(self, host: str, port: int, db: int, tls: bool) -> None:
+        address = RedisAddress(host, port, db, tls)
+        self.assertEqual(parse_redis_url(address.display, {}), address)
+
+
+class ServerTests(TestCase):
+    """
+    The test server itself: it answers, dies when killed and comes back on
+    the same port.
+    """
+
+    async def test_kill_and_restart_on_the_same_port(self) -> None:
+        server = RedisServer(reactor)
+        self.addCleanup(server.stop)
+        await server.start()
+        port = server.port
+        self.assertTrue(server.running)
+        await server.kill()
+        self.assertFalse(server.running)
+        await server.start()
+        self.assertEqual((server.running, server.port), (True, port))
+
+
+class LinkCase(TestCase):
+    """
+    A server, and links to it torn down after each test.
+    """
+
+    password: str | None = None
+
+    async def server(self) -> RedisServer:
+        server = RedisServer(reactor, password=self.password)
+        self.addCleanup(server.stop)
+        await server.start()
+        return server
+
+    def link(self, url: str, clock: Any = reactor, **kwargs: Any) -> tuple[RedisLink, list[Any]]:
+        """
+        A link on channel C{"c"}; the returned list collects messages and
+        C{"back"} each time the server is (again) reachable.
+        """
+        seen: list[Any] = []
+        link = RedisLink(parse_redis_url(url, {}), reactor, clock, ("c",),
+                         on_message=lambda ch, m: seen.append((ch, m)),
+                         on_back=lambda: seen.append("back"), **kwargs)
+        self.addCleanup(link.disconnect)
+        return link, seen
+
+
+class LinkTests(LinkCase):
+    async def test_commands_and_messages(self) -> None:
+        server = await self.server()
+        link, seen = self.link(server.url)
+        await until(lambda: link.available)
+        self.assertEqual(seen, ["back"])
+        await link.call("set", "k", "v")
+        self.assertEqual(await link.call("get", "k"), "v")
+        await link.call("publish", "c", "hello")
+        await until(lambda: ("c", "hello") in seen)
+
+    async def test_down_is_bounded_and_reported(self) -> None:
+        """
+        With the server gone, a command fails with L{StoreUnavailable} once
+        the timeout passes on the injected clock, not later, not never.
+        """
+        server = await self.server()
+        clock = Clock()
+        link, _ = self.link(server.url, clock, timeout=0.5)
+        await until(lambda: link.available)
+        await server.kill()
+        await until(lambda: not link.available)
+        self.assertIn("lost", link.error or "")
+        d = Deferred.fromCoroutine(link.call("get", "k"))
+        clock.advance(0.4)
+        self.assertNoResult(d)
+        clock.advance(0.1)
+        self.failureResultOf(d, StoreUnavailable)
+
+    async def test_back_after_an_outage(self) -> None:
+        server = await self.server()
+        link, seen = self.link(server.url, max_delay=0.2)
+        await until(lambda: link.available)
+        await server.kill()
+        await until(lambda: not link.available)
+        await server.start()
+        await until(lambda: link.available)
+        self.assertEqual(seen, ["back", "back"])
+        self.assertIsNone(link.error)
+        await link.call("publish", "c", "again")
+        await until(lambda: ("c", "again") in seen)
+
+    async def test_never_reachable(self) -> None:
+        """
+        A server that is not there: the link says so and a command fails
+        in bounded time.
+        """
+        server = await self.server()
+        await server.stop()
+        clock = Clock()
+        link, _ = self.link(server.url, clock, timeout=0.5)
+        self.assertFalse(link.available)
+        d = Deferred.fromCoroutine(link.call("get", "k"))
+        clock.advance(0.5)
+        self.failureResultOf(d, StoreUnavailable)
+        self.assertFalse(link.available)
+
+
+class PasswordTests(LinkCase):
+    password = "s3cret-pw"
+
+    async def test_password_from_url(self) -> None:
+        server = await self.server()
+        link, _ = self.link(server.url)
+        await until(lambda: link.available)
+        self.assertEqual(await link.call("ping"), "PONG")
+
+    async def test_wrong_password_is_unavailable_and_not_shown(self) -> None:
+        server = await self.server()
+        clock = Clock()
+        link, _ = self.link(server.url.replace(self.password, "wrong"), clock)
+        d = Deferred.fromCoroutine(link.call("ping"))
+        clock.advance(1.0)
+        self.failureResultOf(d, StoreUnavailable)
+        self.assertFalse(link.available)
+        self.assertNotIn("wrong", link.error or "")
