@@ -48,6 +48,10 @@ class UrlTests(SynchronousTestCase):
         self.assertTrue(address.tls)
         self.assertEqual(address.display, "rediss://cache.example:6380/0")
 
+    def test_ca_file(self) -> None:
+        address = parse_redis_url("rediss://cache/0?ssl_ca_certs=/etc/ca.pem", {})
+        self.assertEqual((address.tls, address.ca), (True, "/etc/ca.pem"))
+
     def test_password_in_url(self) -> None:
         address = parse_redis_url("redis://:p%40ss@cache:6379/1", {"REDIS_PASSWORD": "env"})
         self.assertEqual((address.password, address.username), ("p@ss", None))
@@ -71,7 +75,8 @@ class UrlTests(SynchronousTestCase):
 
     def test_refused(self) -> None:
         for url in ("http://cache", "redis://", "redis://cache:99999/0", "redis://cache/x",
-                    "redis://cache/0?x=1", "redis://cache:port/0"):
+                    "redis://cache/0?x=1", "redis://cache:port/0", "redis://cache/0#x",
+                    "redis://cache/0?ssl_ca_certs=/ca.pem"):
             with self.assertRaises(ValueError, msg=url):
                 parse_redis_url(url, {})
 
@@ -202,8 +207,49 @@ class PasswordTests(LinkCase):
         server = await self.server()
         clock = Clock()
         link, _ = self.link(server.url.replace(self.password, "wrong"), clock)
+        await until(lambda: "could not auth" in (link.error or ""))
         d = Deferred.fromCoroutine(link.call("ping"))
         clock.advance(1.0)
         self.failureResultOf(d, StoreUnavailable)
         self.assertFalse(link.available)
+        self.assertIn("could not auth", link.error or "")
         self.assertNotIn("wrong", link.error or "")
+
+    async def test_password_set_later_is_picked_up(self) -> None:
+        """
+        A refused password is not final: the link keeps trying, and works
+        once the server accepts it.
+        """
+        server = await self.server()
+        link, _ = self.link(server.url.replace(self.password or "", "later"), max_delay=0.1)
+        await until(lambda: "could not auth" in (link.error or ""))
+        await self.link(server.url)[0].call(
+            "execute_command", "CONFIG", "SET", "requirepass", "later")
+        await until(lambda: link.available)
+
+
+class TlsTests(LinkCase):
+    async def test_rediss_verified_against_the_given_ca(self) -> None:
+        server = RedisServer(reactor, password="pw", tls=True)
+        self.addCleanup(server.stop)
+        await server.start()
+        self.assertTrue(server.url.startswith("rediss://"))
+        link, _ = self.link(server.url)
+        await until(lambda: link.available)
+        self.assertEqual(await link.call("ping"), "PONG")
+
+    async def test_rediss_refuses_an_unknown_ca(self) -> None:
+        """
+        Without the server's CA, the platform's trust store refuses its
+        certificate: the store is unavailable, not silently unverified.
+        """
+        server = RedisServer(reactor, tls=True)
+        self.addCleanup(server.stop)
+        await server.start()
+        clock = Clock()
+        link, _ = self.link(server.url.split("?")[0], clock)
+        d = Deferred.fromCoroutine(link.call("ping"))
+        await deferLater(reactor, 0.3, lambda: None)
+        clock.advance(1.0)
+        self.failureResultOf(d, StoreUnavailable)
+        self.assertFalse(link.available)

@@ -16,13 +16,19 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
-from urllib.parse import unquote, urlsplit
+from pathlib import Path
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import txredisapi
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError as DeferredTimeout
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    TimeoutError as DeferredTimeout,
+    succeed,
+)
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.ssl import optionsForClientTLS
+from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.logger import Logger
 
 #: Default port of a Redis server.
@@ -41,6 +47,8 @@ class RedisAddress:
     Where a Redis server is, parsed once from C{state:}.
 
     @ivar password: never shown: not in C{repr}, not in L{display}.
+    @ivar ca: a PEM file of the CA that signed the server's certificate
+        (C{rediss://} only); the platform's trust store when L{None}.
     """
 
     host: str
@@ -49,6 +57,7 @@ class RedisAddress:
     tls: bool = False
     username: str | None = None
     password: str | None = field(default=None, repr=False)
+    ca: str | None = None
 
     @property
     def display(self) -> str:
@@ -63,8 +72,9 @@ class RedisAddress:
 def parse_redis_url(url: str, env: Mapping[str, str] | None = None) -> RedisAddress:
     """
     Read C{redis://[[user]:password@]host[:port][/db]} (C{rediss://} for
-    TLS).  The password comes from the URL, else from C{REDIS_PASSWORD} in
-    C{env}.
+    TLS, verified against the platform's trust store, or against the CA in
+    C{?ssl_ca_certs=/path/ca.pem}).  The password comes from the URL, else
+    from C{REDIS_PASSWORD} in C{env}.
 
     @raise ValueError: naming what is wrong (never echoing a password).
     """
@@ -72,8 +82,12 @@ def parse_redis_url(url: str, env: Mapping[str, str] | None = None) -> RedisAddr
     parts = urlsplit(url)
     if parts.scheme not in ("redis", "rediss"):
         raise ValueError("expected redis:// or rediss://")
-    if parts.query or parts.fragment:
-        raise ValueError("a Redis URL takes no query or fragment")
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    if parts.fragment or set(query) - {"ssl_ca_certs"}:
+        raise ValueError("a Redis URL takes no fragment and no query but ssl_ca_certs")
+    ca = query.get("ssl_ca_certs") or None
+    if ca is not None and parts.scheme != "rediss":
+        raise ValueError("ssl_ca_certs needs rediss://")
     try:
         port = parts.port or PORT
     except ValueError:
@@ -87,7 +101,7 @@ def parse_redis_url(url: str, env: Mapping[str, str] | None = None) -> RedisAddr
     username = unquote(parts.username) if parts.username else None
     return RedisAddress(
         host=parts.hostname, port=port, db=int(path or 0), tls=parts.scheme == "rediss",
-        username=username, password=password)
+        username=username, password=password, ca=ca)
 
 
 class _Subscriber(txredisapi.SubscriberProtocol):
@@ -111,10 +125,29 @@ class _Subscriber(txredisapi.SubscriberProtocol):
         self.link.on_message(channel, message)
 
 
-def _factory(address: RedisAddress, size: int, timeout: float, max_delay: float) -> Any:
-    factory = txredisapi.RedisFactory(
-        address.display, address.db, size, isLazy=True, password=address.password,
-        username=address.username, replyTimeout=timeout, convertNumbers=False)
+class _Factory(txredisapi.RedisFactory):
+    """
+    txredisapi's factory, except that a failed handshake (AUTH, SELECT, a
+    TLS refusal, or the server dying in the middle of it) does not stop the
+    reconnecting for good: it is reported to the link and retried with the
+    backoff, so an outage at the wrong moment is not final.
+    """
+
+    link: RedisLink
+
+    def stopTrying(self) -> Any:
+        return succeed(None)
+
+    def connectionError(self, why: str) -> None:
+        self.link._down(why.removeprefix("Redis error: "))
+
+
+def _factory(link: RedisLink, size: int, max_delay: float, protocol: Any) -> _Factory:
+    address = link.address
+    factory = _Factory(
+        address.display, address.db or None, size, isLazy=True, password=address.password,
+        username=address.username, replyTimeout=link.timeout, convertNumbers=False)
+    factory.link, factory.protocol = link, protocol
     factory.initialDelay = min(factory.initialDelay, max_delay)
     factory.maxDelay = max_delay
     return factory
@@ -156,9 +189,9 @@ class RedisLink:
         self.error: str | None = "connecting"
         self._was_up = False
         self._listening = False
-        self._pool = _factory(address, pool_size, timeout, max_delay)
-        self._subscriber = _factory(address, 1, timeout, max_delay)
-        self._subscriber.protocol = type("Subscriber", (_Subscriber,), {"link": self})
+        self._pool = _factory(self, pool_size, max_delay, txredisapi.RedisProtocol)
+        self._subscriber = _factory(
+            self, 1, max_delay, type("Subscriber", (_Subscriber,), {"link": self}))
         self._pool.startConnecting(self._endpoint(reactor))
         self._subscriber.startConnecting(self._endpoint(reactor))
 
@@ -166,7 +199,8 @@ class RedisLink:
         address = self.address
         endpoint = HostnameEndpoint(reactor, address.host, address.port, timeout=self.timeout)
         if address.tls:
-            return wrapClientTLS(optionsForClientTLS(address.host), endpoint)
+            trust = Certificate.loadPEM(Path(address.ca).read_bytes()) if address.ca else None
+            return wrapClientTLS(optionsForClientTLS(address.host, trustRoot=trust), endpoint)
         return endpoint
 
     async def call(self, command: str, *args: Any, **kwargs: Any) -> Any:
@@ -184,7 +218,8 @@ class RedisLink:
         except CancelledError:
             raise
         except (DeferredTimeout, txredisapi.ConnectionError) as e:
-            self._down(f"{command}: {_describe(e)}")
+            if self.available or self.error == "connecting":  # else: keep the first cause
+                self._down(f"{command}: {_describe(e)}")
             raise StoreUnavailable(self.address.display) from e
         if not self.available and self._listening:
             self._up()

@@ -2,15 +2,24 @@
 """
 A real C{redis-server} for tests: started on a free port with a temporary
 directory and no persistence, stopped (or killed, and started again on the
-same port) on demand, so an outage is a real one.
+same port) on demand, so an outage is a real one; with C{tls=True} it
+speaks TLS only, with a certificate from a CA of its own.
 """
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import shutil
 import socket
 import tempfile
+from pathlib import Path
 from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ProcessProtocol
@@ -27,6 +36,39 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def write_tls_files(directory: Path, host: str = "127.0.0.1") -> Path:
+    """
+    Write a self-signed CA (C{ca.pem}) and a server certificate for C{host}
+    signed by it (C{server.pem}, C{server.key}) into C{directory}.
+
+    @return: the CA file, for the client's C{ssl_ca_certs}.
+    """
+    now = datetime.datetime.now(datetime.timezone.utc)
+    day = datetime.timedelta(days=1)
+
+    def certificate(subject: str, key: Any, issuer: str, signer: Any, ca: bool) -> Any:
+        builder = (x509.CertificateBuilder()
+                   .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+                   .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - day).not_valid_after(now + day)
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if not ca:
+            builder = builder.add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address(host))]), critical=False)
+        return builder.sign(signer, hashes.SHA256())
+
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = certificate("llmproxy test CA", ca_key, "llmproxy test CA", ca_key, True)
+    server = certificate(host, key, "llmproxy test CA", ca_key, False)
+    pem = serialization.Encoding.PEM
+    (directory / "ca.pem").write_bytes(ca.public_bytes(pem))
+    (directory / "server.pem").write_bytes(server.public_bytes(pem))
+    (directory / "server.key").write_bytes(key.private_bytes(
+        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return directory / "ca.pem"
 
 
 class _Server(ProcessProtocol):
@@ -67,10 +109,12 @@ class RedisServer:
     """
 
     def __init__(
-        self, reactor: Any, password: str | None = None, binary: str = "redis-server"
+        self, reactor: Any, password: str | None = None, tls: bool = False,
+        binary: str = "redis-server",
     ) -> None:
         self.reactor = reactor
         self.password = password
+        self.tls = tls
         self.binary = shutil.which(binary) or binary
         self.port = free_port()
         self.directory = tempfile.mkdtemp(prefix="llmproxy-redis-")
@@ -83,6 +127,8 @@ class RedisServer:
         The C{redis://} URL of this server, with its password if it has one.
         """
         auth = f":{self.password}@" if self.password else ""
+        if self.tls:
+            return f"rediss://{auth}127.0.0.1:{self.port}/0?ssl_ca_certs={self.directory}/ca.pem"
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     @property
@@ -99,6 +145,12 @@ class RedisServer:
         argv = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
                 "--dir", self.directory, "--save", "", "--appendonly", "no",
                 "--daemonize", "no", "--logfile", ""]
+        if self.tls:
+            if not (Path(self.directory) / "ca.pem").exists():
+                write_tls_files(Path(self.directory))
+            argv[1:3] = ["--port", "0", "--tls-port", str(self.port)]
+            argv += ["--tls-cert-file", "server.pem", "--tls-key-file", "server.key",
+                     "--tls-ca-cert-file", "ca.pem", "--tls-auth-clients", "no"]
         if self.password:
             argv += ["--requirepass", self.password]
         self._run = run = _Server()
@@ -127,4 +179,4 @@ class RedisServer:
         await run.ended
 
 
-__all__ = ["RedisServer", "free_port"]
+__all__ = ["RedisServer", "free_port", "write_tls_files"]
