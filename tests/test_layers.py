@@ -22,6 +22,7 @@ ROOT = Path(llmproxy.__file__).parent
 LAYERS = {
     "llmproxy": 0, "errors": 0, "sse": 0, "dialects": 0, "config": 0,
     "routing": 1, "adapt": 1, "translate": 1, "backends": 1,
+    "state": 1.5,
     "exchange": 2,
     "frontends": 3,
     "capture": 4,

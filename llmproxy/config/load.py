@@ -38,6 +38,7 @@ from llmproxy.config.model import (
 )
 from llmproxy.config.reader import Reader
 from llmproxy.config.session import session_config
+from llmproxy.config.state import state_config
 
 
 def _failure(reader: Reader) -> FailureConfig:
@@ -453,6 +454,7 @@ def build_config(
         allow_remote_codex=bool(top.get("allow_remote_codex", bool, False)),
         capture=capture_config(top, overrides.capture_file, env),
         session=session_config(top),
+        state=state_config(top, _workers(overrides, yaml_values.workers)),
         edit_precision=edit_precision_config(top),
         warnings=(*top.warnings, *warnings),
     )

@@ -14,6 +14,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from llmproxy.config.session import SessionConfig
+from llmproxy.config.state import StateConfig
 from llmproxy.config.edits import EditPrecisionConfig
 
 if TYPE_CHECKING:
@@ -246,6 +247,7 @@ class Config:
     allow_remote_codex: bool = False
     capture: CaptureConfig | None = None
     session: SessionConfig = SessionConfig()
+    state: StateConfig = StateConfig()
     edit_precision: EditPrecisionConfig = EditPrecisionConfig()
     warnings: tuple[str, ...] = ()
 

@@ -9,36 +9,12 @@ Redis) is another implementation of L{Sessions}, not a rewrite.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass, replace
-from typing import Callable, Protocol
+from dataclasses import replace
+from typing import Protocol
 
 from twisted.internet.interfaces import IReactorTime
 
-
-@dataclass(frozen=True)
-class SessionState:
-    """
-    What llmproxy remembers of one conversation.
-
-    @ivar turns: answered requests so far.
-    @ivar writes: file-writing tool calls in those answers.
-    @ivar planning_over: the planning phase ended (a limit was reached).
-    @ivar tune_next: the next request gets edit-precision tuning (a
-        response or tool result showed an edit failure).
-    @ivar tune_reason: the failure pattern that set C{tune_next}.
-    @ivar last_seen: when it was last updated (POSIX seconds).
-    """
-
-    turns: int = 0
-    writes: int = 0
-    planning_over: bool = False
-    tune_next: bool = False
-    last_seen: float = 0.0
-    tune_reason: str = ""
-
-
-#: A change to a conversation's state (a pure function of the old state).
-Change = Callable[[SessionState], SessionState]
+from llmproxy.state.base import Change, SessionState
 
 
 class Sessions(Protocol):
