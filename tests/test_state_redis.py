@@ -15,12 +15,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from llmproxy.state.redis_link import (
-    RedisAddress,
-    RedisLink,
-    StoreUnavailable,
-    parse_redis_url,
-)
+from llmproxy.state import StateUnavailable
+from llmproxy.state.redis_link import RedisAddress, RedisLink, parse_redis_url
 from llmproxy.testing.redis import RedisServer
 
 
@@ -147,23 +143,40 @@ class LinkTests(LinkCase):
         await link.call("publish", "c", "hello")
         await until(lambda: ("c", "hello") in seen)
 
-    async def test_down_is_bounded_and_reported(self) -> None:
+    async def test_known_down_fails_at_once(self) -> None:
         """
-        With the server gone, a command fails with L{StoreUnavailable} once
-        the timeout passes on the injected clock, not later, not never.
+        With the server gone (the subscriber's connection lost), a command
+        fails with L{StateUnavailable} at once, and the link says why.
+        """
+        server = await self.server()
+        link, _ = self.link(server.url, Clock())
+        await until(lambda: link.available)
+        await server.kill()
+        await until(lambda: not link.available)
+        self.assertIn("lost", link.error or "")
+        self.failureResultOf(Deferred.fromCoroutine(link.call("get", "k")), StateUnavailable)
+
+    async def test_a_stalled_server_is_waited_for_a_bounded_time(self) -> None:
+        """
+        A server that keeps its connections but answers nothing: a command
+        fails once the timeout passes on the injected clock, not later,
+        not never; and works again once the server does.
         """
         server = await self.server()
         clock = Clock()
         link, _ = self.link(server.url, clock, timeout=0.5)
         await until(lambda: link.available)
-        await server.kill()
-        await until(lambda: not link.available)
-        self.assertIn("lost", link.error or "")
+        server.pause()
         d = Deferred.fromCoroutine(link.call("get", "k"))
         clock.advance(0.4)
         self.assertNoResult(d)
         clock.advance(0.1)
-        self.failureResultOf(d, StoreUnavailable)
+        self.failureResultOf(d, StateUnavailable)
+        self.assertFalse(link.available)
+        server.resume()
+        link.timeout = 5.0
+        self.assertIsNone(await link.call("get", "k"))
+        self.assertTrue(link.available)
 
     async def test_back_after_an_outage(self) -> None:
         server = await self.server()
@@ -190,7 +203,7 @@ class LinkTests(LinkCase):
         self.assertFalse(link.available)
         d = Deferred.fromCoroutine(link.call("get", "k"))
         clock.advance(0.5)
-        self.failureResultOf(d, StoreUnavailable)
+        self.failureResultOf(d, StateUnavailable)
         self.assertFalse(link.available)
 
 
@@ -210,7 +223,7 @@ class PasswordTests(LinkCase):
         await until(lambda: "could not auth" in (link.error or ""))
         d = Deferred.fromCoroutine(link.call("ping"))
         clock.advance(1.0)
-        self.failureResultOf(d, StoreUnavailable)
+        self.failureResultOf(d, StateUnavailable)
         self.assertFalse(link.available)
         self.assertIn("could not auth", link.error or "")
         self.assertNotIn("wrong", link.error or "")
@@ -251,5 +264,5 @@ class TlsTests(LinkCase):
         d = Deferred.fromCoroutine(link.call("ping"))
         await deferLater(reactor, 0.3, lambda: None)
         clock.advance(1.0)
-        self.failureResultOf(d, StoreUnavailable)
+        self.failureResultOf(d, StateUnavailable)
         self.assertFalse(link.available)

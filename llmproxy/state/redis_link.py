@@ -8,7 +8,7 @@ whether the server is reachable.
 txredisapi reconnects by itself (with a capped backoff), but a command sent
 while the server is down waits for a connection for ever; every command here
 is bounded by C{timeout} on the injected clock and fails with
-L{StoreUnavailable} instead.
+L{StateUnavailable} instead (at once while the server is known to be away).
 """
 
 from __future__ import annotations
@@ -31,14 +31,10 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.logger import Logger
 
+from llmproxy.state.base import StateUnavailable
+
 #: Default port of a Redis server.
 PORT = 6379
-
-
-class StoreUnavailable(Exception):
-    """
-    The Redis server could not be asked in time (down, unreachable, slow).
-    """
 
 
 @dataclass(frozen=True)
@@ -163,6 +159,7 @@ class RedisLink:
         again when both work (then C{on_back} runs: the owner re-reads what
         it may have missed).
     @ivar error: the last failure, for status (no credentials in it).
+    @ivar since: when C{available} last changed (the clock's seconds).
     """
 
     log = Logger()
@@ -187,6 +184,7 @@ class RedisLink:
         self.timeout = timeout
         self.available = False
         self.error: str | None = "connecting"
+        self.since = clock.seconds()
         self._was_up = False
         self._listening = False
         self._pool = _factory(self, pool_size, max_delay, txredisapi.RedisProtocol)
@@ -206,11 +204,13 @@ class RedisLink:
     async def call(self, command: str, *args: Any, **kwargs: Any) -> Any:
         """
         Run one txredisapi command (C{"get"}, C{"eval"}, ...) within
-        C{timeout} seconds.
+        C{timeout} seconds; at once while the server is known to be away.
 
-        @raise StoreUnavailable: not answered in time, or the connection
-            failed; a Redis error reply (a bug here) is raised as it is.
+        @raise StateUnavailable: not answered in time, or the connection
+            is lost; a Redis error reply (a bug here) is raised as it is.
         """
+        if not self._listening and self.error != "connecting":
+            raise StateUnavailable()
         d: Deferred[Any] = getattr(self._pool.handler, command)(*args, **kwargs)
         d.addTimeout(self.timeout, self.clock)
         try:
@@ -220,7 +220,7 @@ class RedisLink:
         except (DeferredTimeout, txredisapi.ConnectionError) as e:
             if self.available or self.error == "connecting":  # else: keep the first cause
                 self._down(f"{command}: {_describe(e)}")
-            raise StoreUnavailable(self.address.display) from e
+            raise StateUnavailable() from e
         if not self.available and self._listening:
             self._up()
         return result
@@ -246,6 +246,7 @@ class RedisLink:
         if self._was_up:
             self.log.info("state store {url} is back", url=self.address.display)
         self.available, self.error, self._was_up = True, None, True
+        self.since = self.clock.seconds()
         self.on_back()
 
     def _lost(self, why: str) -> None:
@@ -257,6 +258,8 @@ class RedisLink:
         if self.available or self.error == "connecting":
             self.log.warn("state store {url} unavailable ({why}); serving from local state",
                           url=self.address.display, why=why)
+        if self.available:
+            self.since = self.clock.seconds()
         self.available, self.error = False, why
 
 
@@ -266,4 +269,4 @@ def _describe(e: BaseException) -> str:
     return str(e) or type(e).__name__
 
 
-__all__ = ["PORT", "RedisAddress", "RedisLink", "StoreUnavailable", "parse_redis_url"]
+__all__ = ["PORT", "RedisAddress", "RedisLink", "parse_redis_url"]

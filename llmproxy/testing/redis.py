@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import shutil
+import signal
 import socket
 import tempfile
 from pathlib import Path
@@ -164,6 +165,18 @@ class RedisServer:
         """
         await self._signal("KILL")
 
+    def pause(self) -> None:
+        """
+        Freeze the server (SIGSTOP): connections stay open, nothing answers.
+        """
+        self._process.signalProcess(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """
+        Let a paused server go on (SIGCONT).
+        """
+        self._process.signalProcess(signal.SIGCONT)
+
     async def stop(self) -> None:
         """
         End the server (SIGTERM) and remove its directory.
@@ -175,6 +188,7 @@ class RedisServer:
         run = self._run
         if run is None or run.ended.called:
             return
+        self._process.signalProcess(signal.SIGCONT)
         self._process.signalProcess(name)
         await run.ended
 
