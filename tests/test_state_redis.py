@@ -15,9 +15,13 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from llmproxy.state import StateUnavailable
+from twisted.internet.interfaces import IReactorTime
+
+from llmproxy.state import StateStore, StateUnavailable
+from llmproxy.state.redis import RedisState
 from llmproxy.state.redis_link import RedisAddress, RedisLink, parse_redis_url
 from llmproxy.testing.redis import RedisServer
+from tests.state_contract import StateContract
 
 
 async def until(condition: Callable[[], object], timeout: float = 10.0) -> None:
@@ -266,3 +270,51 @@ class TlsTests(LinkCase):
         clock.advance(1.0)
         self.failureResultOf(d, StateUnavailable)
         self.assertFalse(link.available)
+
+
+class RedisContractTests(StateContract, TestCase):
+    """
+    The contract every state store keeps, on a real server; a peer is
+    another store on the same server, as another process would be.  The
+    stores are made (and connected) before each test, as a process's is
+    before it serves.
+    """
+
+    async def connected_stores(self) -> None:
+        self.redis = RedisServer(reactor, persistent=True)
+        self.addCleanup(self.redis.stop)
+        await self.redis.start()
+        self.stores: list[RedisState] = []
+        for _ in range(2):
+            store = RedisState(parse_redis_url(self.redis.url, {}), reactor, self.clock)
+            store.startService()
+            self.addCleanup(store.stopService)
+            self.stores.append(store)
+        for store in self.stores:
+            await until(lambda: store.link.available)
+
+    def setUp(self) -> Any:
+        StateContract.setUp(self)
+        return Deferred.fromCoroutine(self.connected_stores())
+
+    def make_store(self, clock: IReactorTime) -> StateStore:
+        return self.stores[0]
+
+    def make_peer(self, store: StateStore, clock: IReactorTime) -> StateStore:
+        return self.stores[1]
+
+    async def settle(self, store: StateStore) -> None:
+        if not self.redis.running:
+            await until(lambda: not store.status().up)
+            return
+        for each in self.stores:
+            await until(lambda: each.link.available)
+            await each.settled()
+
+    async def break_store(self, store: StateStore) -> None:
+        await self.redis.kill()
+        await until(lambda: not store.status().up and bool(store.status().last_error))
+
+    async def mend_store(self, store: StateStore) -> None:
+        await self.redis.start()
+        await until(lambda: store.status().up)

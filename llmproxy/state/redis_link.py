@@ -27,9 +27,16 @@ from twisted.internet.defer import (
     succeed,
 )
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import (
+    IProtocol,
+    IProtocolFactory,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from llmproxy.state.base import StateUnavailable
 
@@ -121,6 +128,26 @@ class _Subscriber(txredisapi.SubscriberProtocol):
         self.link.on_message(channel, message)
 
 
+@implementer(IStreamClientEndpoint)
+class _Watched:
+    """
+    An endpoint that tells the link when a connection attempt fails (the
+    reconnecting itself is txredisapi's, and silent).
+    """
+
+    def __init__(self, endpoint: IStreamClientEndpoint, link: RedisLink) -> None:
+        self.endpoint = endpoint
+        self.link = link
+
+    def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
+        def failed(reason: Failure) -> Failure:
+            if not reason.check(CancelledError):
+                self.link._down(f"could not connect: {reason.getErrorMessage()}")
+            return reason
+
+        return self.endpoint.connect(factory).addErrback(failed)
+
+
 class _Factory(txredisapi.RedisFactory):
     """
     txredisapi's factory, except that a failed handshake (AUTH, SELECT, a
@@ -193,13 +220,14 @@ class RedisLink:
         self._pool.startConnecting(self._endpoint(reactor))
         self._subscriber.startConnecting(self._endpoint(reactor))
 
-    def _endpoint(self, reactor: Any) -> Any:
+    def _endpoint(self, reactor: Any) -> IStreamClientEndpoint:
         address = self.address
-        endpoint = HostnameEndpoint(reactor, address.host, address.port, timeout=self.timeout)
+        endpoint: IStreamClientEndpoint = HostnameEndpoint(
+            reactor, address.host, address.port, timeout=self.timeout)
         if address.tls:
             trust = Certificate.loadPEM(Path(address.ca).read_bytes()) if address.ca else None
-            return wrapClientTLS(optionsForClientTLS(address.host, trustRoot=trust), endpoint)
-        return endpoint
+            endpoint = wrapClientTLS(optionsForClientTLS(address.host, trustRoot=trust), endpoint)
+        return _Watched(endpoint, self)
 
     async def call(self, command: str, *args: Any, **kwargs: Any) -> Any:
         """

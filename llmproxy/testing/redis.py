@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
@@ -106,16 +107,21 @@ class RedisServer:
         await server.start()
         self.addCleanup(server.stop)
 
+    Without persistence (the default) a killed server comes back empty;
+    C{persistent=True} writes every change to its append-only file first,
+    so it comes back with its data, as a production server would.
+
     @ivar port: the TCP port, kept across L{kill} and L{start}.
     """
 
     def __init__(
         self, reactor: Any, password: str | None = None, tls: bool = False,
-        binary: str = "redis-server",
+        persistent: bool = False, binary: str = "redis-server",
     ) -> None:
         self.reactor = reactor
         self.password = password
         self.tls = tls
+        self.persistent = persistent
         self.binary = shutil.which(binary) or binary
         self.port = free_port()
         self.directory = tempfile.mkdtemp(prefix="llmproxy-redis-")
@@ -143,8 +149,9 @@ class RedisServer:
         """
         if self.running:
             return
+        aof = ["yes", "--appendfsync", "always"] if self.persistent else ["no"]
         argv = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
-                "--dir", self.directory, "--save", "", "--appendonly", "no",
+                "--dir", self.directory, "--save", "", "--appendonly", *aof,
                 "--daemonize", "no", "--logfile", ""]
         if self.tls:
             if not (Path(self.directory) / "ca.pem").exists():
@@ -188,8 +195,11 @@ class RedisServer:
         run = self._run
         if run is None or run.ended.called:
             return
-        self._process.signalProcess(signal.SIGCONT)
-        self._process.signalProcess(name)
+        try:
+            self._process.signalProcess(signal.SIGCONT)
+            self._process.signalProcess(name)
+        except ProcessExitedAlready:
+            pass
         await run.ended
 
 
