@@ -69,8 +69,10 @@ class StateContract:
 
     async def settle(self, store: StateStore) -> None:
         """
-        Return once C{store} has heard the facts published so far (and, after
-        L{mend_store}, has noticed the store is back).
+        Return once what C{store} published is written and C{store} has
+        heard the facts others' settled stores wrote (and, after
+        L{mend_store}, has noticed the backend is back).  The tests settle
+        the publisher before the listener.
         """
 
     async def break_store(self, store: StateStore) -> None:
@@ -194,8 +196,8 @@ class StateContract:
         store, peer = self.pair()
         mine, theirs = self.listen(store), self.listen(peer)
         store.publish(cooled())
-        await self.settle(peer)
         await self.settle(store)
+        await self.settle(peer)
         self.assertEqual(mine, [])  # type: ignore[attr-defined]
         self.assertEqual([replace(f, origin="") for f in theirs], [cooled()])  # type: ignore
         self.assertEqual(theirs[0].origin, store.origin)  # type: ignore[attr-defined]
@@ -208,6 +210,7 @@ class StateContract:
         closed = replace(opened, until=0.0, reason="closed")
         for fact in (cooled("a"), opened, cooled("b", reason="quota"), closed):
             store.publish(fact)
+        await self.settle(store)
         await self.settle(peer)
         self.assertEqual([(f.subject, f.reason) for f in heard],  # type: ignore[attr-defined]
                          [("a", "rate_limited"), ("gpt-x", "open"), ("b", "quota"),
@@ -216,10 +219,10 @@ class StateContract:
     async def test_current_facts_latest_per_identity(self) -> None:
         store, peer = self.pair()
         store.publish(cooled("a", until=NOW + 10))
-        peer.publish(cooled("a", until=NOW + 50, reason="quota"))
         store.publish(cooled("b", until=NOW + 5))
         store.publish(cooled("c", until=NOW - 1))
         await self.settle(store)
+        peer.publish(cooled("a", until=NOW + 50, reason="quota"))
         await self.settle(peer)
         self.clock.advance(6)
         current = sorted(await store.facts(), key=lambda f: f.subject)
@@ -231,6 +234,7 @@ class StateContract:
         heard: list[Fact] = []
         peer.subscribe(heard.append)()
         store.publish(cooled())
+        await self.settle(store)
         await self.settle(peer)
         self.assertEqual(heard, [])  # type: ignore[attr-defined]
 

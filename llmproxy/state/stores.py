@@ -8,12 +8,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 
 from llmproxy.backends.base import IUpstreamReactor
 from llmproxy.config.state import StateConfig
-from llmproxy.state.base import MEMORY, StateStore
+from llmproxy.state.base import MEMORY, SQLITE, StateStore
 from llmproxy.state.memory import MemoryState
+from llmproxy.state.sqlite import SQLiteState
 
 
 @dataclass(frozen=True)
@@ -35,9 +36,15 @@ def _memory(config: StateConfig, context: StoreContext) -> StateStore:
     return MemoryState(context.clock)
 
 
+def _sqlite(config: StateConfig, context: StoreContext) -> StateStore:
+    return SQLiteState(config.path, IReactorFromThreads(context.reactor), context.clock,
+                       timeout=config.timeout, poll=config.poll)
+
+
 #: Each store kind's builder.
 BUILDERS: Mapping[str, Builder] = {
     MEMORY: _memory,
+    SQLITE: _sqlite,
 }
 
 
