@@ -17,11 +17,15 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from twisted.internet.interfaces import IReactorTime
 
-from llmproxy.state import StateStore, StateUnavailable
+from llmproxy.state import Fact, StateStore, StateUnavailable
+from llmproxy.config import ConfigError
 from llmproxy.state.redis import RedisState
+from llmproxy.state.stores import open_store
+from llmproxy.testing import make_config
 from llmproxy.state.redis_link import RedisAddress, RedisLink, parse_redis_url
 from llmproxy.testing.redis import RedisServer
-from tests.state_contract import StateContract
+from llmproxy.state import redis as redis_state
+from tests.state_contract import NOW, RESPONSES, SESSIONS, StateContract, cooled, record
 
 
 async def until(condition: Callable[[], object], timeout: float = 10.0) -> None:
@@ -272,13 +276,14 @@ class TlsTests(LinkCase):
         self.assertFalse(link.available)
 
 
-class RedisContractTests(StateContract, TestCase):
+class ConnectedStores:
     """
-    The contract every state store keeps, on a real server; a peer is
-    another store on the same server, as another process would be.  The
-    stores are made (and connected) before each test, as a process's is
-    before it serves.
+    A server and two stores connected to it, made before each test (as a
+    process's is before it serves); a peer is another store on the same
+    server, as another process's would be.
     """
+
+    clock: Clock
 
     async def connected_stores(self) -> None:
         self.redis = RedisServer(reactor, persistent=True)
@@ -294,8 +299,17 @@ class RedisContractTests(StateContract, TestCase):
             await until(lambda: store.link.available)
 
     def setUp(self) -> Any:
-        StateContract.setUp(self)
+        self.clock = Clock()
+        self.clock.advance(NOW)
         return Deferred.fromCoroutine(self.connected_stores())
+
+    def pair(self) -> tuple[StateStore, StateStore]:
+        return self.stores[0], self.stores[1]
+
+    def listen(self, store: StateStore) -> list[Fact]:
+        heard: list[Fact] = []
+        self.addCleanup(store.subscribe(heard.append))  # type: ignore[attr-defined]
+        return heard
 
     def make_store(self, clock: IReactorTime) -> StateStore:
         return self.stores[0]
@@ -318,3 +332,82 @@ class RedisContractTests(StateContract, TestCase):
     async def mend_store(self, store: StateStore) -> None:
         await self.redis.start()
         await until(lambda: store.status().up)
+
+
+class RedisContractTests(ConnectedStores, StateContract, TestCase):
+    """
+    The contract every state store keeps, on a real server.
+    """
+
+
+class BuildTests(SynchronousTestCase):
+    """
+    C{state: redis://...} builds a L{RedisState} (not started: nothing
+    connects until the proxy starts).
+    """
+
+    def build(self, url: str, env: dict[str, str] | None = None) -> RedisState:
+        config = make_config({"state": url}, environ=env or {})
+        store = open_store(config.state, reactor, Clock())
+        assert isinstance(store, RedisState)
+        return store
+
+    def test_everything_the_url_says(self) -> None:
+        store = self.build("rediss://proxy:p%40ss@cache.example:6380/2?ssl_ca_certs=/etc/ca.pem")
+        self.assertEqual(store.address, RedisAddress(
+            "cache.example", 6380, 2, True, "proxy", "p@ss", "/etc/ca.pem"))
+        self.assertEqual(store.status().where, "rediss://cache.example:6380/2")
+
+    def test_password_from_the_environment(self) -> None:
+        store = self.build("redis://cache:6379/0", {"REDIS_PASSWORD": "s3cret"})
+        self.assertEqual(store.address.password, "s3cret")
+        self.assertNotIn("s3cret", repr(store.address) + repr(store.status()))
+
+    def test_more_than_it_understands(self) -> None:
+        with self.assertRaises(ConfigError) as caught:
+            self.build("redis://:s3cret@cache:6379/0?pool=9")
+        self.assertIn("state", str(caught.exception))
+        self.assertNotIn("s3cret", str(caught.exception))
+
+
+class RedisStoreTests(ConnectedStores, TestCase):
+    """
+    What is particular to Redis, on the same two connected stores.
+    """
+
+    async def test_redis_reclaims_the_space_too(self) -> None:
+        """
+        The age bounds are Redis expiries as well, so nothing outlives
+        them even if no process ever runs C{expire}.
+        """
+        store, _ = self.pair()
+        await store.put_response("resp_1", record(1, NOW), RESPONSES)
+        await store.update_session("c", lambda s: s, SESSIONS)
+        link = self.stores[0].link
+        for key, bound in (("response:resp_1", RESPONSES), ("session:c", SESSIONS)):
+            ttl = await link.call("execute_command", "PTTL", "llmproxy:" + key)
+            self.assertTrue(0 < ttl <= bound.max_age * 1000, (key, ttl))
+
+    async def test_facts_waiting_beyond_the_outbox_keep_the_latest(self) -> None:
+        self.patch(redis_state, "OUTBOX", 3)
+        store, peer = self.pair()
+        heard = self.listen(peer)
+        await self.break_store(store)
+        for n in range(10):
+            store.publish(cooled("a" if n % 2 else "b", until=NOW + 10 + n))
+        self.assertLessEqual(len(self.stores[0]._outbox), 3)
+        await self.mend_store(store)
+        await self.settle(store)
+        self.assertEqual(sorted((f.subject, f.until) for f in heard),
+                         [("a", NOW + 19), ("b", NOW + 18)])
+
+    async def test_status_while_down_and_back(self) -> None:
+        store, _ = self.pair()
+        self.clock.advance(5)
+        await self.break_store(store)
+        down = store.status()
+        self.assertEqual((down.up, down.since, down.where),
+                         (False, NOW + 5, self.redis.url))
+        self.clock.advance(5)
+        await self.mend_store(store)
+        self.assertEqual((store.status().up, store.status().since), (True, NOW + 10))

@@ -31,11 +31,13 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from llmproxy.config.error import ConfigError
+from llmproxy.config.state import StateConfig
 from llmproxy.state.base import (
     REDIS, Bounds, Change, Fact, FactCallback, SessionState, StateUnavailable, StoredResponse,
     StoreStatus,
 )
-from llmproxy.state.redis_link import RedisAddress, RedisLink
+from llmproxy.state.redis_link import RedisAddress, RedisLink, parse_redis_url
 
 PREFIX = "llmproxy:"
 RESPONSES, SESSIONS = PREFIX + "responses", PREFIX + "sessions"
@@ -335,6 +337,21 @@ class RedisState(Service):
         return StoreStatus(REDIS, self.address.display, link.available, link.since, link.error)
 
 
+def open_redis(config: StateConfig, reactor: Any, clock: IReactorTime) -> RedisState:
+    """
+    The store C{state: redis://...} names (its password already read, from
+    the URL or C{REDIS_PASSWORD}).
+
+    @raise ConfigError: the URL says more than this store understands.
+    """
+    try:
+        address = parse_redis_url(config.url, {})
+    except ValueError as e:
+        raise ConfigError(f"state: {e}") from None
+    address = replace(address, password=config.password)
+    return RedisState(address, reactor, clock, timeout=config.timeout)
+
+
 def _busy(work: Deferred[None] | None) -> bool:
     return work is not None and not work.called
 
@@ -347,4 +364,4 @@ def _latest(facts: list[Fact]) -> list[Fact]:
     return [fact for fact in facts if latest[fact.identity] is fact]
 
 
-__all__ = ["RedisState"]
+__all__ = ["RedisState", "open_redis"]
