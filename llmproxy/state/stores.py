@@ -14,6 +14,7 @@ from llmproxy.backends.base import IUpstreamReactor
 from llmproxy.config.state import StateConfig
 from llmproxy.state.base import MEMORY, REDIS, SQLITE, StateStore
 from llmproxy.state.memory import MemoryState
+from llmproxy.state.redis import open_redis
 from llmproxy.state.sqlite import SQLiteState
 
 
@@ -42,7 +43,6 @@ def _sqlite(config: StateConfig, context: StoreContext) -> StateStore:
 
 
 def _redis(config: StateConfig, context: StoreContext) -> StateStore:
-    from llmproxy.state.redis import open_redis  # txredisapi installs the reactor: when used
     return open_redis(config, context.reactor, context.clock)
 
 
