@@ -13,6 +13,7 @@ from hypothesis import given, strategies as st
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock, deferLater
+from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from twisted.internet.interfaces import IReactorTime
@@ -198,6 +199,28 @@ class LinkTests(LinkCase):
         self.assertIsNone(link.error)
         await link.call("publish", "c", "again")
         await until(lambda: ("c", "again") in seen)
+
+    async def test_an_outage_is_logged_once(self) -> None:
+        """
+        One warning when the server goes (not one per failed reconnection
+        or refused command), one line when it is back.
+        """
+        server = await self.server()
+        link, _ = self.link(server.url, max_delay=0.05)
+        logged: list[dict[str, Any]] = []
+        link.log = Logger(observer=logged.append)
+        await until(lambda: link.available)
+        await server.kill()
+        await until(lambda: "could not connect" in (link.error or ""))
+        await deferLater(reactor, 0.3, lambda: None)  # several reconnections fail meanwhile
+        for _ in range(3):
+            with self.assertRaises(StateUnavailable):
+                await link.call("get", "k")
+        await server.start()
+        await until(lambda: link.available)
+        lines = [(e["log_level"].name, e["log_format"].split(" (")[0]) for e in logged]
+        self.assertEqual(lines, [("warn", "state store {url} unavailable"),
+                                 ("info", "state store {url} is back")])
 
     async def test_never_reachable(self) -> None:
         """
