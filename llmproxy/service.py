@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Callable, cast
 
-from twisted.application.service import MultiService, Service
+from twisted.application.service import IService, MultiService, Service
 from twisted.application.internet import TimerService
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
@@ -22,8 +22,15 @@ from llmproxy.backends import REGISTRY, BackendContext, Registry
 from llmproxy.backends.base import IUpstreamReactor
 from llmproxy.capture.install import Capture
 from llmproxy.config import Config
-from llmproxy.exchange.runtime import BackendFactory, Runtime, Upstreams, live_upstreams
+from llmproxy.exchange.runtime import (
+    BackendFactory, Runtime, Upstreams, live_upstreams, session_bounds,
+)
+from llmproxy.exchange.sessions import Sessions, StoreSessions
 from llmproxy.frontends import ProxyApp
+from llmproxy.frontends.store import ResponseStore
+from llmproxy.state import MEMORY, StateStore
+from llmproxy.state.stores import open_store
+from llmproxy.state.sync import FactSync
 from llmproxy.startup import ListenService
 
 
@@ -139,12 +146,19 @@ class ProxyService(MultiService):
         if config.capture is not None:
             self.capture = Capture(config.capture, clock, config, lambda: self.config)
             self._make_backend = self.capture.backends(self._make_backend)
-        self.app = ProxyApp(config, live_upstreams(config, self._make_backend, clock), clock)
+        self.state = open_store(config.state, reactor, clock)
+        IService(self.state).setServiceParent(self)  # started first, stopped last
+        self.app = ProxyApp(config, live_upstreams(config, self._make_backend, clock), clock,
+                            *shared(config, self.state, clock))
+        self.sync: FactSync | None = None
+        if config.state.kind != MEMORY:
+            self.sync = FactSync(self.state, clock, lambda: self.app.runtime.upstreams.pools,
+                                 lambda: self.app.runtime.upstreams.breakers)
         if self.capture is not None:
             self.capture.attach(self.app)
             self.capture.writer.setServiceParent(self)  # stopped last: flushes the rest
         PoolService(self.pool).setServiceParent(self)
-        expiry = _Periodic(SESSION_EXPIRY, lambda: self.app.runtime.sessions.expire())
+        expiry = _Periodic(SESSION_EXPIRY, self._expire)
         expiry.clock = clock
         expiry.setServiceParent(self)
         if listener is None:
@@ -154,6 +168,17 @@ class ProxyService(MultiService):
         else:
             self.endpoint_service = listener(self.app.site())
         self.endpoint_service.setServiceParent(self)
+
+    def _expire(self) -> Deferred[None] | None:
+        """
+        Forget idle conversations (in this process), and expired records
+        of a shared store.
+        """
+        self.app.runtime.sessions.expire()
+        if self.state.kind == MEMORY:
+            return None
+        return Deferred.fromCoroutine(self.state.expire(
+            self.app.store.bounds, session_bounds(self.config)))
 
     @property
     def config(self) -> Config:
@@ -170,10 +195,14 @@ class ProxyService(MultiService):
         """
         runtime = self.app.runtime.successor(config, self._make_backend)
         self.app.runtime = runtime
+        if self.sync is not None:
+            self.sync.attach()
         return runtime
 
     def startService(self) -> None:
         super().startService()
+        if self.sync is not None:
+            self.sync.start()
         c = self.config
         for warning in c.warnings:
             self.log.warn("{note}", note=warning)
@@ -184,6 +213,19 @@ class ProxyService(MultiService):
             auth="on" if c.auth_enabled else "OFF (no proxy keys)" if not c.disable_auth
             else "DISABLED by --disable-auth",
         )
+
+
+def shared(
+    config: Config, state: StateStore, clock: IReactorTime
+) -> tuple[ResponseStore, Sessions | None]:
+    """
+    The Responses store and the conversations in C{state}: conversations
+    stay in this process's own memory with the memory store.
+    """
+    store = ResponseStore(clock, config.responses_store_size, config.responses_store_ttl, state)
+    if state.kind == MEMORY:
+        return store, None
+    return store, StoreSessions(state, session_bounds(config))
 
 
 def makeService(config: Config, reactor: IUpstreamReactor | None = None) -> ProxyService:

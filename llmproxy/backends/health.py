@@ -21,7 +21,7 @@ without bound.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -112,6 +112,23 @@ class CircuitBreaker:
         if self._opened_at is None:
             return CLOSED
         return HALF_OPEN if self._clock.seconds() >= self._next_probe() else OPEN
+
+    @property
+    def opened_at(self) -> float | None:
+        """
+        When the breaker opened; L{None} when closed.
+        """
+        return self._opened_at
+
+    def open_since(self, opened_at: float) -> None:
+        """
+        Open as of C{opened_at} (another process saw the failures), unless
+        already open.
+        """
+        if self._opened_at is None:
+            self._failures = max(self._failures, self.threshold)
+            self._opened_at = opened_at
+            self.log.info("circuit {name} open: another process opened it", name=self.name)
 
     @property
     def consecutive_failures(self) -> int:
@@ -230,6 +247,9 @@ class ModelBreakers:
         self._clock = clock
         self._models: dict[str, CircuitBreaker] = {}
         self._overflow: CircuitBreaker | None = None
+        #: Told when a model's own breaker opens (model, when) or closes
+        #: (model, L{None}) here: how other processes hear of it.
+        self.on_change: Callable[[str, float | None], None] | None = None
 
     def retune(self, threshold: int, cooldown: float, probe_interval: float) -> None:
         """
@@ -267,6 +287,8 @@ class ModelBreakers:
         breaker = self._models.pop(model, None)
         if breaker is None:
             breaker, self._overflow = self._overflow, None
+        elif breaker.opened_at is not None and self.on_change is not None:
+            self.on_change(model, None)
         if breaker is not None:
             breaker.record_success()
 
@@ -278,7 +300,30 @@ class ModelBreakers:
         breaker = self._models.pop(model, None) or self._make(model)
         if breaker is not self._overflow:
             self._models[model] = breaker  # last failed, last evicted
+        was_open = breaker.opened_at is not None
         breaker.record_failure()
+        opened = breaker.opened_at
+        if not was_open and opened is not None and breaker is not self._overflow \
+                and self.on_change is not None:
+            self.on_change(model, opened)
+
+    def apply_open(self, model: str, opened_at: float) -> None:
+        """
+        Another process opened C{model}'s breaker at C{opened_at}: open it
+        here too (made if need be; not when only the overflow one is left).
+        """
+        breaker = self._models.get(model) or self._make(model)
+        if breaker is not self._overflow:
+            self._models[model] = breaker
+            breaker.open_since(opened_at)
+
+    def apply_closed(self, model: str) -> None:
+        """
+        Another process saw C{model} succeed: its breaker here closes.
+        """
+        breaker = self._models.pop(model, None)
+        if breaker is not None:
+            breaker.record_success()
 
     def _make(self, model: str) -> CircuitBreaker:
         """

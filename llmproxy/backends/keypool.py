@@ -96,6 +96,9 @@ class KeyPool:
         self._counter = 0
         #: What the upstream served from its prompt cache, per key.
         self.prompt_cache = PromptCacheCounts()
+        #: Told of each cooldown this process learns (key name, deadline,
+        #: reason, error): how other processes hear of it (shared state).
+        self.on_cool: Callable[[str, float, str, str], None] | None = None
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -246,6 +249,8 @@ class KeyPool:
         if deadline >= state.cooldown_until:
             state.cooldown_until = deadline
             state.reason = reason
+        if self.on_cool is not None and state.reason is not None:
+            self.on_cool(key.name, state.cooldown_until, state.reason, error)
         self.log.info(
             "key {key} of {backend} cooling for {seconds:.1f}s: {reason}",
             key=key.name,
@@ -253,6 +258,17 @@ class KeyPool:
             seconds=max(0.0, state.cooldown_until - self._clock.seconds()),
             reason=state.reason,
         )
+
+    def apply_cooldown(self, name: str, until: float, reason: str, error: str) -> None:
+        """
+        A cooldown another process learnt: the key named C{name} rests
+        until C{until} (a later deadline already known is kept).  A name
+        this pool does not have is ignored.
+        """
+        state = self._states.get(name)
+        if state is None or until <= state.cooldown_until:
+            return
+        state.cooldown_until, state.reason, state.last_error = until, reason, error
 
     def inherit(self, previous: KeyPool) -> None:
         """

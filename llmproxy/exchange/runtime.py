@@ -25,7 +25,8 @@ from llmproxy.backends.base import Backend
 from llmproxy.backends.health import ModelBreakers
 from llmproxy.backends.keypool import KeyPool
 from llmproxy.config import BackendConfig, Config, FailureConfig
-from llmproxy.exchange.sessions import MemorySessions, Sessions
+from llmproxy.exchange.sessions import MemorySessions, Sessions, StoreSessions
+from llmproxy.state.base import Bounds
 from llmproxy.routing.resolve import Router
 
 #: Builds the backend instance of one configured backend.
@@ -88,8 +89,17 @@ class Runtime:
         if isinstance(self.sessions, MemorySessions):  # kept, with the new bounds
             self.sessions.max_items = config.session.max_conversations
             self.sessions.max_idle = config.session.max_idle
+        if isinstance(self.sessions, StoreSessions):
+            self.sessions.bounds = session_bounds(config)
         return replace(Runtime.of(config, upstreams, self.clock, self.sessions),
                        jitter=self.jitter)
+
+
+def session_bounds(config: Config) -> Bounds:
+    """
+    The conversations C{config} keeps, for a store.
+    """
+    return Bounds(config.session.max_conversations, config.session.max_idle)
 
 
 def live_upstreams(
@@ -147,4 +157,4 @@ def _breakers(
     return old
 
 
-__all__ = ["BackendFactory", "Runtime", "Upstreams", "live_upstreams"]
+__all__ = ["BackendFactory", "Runtime", "Upstreams", "live_upstreams", "session_bounds"]

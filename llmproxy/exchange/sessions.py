@@ -14,7 +14,7 @@ from typing import Protocol
 
 from twisted.internet.interfaces import IReactorTime
 
-from llmproxy.state.base import Change, SessionState
+from llmproxy.state.base import Bounds, Change, SessionState, StateStore
 
 
 class Sessions(Protocol):
@@ -83,4 +83,32 @@ class MemorySessions:
         return self.clock.seconds() - state.last_seen > self.max_idle
 
 
-__all__ = ["Change", "MemorySessions", "SessionState", "Sessions"]
+class StoreSessions:
+    """
+    L{Sessions} in a shared store (L{llmproxy.state}): every process
+    serving the conversation sees one state.  A store that does not answer
+    raises L{llmproxy.state.StateUnavailable} (a 503 for a request that
+    needs the state first).
+
+    @ivar bounds: the conversations kept and their idle age (a reload sets
+        new ones).
+    """
+
+    def __init__(self, state: StateStore, bounds: Bounds) -> None:
+        self.state = state
+        self.bounds = bounds
+
+    async def get(self, key: str) -> SessionState:
+        return await self.state.get_session(key, self.bounds)
+
+    async def update(self, key: str, change: Change) -> SessionState:
+        return await self.state.update_session(key, change, self.bounds)
+
+    def expire(self) -> None:
+        """
+        Nothing: the service expires the store (responses and
+        conversations at once).
+        """
+
+
+__all__ = ["Change", "MemorySessions", "SessionState", "Sessions", "StoreSessions"]

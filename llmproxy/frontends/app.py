@@ -30,6 +30,7 @@ from llmproxy.exchange import planning
 from llmproxy.exchange.events import ExchangeEvents
 from llmproxy.exchange.exchange import Call, Exchange
 from llmproxy.exchange.runtime import Runtime, Upstreams
+from llmproxy.exchange.sessions import Sessions
 from llmproxy.routing.conversation import Conversation, conversation_of
 from llmproxy.frontends import errors
 from llmproxy.frontends.access import AccessLog
@@ -61,9 +62,9 @@ class ProxyApp:
 
     def __init__(
         self, config: Config, upstreams: Upstreams, clock: IReactorTime,
-        store: ResponseStore | None = None,
+        store: ResponseStore | None = None, sessions: Sessions | None = None,
     ) -> None:
-        self.runtime = Runtime.of(config, upstreams, clock)
+        self.runtime = Runtime.of(config, upstreams, clock, sessions)
         self.clock = clock
         self.store = store or ResponseStore(clock, config.responses_store_size,
                                             config.responses_store_ttl)
@@ -174,7 +175,8 @@ class ProxyApp:
             accounts = getattr(backend, "accounts_status", None)
             if accounts is not None:
                 entry["accounts"] = accounts()
-        return json_answer(request, 200, {"backends": backends})
+        return json_answer(request, 200, {"backends": backends,
+                                          "state": self.store.state.status().shown()})
 
     @app.route("/backend-api/wham/usage", methods=["GET"])
     @app.route("/api/codex/usage", methods=["GET"])
@@ -199,17 +201,18 @@ class ProxyApp:
         runtime = self.runtime
         body, raw = self._body(request, RESPONSES, runtime)
         history: tuple[Mapping[str, Any], ...] | None = ()
+        found = root = None
         previous = body.get("previous_response_id")
         if previous is not None:
             if not isinstance(previous, str):
                 raise InvalidRequest("'previous_response_id' must be a string",
                                      param="previous_response_id", code="invalid_type")
-            history = self.store.history(previous)
+            found = await self.store.find(previous)
+            history, root = (found.messages, found.root) if found else (None, previous)
 
         def on_response(data: bytes) -> None:
-            self.store.remember(body, history or (), data)
+            self.store.remember(body, found, data)
 
-        root = self.store.root(previous) if isinstance(previous, str) else None
         return await self._serve(request, runtime, Call(
             RESPONSES, body, raw, history, on_response, _conversation(request, body, root)))
 

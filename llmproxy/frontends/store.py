@@ -4,19 +4,24 @@ Recent Responses-API conversations, so C{previous_response_id} works on
 backends that store nothing (chat backends, or C{store: false}).
 
 Each produced response id maps to the whole conversation up to and
-including that response, as Chat Completions messages.  The store is
-bounded by count and by age.
+including that response, as Chat Completions messages, and to the first
+response of its chain.  The records live in the shared state store
+(L{llmproxy.state}: this process's memory by default), bounded by count
+and by age; a request that names one awaits it (a store that does not
+answer is a 503, L{llmproxy.state.StateUnavailable}).
 """
 
 from __future__ import annotations
 
 import json
-from collections import OrderedDict
 from typing import Any, Mapping
 
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 
 from llmproxy.errors import ProxyError
+from llmproxy.state import Bounds, MemoryState, StateStore, StateUnavailable, StoredResponse
 from llmproxy.translate import responses_to_chat_completion, responses_to_chat_request
 
 Messages = tuple[Mapping[str, Any], ...]
@@ -24,34 +29,34 @@ Messages = tuple[Mapping[str, Any], ...]
 
 class ResponseStore:
     """
-    A bounded, expiring map from response id to conversation.
+    Responses by id, in a L{StateStore}.
     """
 
-    def __init__(self, clock: IReactorTime, max_items: int = 1000, max_age: float = 3600.0) -> None:
+    log = Logger()
+
+    def __init__(self, clock: IReactorTime, max_items: int = 1000, max_age: float = 3600.0,
+                 state: StateStore | None = None) -> None:
         self.clock = clock
-        self.max_items = max_items
-        self.max_age = max_age
-        self._items: OrderedDict[str, tuple[float, Messages]] = OrderedDict()
-        self._roots: dict[str, str] = {}
+        self.bounds = Bounds(max_items, max_age)
+        self.state: StateStore = state if state is not None else MemoryState(clock)
 
-    def __len__(self) -> int:
-        return len(self._items)
+    async def find(self, response_id: str) -> StoredResponse | None:
+        """
+        The response C{response_id}: its conversation and its chain's root;
+        L{None} when it is unknown or expired.
 
-    def history(self, response_id: str) -> Messages | None:
+        @raise StateUnavailable: the store does not answer.
         """
-        The conversation that ended with C{response_id}, or L{None} when it
-        is unknown or expired.
-        """
-        self._expire()
-        item = self._items.get(response_id)
-        return None if item is None else item[1]
+        return await self.state.get_response(response_id, self.bounds)
 
-    def remember(self, request: Mapping[str, Any], history: Messages, response: bytes) -> None:
+    def remember(self, request: Mapping[str, Any], previous: StoredResponse | None,
+                 response: bytes) -> None:
         """
-        Record a finished response: the earlier history, this request's
-        input and the response's output.
+        Record a finished response: the earlier history (C{previous}'s), this
+        request's input and the response's output.  Written without
+        waiting; a store that fails loses it (and says so in its status).
         """
-        if self.max_items <= 0:
+        if self.bounds.max_items <= 0:
             return
         try:
             data = json.loads(response)
@@ -62,31 +67,26 @@ class ResponseStore:
             ).body["messages"]
         except (ProxyError, ValueError, KeyError, IndexError, TypeError):
             return  # a failed or malformed response starts no conversation
+        if not isinstance(response_id, str):
+            return
         assistant = {k: v for k, v in answer.items() if k in ("role", "content", "tool_calls")}
-        self._items[response_id] = (
-            self.clock.seconds(), tuple(history) + tuple(asked) + (assistant,)
-        )
-        previous = request.get("previous_response_id")
-        if isinstance(previous, str):
-            self._roots[response_id] = self.root(previous)
-        self._items.move_to_end(response_id)
-        while len(self._items) > self.max_items:
-            self._forget(self._items.popitem(last=False)[0])
+        earlier = request.get("previous_response_id")
+        root = previous.root if previous is not None else (
+            earlier if isinstance(earlier, str) else response_id)
+        history = previous.messages if previous is not None else ()
+        record = StoredResponse(history + tuple(asked) + (assistant,), root,
+                                self.clock.seconds())
+        Deferred.fromCoroutine(self._put(response_id, record))
 
-    def root(self, response_id: str) -> str:
-        """
-        The first response of the chain C{response_id} ends (itself, when it
-        started one or is unknown).
-        """
-        return self._roots.get(response_id, response_id)
+    async def _put(self, response_id: str, record: StoredResponse) -> None:
+        try:
+            await self.state.put_response(response_id, record, self.bounds)
+        except CancelledError:
+            raise
+        except StateUnavailable:
+            pass  # the store logged its outage and shows it in its status
+        except Exception:
+            self.log.failure("the response {id} was not stored", id=response_id)
 
-    def _forget(self, response_id: str) -> None:
-        self._roots.pop(response_id, None)
 
-    def _expire(self) -> None:
-        limit = self.clock.seconds() - self.max_age
-        while self._items:
-            first = next(iter(self._items.values()))
-            if first[0] >= limit:
-                break
-            self._forget(self._items.popitem(last=False)[0])
+__all__ = ["Messages", "ResponseStore"]

@@ -52,10 +52,9 @@ class MemoryState(Service):
     # responses
 
     async def get_response(self, response_id: str, bounds: Bounds) -> StoredResponse | None:
-        record = self.hub.responses.get(response_id)
-        if record is None or self.clock.seconds() - record.created > bounds.max_age:
-            return None
-        return record
+        now = self.clock.seconds()
+        _expire(self.hub.responses, lambda r: now - r.created > bounds.max_age)
+        return self.hub.responses.get(response_id)
 
     async def put_response(self, response_id: str, record: StoredResponse,
                            bounds: Bounds) -> None:

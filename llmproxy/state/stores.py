@@ -6,7 +6,7 @@ The store a configuration names, built: one line per kind in L{BUILDERS}.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import Callable, Mapping, cast
 
 from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 
@@ -38,7 +38,7 @@ def _memory(config: StateConfig, context: StoreContext) -> StateStore:
 
 
 def _sqlite(config: StateConfig, context: StoreContext) -> StateStore:
-    return SQLiteState(config.path, IReactorFromThreads(context.reactor), context.clock,
+    return SQLiteState(config.path, cast(IReactorFromThreads, context.reactor), context.clock,
                        timeout=config.timeout, poll=config.poll)
 
 

@@ -1,0 +1,149 @@
+"""
+Shared state wired into the proxy: the status section, the 503 of a
+request whose stored state cannot be read, and two proxies in this process
+sharing one SQLite file (the Responses store, planning counters, a key's
+cooldown).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import replace
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from llmproxy.exchange.sessions import StoreSessions
+from llmproxy.state import Bounds, MemoryState, StateUnavailable, StoredResponse
+from llmproxy.testing import Reply, backend_data, config_data, openai_config
+from tests.harness import MemoryProxy, Proxy, client, post, start
+from tests.test_planning import planning
+
+CHAT = "/v1/chat/completions"
+
+
+class Unavailable(MemoryState):
+    async def get_response(self, response_id: str, bounds: Bounds) -> StoredResponse | None:
+        raise StateUnavailable()
+
+    async def get_session(self, key: str, bounds: Bounds) -> Any:
+        raise StateUnavailable()
+
+
+class InThisProcessTests(SynchronousTestCase):
+    def test_status_names_the_store(self) -> None:
+        p = MemoryProxy()
+        answer = p.request("GET", "/v1/llmproxy/status")
+        state = json.loads(self.successResultOf(answer).content)["state"]
+        self.assertEqual((state["kind"], state["up"], state["last_error"]),
+                         ("memory", True, None))
+
+    def test_an_unreadable_previous_response_is_a_503(self) -> None:
+        p = MemoryProxy()
+        p.service.app.store.state = Unavailable(p.clock)
+        answer = p.post("/v1/responses", {"model": "gpt-4o", "input": "and?",
+                                          "previous_response_id": "resp_1"})
+        self.assertEqual(answer.status, 503)
+        self.assertEqual(json.loads(answer.content)["error"]["code"], "state_store_unavailable")
+        self.assertEqual(p.fake.requests, [])
+
+    def test_an_unreadable_conversation_is_a_503(self) -> None:
+        p = MemoryProxy(lambda u: openai_config(u, session=planning()))
+        app = p.service.app
+        app.runtime = replace(app.runtime, sessions=StoreSessions(
+            Unavailable(p.clock), Bounds(10, 60)))
+        answer = p.post(CHAT, {"model": "gpt-4o", "messages": [
+            {"role": "user", "content": "hi"}]}, {"session_id": "conv-1"})
+        self.assertEqual(answer.status, 503)
+        self.assertEqual(p.fake.requests, [])
+
+    def test_without_a_conversation_no_store_is_asked(self) -> None:
+        p = MemoryProxy(lambda u: openai_config(u, session=planning()))
+        app = p.service.app
+        app.runtime = replace(app.runtime, sessions=StoreSessions(
+            Unavailable(p.clock), Bounds(10, 60)))
+        answer = p.post(CHAT, {"model": "gpt-4o", "messages": [
+            {"role": "user", "content": "hi"}]})
+        self.assertEqual(answer.status, 200)
+
+
+class TwoProxiesOneFileTests(TestCase):
+    """
+    Two proxies in this process on one SQLite file, as two processes would
+    share it.
+    """
+
+    async def proxies(self, **extra: Any) -> tuple[Proxy, Proxy]:
+        path = os.path.abspath(self.mktemp())
+        url = f"sqlite://{path}"
+
+        def config(upstream: str) -> dict[str, Any]:
+            return config_data({"openai": backend_data(upstream, "sk-a", "sk-b")},
+                               state={"url": url, "poll": 0.05}, **extra)
+
+        first = await start(self, config)
+        second = await start(self, config)
+        for proxy in (first, second):
+            proxy.service.state.startService()
+            self.addCleanup(proxy.service.state.stopService)
+            assert proxy.service.sync is not None
+            proxy.service.sync.start()
+            self.addCleanup(proxy.service.sync.stop)
+        return first, second
+
+    async def test_a_response_made_by_one_continues_on_the_other(self) -> None:
+        a, b = await self.proxies()
+        status, _, content = await post(self, a.url + "/v1/responses",
+                                        {"model": "gpt-4o", "input": "my name is Ada"})
+        self.assertEqual(status, 200)
+        first = json.loads(content)["id"]
+        for _ in range(20):  # written without waiting: the follow-up may come first
+            status, _, content = await post(self, b.url + "/v1/responses", {
+                "model": "gpt-4o", "input": "who am I?", "previous_response_id": first})
+            if status != 404:
+                break
+        self.assertEqual(status, 200, content)
+        sent = b.fake.requests[-1].body["messages"]
+        self.assertEqual(sent[0], {"role": "user", "content": "my name is Ada"})
+
+    async def test_planning_counts_across(self) -> None:
+        a, b = await self.proxies(session=planning())
+        body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+        phases = []
+        for proxy in (a, b, a):
+            status, headers, _ = await post(self, proxy.url + CHAT, body,
+                                            {"session_id": "conv-9"})
+            self.assertEqual(status, 200)
+            phases.append(headers["x-llmproxy-phase"])
+        self.assertEqual([p.split(",")[0] for p in phases],
+                         ["planning (turn 1/3", "planning (turn 2/3", "planning (turn 3/3"])
+
+    async def test_a_429_learnt_by_one_cools_the_key_on_the_other(self) -> None:
+        a, b = await self.proxies()
+        a.fake.by_key["sk-a"] = [Reply(429, {"error": {"message": "slow down",
+                                                       "type": "rate_limit_error"}},
+                                       {"retry-after": "30"})]
+        body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+        status, _, _ = await post(self, a.url + CHAT, body)
+        self.assertEqual(status, 200)
+        learnt = time.monotonic()
+        pool = b.service.app.runtime.upstreams.pools["openai"]
+        key = pool.keys[0]
+        while pool.available(key) and time.monotonic() - learnt < 2:
+            await deferLater(reactor, 0.01)
+        self.assertLess(time.monotonic() - learnt, 0.3)
+        for _ in range(4):
+            status, _, _ = await post(self, b.url + CHAT, body)
+            self.assertEqual(status, 200)
+        self.assertEqual({r.headers["authorization"] for r in b.fake.requests},
+                         {"Bearer sk-b"})
+
+    async def test_status_shows_the_file(self) -> None:
+        a, _ = await self.proxies()
+        response = await client(self).get(a.url + "/v1/llmproxy/status")
+        state = json.loads(await response.content())["state"]
+        self.assertEqual((state["kind"], state["up"]), ("sqlite", True))
