@@ -1,0 +1,247 @@
+"""
+Two llmproxy processes on different ports, one real C{redis-server}
+between them (C{state: redis://...}), one fake upstream in this process
+that records which key each request carried: they behave as one proxy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import deferLater
+from twisted.python.failure import Failure
+from twisted.trial.unittest import TestCase
+
+import treq
+
+from llmproxy.testing import Reply, backend_data, chat_completion, listen_fake, openai_config
+from llmproxy.testing.redis import RedisServer, free_port
+from tests.harness import client, post
+
+ROOT = Path(__file__).resolve().parent.parent
+KEYS = ("sk-e2e-a", "sk-e2e-b")
+SPARE = "sk-e2e-spare"
+RATE_LIMITED = {"error": {"message": "Rate limit reached", "type": "requests",
+                          "param": None, "code": "rate_limit_exceeded"}}
+BROKEN = {"error": {"message": "upstream broke", "type": "server_error",
+                    "param": None, "code": None}}
+
+
+class Worker(ProcessProtocol):
+    """
+    One llmproxy process: its output, whether it serves, when it ended.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.output = b""
+        self.serving: Deferred[None] = Deferred()
+        self.ended: Deferred[None] = Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+        if b"llmproxy on tcp:" in self.output and not self.serving.called:
+            self.serving.callback(None)
+
+    errReceived = outReceived
+
+    def processEnded(self, reason: Failure) -> None:
+        if not self.serving.called:
+            self.serving.errback(AssertionError(
+                f"{self.name} ended: {self.output.decode(errors='replace')[-3000:]}"))
+        self.ended.callback(None)
+
+
+class TwoProcessesCase(TestCase):
+    """
+    A Redis server, the fake upstream (two keys), and two llmproxy
+    processes sharing the server: C{self.urls}.
+    """
+
+    timeout = 90
+
+    async def start_all(self, spare: bool = False, **extra: Any) -> None:
+        self.redis = RedisServer(reactor, persistent=True)
+        self.addCleanup(self.redis.stop)
+        await self.redis.start()
+        self.fake, port, upstream = await listen_fake(reactor)
+        self.addCleanup(port.stopListening)
+        self.addCleanup(self.fake.wait_idle)
+        data = openai_config(upstream, keys=KEYS, state={"url": self.redis.url, "timeout": 1.0},
+                             **extra)
+        if spare:
+            data["backends"]["spare"] = backend_data(upstream, SPARE)
+        directory = Path(tempfile.mkdtemp(prefix="llmproxy-e2e-"))
+        (directory / "config.yaml").write_text(yaml.safe_dump(data))
+        self.urls = [await self.spawn(name, directory) for name in ("A", "B")]
+
+    async def spawn(self, name: str, directory: Path) -> str:
+        port = free_port()
+        worker = Worker(name)
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env.pop("OPENAI_API_KEY", None)
+        process = reactor.spawnProcess(
+            worker, sys.executable,
+            [sys.executable, "-m", "llmproxy", "--config", str(directory / "config.yaml"),
+             "--listen", f"tcp:{port}:interface=127.0.0.1", "--log-level", "info"],
+            env=env, path=str(directory))
+        self.addCleanup(lambda: worker.ended)
+        self.addCleanup(lambda: process.signalProcess("TERM") if process.pid else None)
+        await worker.serving.addTimeout(30, reactor)
+        return f"http://127.0.0.1:{port}"
+
+    async def ask(self, url: str, path: str, body: Any) -> tuple[int, Any]:
+        code, _, content = await post(self, url + path, body)
+        return code, json.loads(content)
+
+    async def status(self, url: str) -> Any:
+        response = await client(self).get(url + "/v1/llmproxy/status")
+        return json.loads(await treq.content(response))
+
+    async def key_state(self, url: str, name: str) -> str:
+        keys = (await self.status(url))["backends"]["openai"]["keys"]
+        return str({k["name"]: k for k in keys}[name]["state"])
+
+    def keys_sent(self, since: int = 0) -> list[str]:
+        return [r.headers.get("authorization", "").partition(" ")[2]
+                for r in self.fake.requests[since:] if r.method == "POST"]
+
+
+def chat(text: str, model: str = "gpt-4o") -> dict[str, Any]:
+    return {"model": model, "messages": [{"role": "user", "content": text}]}
+
+
+class SharedRecordsTests(TwoProcessesCase):
+    async def test_previous_response_id_across_processes(self) -> None:
+        """
+        20 of 20 follow-ups sent to the other process find the conversation
+        the first one stored.
+        """
+        await self.start_all()
+        a, b = self.urls
+        found = 0
+        for n in range(20):
+            first, second = (a, b) if n % 2 else (b, a)
+            code, answer = await self.ask(first, "/v1/responses",
+                                          {"model": "gpt-4o", "input": f"question {n}"})
+            self.assertEqual(code, 200, answer)
+            seen = len(self.fake.requests)
+            code, follow = await self.ask(second, "/v1/responses", {
+                "model": "gpt-4o", "input": "and then?", "previous_response_id": answer["id"]})
+            self.assertEqual(code, 200, follow)
+            sent = self.fake.requests[seen].body["messages"]
+            found += [m["content"] for m in sent][:1] == [f"question {n}"]
+        self.assertEqual(found, 20)
+
+
+class SharedFactsTests(TwoProcessesCase):
+    async def test_a_429_cools_the_key_on_the_other_within_300ms(self) -> None:
+        """
+        A learns a 429 on the first key; B shows it cooling within 300 ms
+        and sends nothing to it after (round robin would, within two).
+        """
+        await self.start_all(failure_handling={"default_cooldown": 30, "max_cooldown": 60})
+        a, b = self.urls
+        self.fake.by_key[KEYS[0]] = [Reply(429, RATE_LIMITED, {"retry-after": "30"})]
+        for _ in range(2):  # round robin: one of two reaches the first key
+            code, _ = await self.ask(a, "/v1/chat/completions", chat("hello"))
+            self.assertEqual(code, 200)
+        learnt = time.monotonic()
+        self.assertIn(KEYS[0], self.keys_sent())
+        while await self.key_state(b, "openai#1") != "rate_limited":
+            self.assertLess(time.monotonic() - learnt, 0.3, "B did not learn within 300 ms")
+            await deferLater(reactor, 0.01, lambda: None)
+        seen = len(self.fake.requests)
+        for n in range(6):
+            code, _ = await self.ask(b, "/v1/chat/completions", chat(f"other {n}"))
+            self.assertEqual(code, 200)
+        self.assertEqual(self.keys_sent(seen), [KEYS[1]] * 6)
+
+    async def test_a_circuit_opened_on_one_is_open_on_the_other(self) -> None:
+        """
+        A opens the circuit of (openai, gpt-broken); B shows it open and
+        goes straight to the spare backend (it would try openai first).
+        """
+        await self.start_all(spare=True, failure_handling={
+            "circuit_threshold": 2, "circuit_cooldown": 60, "retries_per_target": 0})
+        a, b = self.urls
+        route = "openai:gpt-broken|spare:gpt-broken"
+        self.fake.by_model["gpt-broken"] = [Reply(500, BROKEN)]
+        self.fake.by_key[SPARE] = [Reply(200, chat_completion("gpt-broken", "spare here"))]
+        for _ in range(2):
+            code, _ = await self.ask(a, "/v1/chat/completions", chat("x", route))
+            self.assertEqual(code, 200)
+        self.assertEqual(await self.circuit(a, "gpt-broken"), "open")
+        end = time.monotonic() + 1
+        while await self.circuit(b, "gpt-broken") != "open":
+            self.assertLess(time.monotonic(), end, "the circuit did not open on B")
+            await deferLater(reactor, 0.02, lambda: None)
+        seen = len(self.fake.requests)
+        for _ in range(3):
+            code, _ = await self.ask(b, "/v1/chat/completions", chat("y", route))
+            self.assertEqual(code, 200)
+        self.assertEqual(self.keys_sent(seen), [SPARE] * 3, "B sent to an open circuit")
+
+    async def circuit(self, url: str, model: str) -> str:
+        circuits = (await self.status(url))["backends"]["openai"]["circuits"]
+        return str(circuits.get(model, {}).get("state", "closed"))
+
+
+class OutageTests(TwoProcessesCase):
+    async def test_redis_killed_mid_test(self) -> None:
+        """
+        Both keep serving from local state, say the store is down, answer a
+        request needing stored state with a prompt 503, and catch up when
+        the server is back: a 429 learnt meanwhile by A reaches B.
+        """
+        await self.start_all(failure_handling={"default_cooldown": 30, "max_cooldown": 60})
+        a, b = self.urls
+        code, answer = await self.ask(a, "/v1/responses", {"model": "gpt-4o", "input": "kept"})
+        self.assertEqual(code, 200, answer)
+        await self.redis.kill()
+        for url in (a, b):
+            code, _ = await self.ask(url, "/v1/chat/completions", chat("still here"))
+            self.assertEqual(code, 200)
+            await self.until_state(url, up=False)
+        asked = time.monotonic()
+        code, refused = await self.ask(b, "/v1/responses", {
+            "model": "gpt-4o", "input": "and then?", "previous_response_id": answer["id"]})
+        self.assertEqual((code, refused["error"]["code"]), (503, "state_store_unavailable"))
+        self.assertLess(time.monotonic() - asked, 2.0)
+        self.fake.by_key[KEYS[0]] = [Reply(429, RATE_LIMITED, {"retry-after": "30"})]
+        for _ in range(2):
+            code, _ = await self.ask(a, "/v1/chat/completions", chat("hello"))
+            self.assertEqual(code, 200)
+        self.assertEqual(await self.key_state(b, "openai#1"), "ok")
+        await self.redis.start()
+        for url in (a, b):
+            await self.until_state(url, up=True)
+        end = time.monotonic() + 5
+        while await self.key_state(b, "openai#1") != "rate_limited":
+            self.assertLess(time.monotonic(), end, "B never caught up")
+            await deferLater(reactor, 0.05, lambda: None)
+        code, follow = await self.ask(b, "/v1/responses", {
+            "model": "gpt-4o", "input": "and then?", "previous_response_id": answer["id"]})
+        self.assertEqual(code, 200, follow)
+
+    async def until_state(self, url: str, up: bool, timeout: float = 10.0) -> None:
+        end = time.monotonic() + timeout
+        while True:
+            state = (await self.status(url))["state"]
+            self.assertEqual((state["kind"], state["where"]), ("redis", self.redis.url))
+            if state["up"] is up:
+                if not up:
+                    self.assertTrue(state["last_error"])
+                return
+            self.assertLess(time.monotonic(), end, f"{url}: state never {up}: {state}")
+            await deferLater(reactor, 0.05, lambda: None)
