@@ -49,7 +49,7 @@ class StateConfig:
     password: str | None = field(default=None, repr=False)
     tls: bool = False
     timeout: float = 2.0
-    poll: float = 0.2
+    poll: float = 0.1
 
 
 def parse_state_url(url: str, environ: Mapping[str, str]) -> StateConfig:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any, Mapping, cast
 
 from klein import Klein
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -210,11 +210,18 @@ class ProxyApp:
             found = await self.store.find(previous)
             history, root = (found.messages, found.root) if found else (None, previous)
 
-        def on_response(data: bytes) -> None:
-            self.store.remember(body, found, data)
+        writes: list[Deferred[None]] = []
 
-        return await self._serve(request, runtime, Call(
+        def on_response(data: bytes) -> None:
+            written = self.store.remember(body, found, data)
+            if written is not None:
+                writes.append(written)
+
+        out = await self._serve(request, runtime, Call(
             RESPONSES, body, raw, history, on_response, _conversation(request, body, root)))
+        for written in writes:  # shared before the client can name it elsewhere
+            await written
+        return out
 
     async def _serve(self, request: Request, runtime: Runtime, call: Call) -> bytes | None:
         phase = None

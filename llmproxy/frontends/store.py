@@ -50,14 +50,20 @@ class ResponseStore:
         return await self.state.get_response(response_id, self.bounds)
 
     def remember(self, request: Mapping[str, Any], previous: StoredResponse | None,
-                 response: bytes) -> None:
+                 response: bytes) -> Deferred[None] | None:
         """
         Record a finished response: the earlier history (C{previous}'s), this
-        request's input and the response's output.  Written without
-        waiting; a store that fails loses it (and says so in its status).
+        request's input and the response's output.  A store that fails
+        loses it (and says so in its status).
+
+        @return: the write still under way, for a whole answer to wait for
+            (never failing, bounded by the store's wait), so that the
+            client cannot name the response to another process before it
+            is there; L{None} when there is nothing to wait for (written
+            already, nothing to write, or the store is down).
         """
         if self.bounds.max_items <= 0:
-            return
+            return None
         try:
             data = json.loads(response)
             response_id = data["id"]
@@ -66,9 +72,9 @@ class ResponseStore:
                 {k: v for k, v in request.items() if k in ("input", "messages")}
             ).body["messages"]
         except (ProxyError, ValueError, KeyError, IndexError, TypeError):
-            return  # a failed or malformed response starts no conversation
+            return None  # a failed or malformed response starts no conversation
         if not isinstance(response_id, str):
-            return
+            return None
         assistant = {k: v for k, v in answer.items() if k in ("role", "content", "tool_calls")}
         earlier = request.get("previous_response_id")
         root = previous.root if previous is not None else (
@@ -76,7 +82,8 @@ class ResponseStore:
         history = previous.messages if previous is not None else ()
         record = StoredResponse(history + tuple(asked) + (assistant,), root,
                                 self.clock.seconds())
-        Deferred.fromCoroutine(self._put(response_id, record))
+        written = Deferred.fromCoroutine(self._put(response_id, record))
+        return None if written.called or not self.state.status().up else written
 
     async def _put(self, response_id: str, record: StoredResponse) -> None:
         try:

@@ -49,7 +49,7 @@ class SQLiteState(Service):
 
     def __init__(
         self, path: str, reactor: IReactorFromThreads, clock: IReactorTime, *,
-        timeout: float = 2.0, poll: float = 0.2,
+        timeout: float = 2.0, poll: float = 0.1,
     ) -> None:
         """
         @param reactor: runs the thread's results in the reactor thread.
