@@ -188,8 +188,10 @@ class RedisServer:
         """
         End the server (SIGTERM) and remove its directory.
         """
-        await self._signal("TERM")
-        shutil.rmtree(self.directory, ignore_errors=True)
+        try:
+            await self._signal("TERM")
+        finally:
+            shutil.rmtree(self.directory, ignore_errors=True)
 
     async def _signal(self, name: str) -> None:
         run = self._run
