@@ -144,6 +144,28 @@ class SharedRecordsTests(TwoProcessesCase):
         self.assertEqual(found, 20)
 
 
+class SharedConversationsTests(TwoProcessesCase):
+    async def test_planning_counters_advance_across_processes(self) -> None:
+        """
+        One conversation's turns alternate between the processes; the
+        planning phase counts them all and ends after the third.
+        """
+        phase = {"enabled": True, "strong_model": "openai:gpt-strong", "max_turns": 3,
+                 "max_file_writes": 0}
+        await self.start_all(session={"planning_phase": phase})
+        a, b = self.urls
+        seen = []
+        for url in (a, b, a, b):
+            code, headers, _ = await post(self, url + "/v1/chat/completions", chat("step"),
+                                          {"session_id": "conv-7"})
+            self.assertEqual(code, 200)
+            seen.append(headers.get("x-llmproxy-phase"))
+        self.assertEqual(seen, ["planning (turn 1/3, writes 0)", "planning (turn 2/3, writes 0)",
+                                "planning (turn 3/3, writes 0)", None])
+        self.assertEqual([r.model for r in self.fake.requests],
+                         ["gpt-strong", "gpt-strong", "gpt-strong", "gpt-4o"])
+
+
 class SharedFactsTests(TwoProcessesCase):
     async def test_a_429_cools_the_key_on_the_other_within_300ms(self) -> None:
         """
