@@ -434,3 +434,20 @@ class RedisStoreTests(ConnectedStores, TestCase):
         self.clock.advance(5)
         await self.mend_store(store)
         self.assertEqual((store.status().up, store.status().since), (True, NOW + 10))
+
+    async def test_what_is_not_a_fact_is_ignored_and_cleared(self) -> None:
+        """
+        Junk in the hash or on the channel (another version's, a mistake)
+        is skipped, not raised, and C{expire} clears it from the hash.
+        """
+        store, peer = self.pair()
+        heard = self.listen(peer)
+        link = self.stores[0].link
+        await link.call("hset", "llmproxy:facts", "junk", "{not json")
+        await link.call("publish", "llmproxy:facts", "[1, 2]")
+        store.publish(cooled())
+        await self.settle(peer)
+        self.assertEqual([f.subject for f in heard], ["openai#1"])
+        self.assertEqual([f.subject for f in await peer.facts()], ["openai#1"])
+        await peer.expire(RESPONSES, SESSIONS)
+        self.assertNotIn("junk", await link.call("hgetall", "llmproxy:facts"))

@@ -29,7 +29,6 @@ from typing import Any, Callable, Iterable
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 
 from llmproxy.config.error import ConfigError
 from llmproxy.config.state import StateConfig
@@ -118,7 +117,6 @@ class RedisState(Service):
     """
 
     kind = REDIS
-    log = Logger()
 
     def __init__(
         self, address: RedisAddress, reactor: Any, clock: IReactorTime, timeout: float = 2.0,
@@ -211,7 +209,7 @@ class RedisState(Service):
                 await self.link.call("eval", _TRIM, keys=[index], args=[
                     f"{PREFIX}{kind}:", repr(now - bounds.max_age), max(bounds.max_items, 0)])
             stale = [field for field, text in (await self.link.call("hgetall", FACTS)).items()
-                     if Fact.from_json(text).until <= now]
+                     if getattr(_parse(text), "until", 0.0) <= now]
             if stale:
                 await self.link.call("hdel", FACTS, stale)
         except CancelledError:
@@ -250,9 +248,8 @@ class RedisState(Service):
 
     async def facts(self) -> list[Fact]:
         now = self.clock.seconds()
-        found = [Fact.from_json(text)
-                 for text in (await self.link.call("hgetall", FACTS)).values()]
-        return [fact for fact in found if fact.until > now]
+        found = map(_parse, (await self.link.call("hgetall", FACTS)).values())
+        return [fact for fact in found if fact is not None and fact.until > now]
 
     def subscribe(self, callback: FactCallback) -> Callable[[], None]:
         self._subscribers.append(callback)
@@ -264,11 +261,9 @@ class RedisState(Service):
         return unsubscribe
 
     def _message(self, channel: str, text: str) -> None:
-        try:
-            fact = Fact.from_json(text)
-        except (ValueError, KeyError, TypeError, AttributeError):
-            return  # not a fact (another version's message, a marker)
-        self._deliver([fact])
+        fact = _parse(text)
+        if fact is not None:
+            self._deliver([fact])
 
     def _deliver(self, facts: Iterable[Fact]) -> None:
         """
@@ -299,13 +294,13 @@ class RedisState(Service):
             raise
         except StateUnavailable:
             return  # gone again; the next return catches up
-        self._deliver(sorted(facts, key=lambda f: f.until))
+        self._deliver(facts)
 
     async def settled(self) -> None:
         """
         Return once the facts published here have been sent and every fact
         published on the server before now has been heard here (a marker
-        sent round the channel).  For tests and an orderly stop.
+        sent round the channel).  For tests.
         """
         for busy in (self._sending, self._catching):
             if busy is not None:
@@ -350,6 +345,17 @@ def open_redis(config: StateConfig, reactor: Any, clock: IReactorTime) -> RedisS
         raise ConfigError(f"state: {e}") from None
     address = replace(address, password=config.password)
     return RedisState(address, reactor, clock, timeout=config.timeout)
+
+
+def _parse(text: str) -> Fact | None:
+    """
+    The fact C{text} holds; L{None} for anything else (a marker, or what a
+    later version wrote that this one cannot read).
+    """
+    try:
+        return Fact.from_json(text)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def _busy(work: Deferred[None] | None) -> bool:
