@@ -187,6 +187,22 @@ class LinkTests(LinkCase):
         self.assertIsNone(await link.call("get", "k"))
         self.assertTrue(link.available)
 
+    async def test_an_error_reply_is_unavailable_not_a_crash(self) -> None:
+        """
+        An error reply (here: a command the server does not know; in life a
+        server still loading its data, or out of memory) is a store that
+        cannot serve, with the server's reason in the status.
+        """
+        server = await self.server()
+        link, _ = self.link(server.url)
+        await until(lambda: link.available)
+        with self.assertRaises(StateUnavailable):
+            await link.call("execute_command", "NOSUCHCOMMAND")
+        self.assertFalse(link.available)
+        self.assertIn("unknown command", link.error or "")
+        await link.call("ping")
+        self.assertTrue(link.available)
+
     async def test_back_after_an_outage(self) -> None:
         server = await self.server()
         link, seen = self.link(server.url, max_delay=0.2)

@@ -234,8 +234,9 @@ class RedisLink:
         Run one txredisapi command (C{"get"}, C{"eval"}, ...) within
         C{timeout} seconds; at once while the server is known to be away.
 
-        @raise StateUnavailable: not answered in time, or the connection
-            is lost; a Redis error reply (a bug here) is raised as it is.
+        @raise StateUnavailable: not answered in time, the connection
+            lost, or an error reply (a server loading its data, out of
+            memory, read-only: the status shows which).
         """
         if not self._listening and self.error != "connecting":
             raise StateUnavailable()
@@ -245,7 +246,7 @@ class RedisLink:
             result = await d
         except CancelledError:
             raise
-        except (DeferredTimeout, txredisapi.ConnectionError) as e:
+        except (DeferredTimeout, txredisapi.RedisError) as e:
             if self.available or self.error == "connecting":  # else: keep the first cause
                 self._down(f"{command}: {_describe(e)}")
             raise StateUnavailable() from e
