@@ -25,6 +25,7 @@ from twisted.trial.unittest import TestCase
 import treq
 
 from llmproxy.testing import Reply, backend_data, chat_completion, listen_fake, openai_config
+from llmproxy.state.redis_link import RedisLink, parse_redis_url
 from llmproxy.testing.redis import RedisServer, free_port
 from tests.harness import client, post
 
@@ -108,6 +109,20 @@ class TwoProcessesCase(TestCase):
         response = await client(self).get(url + "/v1/llmproxy/status")
         return json.loads(await treq.content(response))
 
+    async def everything_stored(self) -> str:
+        """
+        Every key and value in the Redis server, as one text.
+        """
+        link = RedisLink(parse_redis_url(self.redis.url, {}), reactor, reactor, ("test",), print,
+                         lambda: None)
+        self.addCleanup(link.disconnect)
+        found = []
+        for key in await link.call("keys", "*"):
+            kind = await link.call("type", key)
+            command = {"string": "get", "hash": "hgetall", "zset": "zrange"}[kind]
+            found.append(f"{key} {await link.call(command, key)}")
+        return "\n".join(found)
+
     async def key_state(self, url: str, name: str) -> str:
         keys = (await self.status(url))["backends"]["openai"]["keys"]
         return str({k["name"]: k for k in keys}[name]["state"])
@@ -188,6 +203,9 @@ class SharedFactsTests(TwoProcessesCase):
             code, _ = await self.ask(b, "/v1/chat/completions", chat(f"other {n}"))
             self.assertEqual(code, 200)
         self.assertEqual(self.keys_sent(seen), [KEYS[1]] * 6)
+        stored = await self.everything_stored()
+        self.assertIn("openai#1", stored)
+        self.assertNotIn("sk-e2e", stored)
 
     async def test_a_circuit_opened_on_one_is_open_on_the_other(self) -> None:
         """
