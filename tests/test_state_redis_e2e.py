@@ -109,13 +109,20 @@ class TwoProcessesCase(TestCase):
         response = await client(self).get(url + "/v1/llmproxy/status")
         return json.loads(await treq.content(response))
 
+    def redis_link(self) -> RedisLink:
+        """
+        A connection of the test's own to the Redis server.
+        """
+        link = RedisLink(parse_redis_url(self.redis.url, {}), reactor, reactor, ("test",),
+                         lambda channel, message: None, lambda: None)
+        self.addCleanup(link.disconnect)
+        return link
+
     async def everything_stored(self) -> str:
         """
         Every key and value in the Redis server, as one text.
         """
-        link = RedisLink(parse_redis_url(self.redis.url, {}), reactor, reactor, ("test",), print,
-                         lambda: None)
-        self.addCleanup(link.disconnect)
+        link = self.redis_link()
         found = []
         for key in await link.call("keys", "*"):
             kind = await link.call("type", key)
@@ -157,6 +164,29 @@ class SharedRecordsTests(TwoProcessesCase):
             sent = self.fake.requests[seen].body["messages"]
             found += [m["content"] for m in sent][:1] == [f"question {n}"]
         self.assertEqual(found, 20)
+
+
+class HotPathTests(TwoProcessesCase):
+    async def test_requests_that_need_no_stored_state_never_ask_redis(self) -> None:
+        """
+        Plain chat requests (no previous response, no conversation) read
+        nothing from Redis and write nothing to it: the server counts no
+        command between two of its own.
+        """
+        await self.start_all()
+        for url in self.urls:  # warm up; the start's first expiry done
+            self.assertEqual((await self.ask(url, "/v1/chat/completions", chat("w")))[0], 200)
+        await deferLater(reactor, 0.3, lambda: None)
+        link = self.redis_link()
+        before = await self.commands(link)
+        for n in range(10):
+            code, _ = await self.ask(self.urls[n % 2], "/v1/chat/completions", chat(f"q{n}"))
+            self.assertEqual(code, 200)
+        self.assertEqual(await self.commands(link), before + 1)  # the first INFO itself
+
+    async def commands(self, link: RedisLink) -> int:
+        info = await link.call("execute_command", "INFO", "stats")
+        return int(info.split("total_commands_processed:")[1].split()[0])
 
 
 class SharedConversationsTests(TwoProcessesCase):
