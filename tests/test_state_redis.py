@@ -403,10 +403,17 @@ class BuildTests(SynchronousTestCase):
         self.assertNotIn("s3cret", repr(store.address) + repr(store.status()))
 
     def test_more_than_it_understands(self) -> None:
-        with self.assertRaises(ConfigError) as caught:
-            self.build("redis://:s3cret@cache:6379/0?pool=9")
-        self.assertIn("state", str(caught.exception))
-        self.assertNotIn("s3cret", str(caught.exception))
+        """
+        Refused when the configuration is read (naming key and file), as
+        every other setting is.
+        """
+        for url in ("redis://:s3cret@cache:6379/0?pool=9", "redis://:s3cret@cache/0#x",
+                    "redis://:s3cret@cache/0?ssl_ca_certs=/ca.pem"):
+            with self.assertRaises(ConfigError, msg=url) as caught:
+                make_config({"state": url})
+            self.assertIn("state", str(caught.exception))
+            self.assertIn("test.yaml", str(caught.exception))
+            self.assertNotIn("s3cret", str(caught.exception))
 
 
 class RedisStoreTests(ConnectedStores, TestCase):
