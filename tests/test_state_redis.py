@@ -474,3 +474,30 @@ class RedisStoreTests(ConnectedStores, TestCase):
         self.assertEqual([f.subject for f in await peer.facts()], ["openai#1"])
         await peer.expire(RESPONSES, SESSIONS)
         self.assertNotIn("junk", await link.call("hgetall", "llmproxy:facts"))
+
+    async def test_a_server_back_empty_gets_the_current_facts_again(self) -> None:
+        """
+        Redis restarted without persistence: each process writes its own
+        current facts again (where missing), so one that starts later still
+        learns them; a peer is not told twice.
+        """
+        store, peer = self.pair()
+        heard = self.listen(peer)
+        await store.put_response("resp_1", record(1, NOW), RESPONSES)
+        store.publish(cooled("a", until=NOW + 30))
+        store.publish(cooled("gone", until=NOW + 1))
+        await self.settle(store)
+        self.clock.advance(2)
+        self.redis.persistent = False
+        await self.break_store(store)
+        await self.mend_store(store)
+        await self.settle(store)
+        self.assertIsNone(await store.get_response("resp_1", RESPONSES), "not empty")
+        self.assertEqual(await self.redis_facts(), ["a"])
+        self.assertEqual([f.subject for f in heard], ["a", "gone"])
+
+    async def redis_facts(self) -> list[str]:
+        link = self.stores[1].link
+        await until(lambda: link.available)
+        found = await link.call("hgetall", "llmproxy:facts")
+        return sorted(key.split("\x1f")[-1] for key in found)

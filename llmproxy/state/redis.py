@@ -79,6 +79,18 @@ end
 return 1
 """
 
+#: L{_PUBLISH} for facts the server may have lost (restarted without
+#: persistence): each written and published only where its identity is
+#: missing, so nothing newer is overwritten.
+_RESTORE = """
+for i = 1, #ARGV, 2 do
+  if redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) == 1 then
+    redis.call('PUBLISH', KEYS[2], ARGV[i + 1])
+  end
+end
+return 1
+"""
+
 #: KEYS: index; ARGV: key prefix, oldest score kept, max_items.  Drops the
 #: records older than that or beyond the count.
 _TRIM = """
@@ -112,8 +124,9 @@ class RedisState(Service):
     Facts published while the server is away wait (in order; only the
     latest of each identity beyond L{OUTBOX}) and go when it is back; then
     the current facts are read again and handed to the subscribers, who may
-    have missed some.  Until the first connection is made or fails, the
-    status says up.
+    have missed some, and this process's current facts are written again
+    where the server lacks them (it may have restarted empty).  Until the
+    first connection is made or fails, the status says up.
     """
 
     kind = REDIS
@@ -134,6 +147,8 @@ class RedisState(Service):
         self._sending: Deferred[None] | None = None
         self._catching: Deferred[None] | None = None
         self._heard: dict[tuple[str, str, str], Fact] = {}
+        self._mine: dict[tuple[str, str, str], Fact] = {}
+        self._restoring = False
 
     @property
     def link(self) -> RedisLink:
@@ -216,14 +231,17 @@ class RedisState(Service):
             raise
         except StateUnavailable:
             pass  # the link has said so
-        for identity, fact in list(self._heard.items()):
-            if fact.until <= now:
-                del self._heard[identity]
+        for known in (self._heard, self._mine):
+            for identity, fact in list(known.items()):
+                if fact.until <= now:
+                    del known[identity]
 
     # facts
 
     def publish(self, fact: Fact) -> None:
-        self._outbox.append(replace(fact, origin=self.origin))
+        fact = replace(fact, origin=self.origin)
+        self._mine[fact.identity] = fact
+        self._outbox.append(fact)
         if self._link is None or not self._link.available:
             if len(self._outbox) > OUTBOX:
                 self._outbox = _latest(self._outbox)
@@ -233,18 +251,29 @@ class RedisState(Service):
     async def _send(self) -> None:
         """
         Write and publish the waiting facts, in order, one batch at a time;
-        on a failure keep the latest of each identity for later.
+        on a failure keep the latest of each identity for later.  Then
+        write again this process's current facts the server lacks.
         """
         while self._outbox and self._link is not None:
             batch, self._outbox = self._outbox, []
-            args = [part for fact in batch for part in (_identity(fact), fact.to_json())]
             try:
-                await self._link.call("eval", _PUBLISH, keys=[FACTS, CHANNEL], args=args)
+                await self._link.call("eval", _PUBLISH, keys=[FACTS, CHANNEL], args=_args(batch))
             except CancelledError:
                 raise
             except StateUnavailable:
                 self._outbox = _latest(batch + self._outbox)
                 return
+        now = self.clock.seconds()
+        current = [fact for fact in self._mine.values() if fact.until > now]
+        if self._restoring and current and self._link is not None:
+            self._restoring = False
+            try:
+                await self._link.call("eval", _RESTORE, keys=[FACTS, CHANNEL],
+                                      args=_args(current))
+            except CancelledError:
+                raise
+            except StateUnavailable:
+                self._restoring = True
 
     async def facts(self) -> list[Fact]:
         now = self.clock.seconds()
@@ -282,7 +311,8 @@ class RedisState(Service):
         The server is (again) reachable: send what waited, read what was
         missed.
         """
-        if self._outbox and not _busy(self._sending):
+        self._restoring = True
+        if not _busy(self._sending):
             self._sending = Deferred.fromCoroutine(self._send())
         if not _busy(self._catching):
             self._catching = Deferred.fromCoroutine(self._catch_up())
@@ -356,6 +386,10 @@ def _parse(text: str) -> Fact | None:
         return Fact.from_json(text)
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
+
+
+def _args(facts: Iterable[Fact]) -> list[str]:
+    return [part for fact in facts for part in (_identity(fact), fact.to_json())]
 
 
 def _busy(work: Deferred[None] | None) -> bool:
