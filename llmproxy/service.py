@@ -152,8 +152,11 @@ class ProxyService(MultiService):
                             *shared(config, self.state, clock))
         self.sync: FactSync | None = None
         if config.state.kind != MEMORY:
-            self.sync = FactSync(self.state, clock, lambda: self.app.runtime.upstreams.pools,
-                                 lambda: self.app.runtime.upstreams.breakers)
+            def up() -> Upstreams:
+                return self.app.runtime.upstreams
+
+            self.sync = FactSync(self.state, clock, lambda: up().pools, lambda: up().breakers,
+                                 lambda: up().backends)
         if self.capture is not None:
             self.capture.attach(self.app)
             self.capture.writer.setServiceParent(self)  # stopped last: flushes the rest

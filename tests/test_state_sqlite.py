@@ -35,7 +35,8 @@ class SQLiteContractTests(StateContract, TestCase):
         return self._started(store.path, clock)
 
     def _started(self, path: str, clock: IReactorTime) -> SQLiteState:
-        store = SQLiteState(path, IReactorFromThreads(reactor), clock, timeout=0.5)
+        store = SQLiteState(path, IReactorFromThreads(reactor), clock, timeout=0.5,
+                            timer=cast(IReactorTime, reactor))
         store.startService()
         self.addCleanup(store.stopService)
         return store

@@ -11,6 +11,7 @@ import json
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from llmproxy.backends.codex import Window
 from llmproxy.backends.health import ModelBreakers
 from llmproxy.backends.keypool import KeyPool
 from llmproxy.config import ApiKey
@@ -122,3 +123,13 @@ class FactSyncTests(SynchronousTestCase):
         self.b.sync.stop()
         self.a.pool.mark_rate_limited(KEYS[0], 20.0)
         self.assertTrue(self.b.pool.available(KEYS[0]))
+
+
+class WindowNewsTests(SynchronousTestCase):
+    def test_what_counts_as_news(self) -> None:
+        seen = Window(40.0, 300, 1_000.0)
+        self.assertTrue(seen.news(None))
+        self.assertFalse(Window(40.0, 300, 1_002.0).news(seen))  # a drifting reset
+        self.assertTrue(Window(41.0, 300, 1_000.0).news(seen))
+        self.assertTrue(Window(40.0, 300, 1_300.0).news(seen))
+        self.assertTrue(Window(40.0, 300, None).news(seen))

@@ -11,15 +11,20 @@ import json
 import os
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from llmproxy.backends.codex import CodexBackend
 from llmproxy.exchange.sessions import StoreSessions
 from llmproxy.state import Bounds, MemoryState, StateUnavailable, StoredResponse
-from llmproxy.testing import Reply, backend_data, config_data, openai_config
+from llmproxy.testing import (
+    Reply, backend_data, chat_completion, config_data, listen_chatgpt, openai_config,
+)
+from llmproxy.testing.codex import auth_data, write_auth_file
 from tests.harness import MemoryProxy, Proxy, client, post, start
 from tests.test_planning import planning
 
@@ -144,3 +149,81 @@ class TwoProxiesOneFileTests(TestCase):
         response = await client(self).get(a.url + "/v1/llmproxy/status")
         state = json.loads(await response.content())["state"]
         self.assertEqual((state["kind"], state["up"]), ("sqlite", True))
+
+
+class SharedAccountWindowsTests(TestCase):
+    async def test_an_accounts_windows_reach_the_other_process(self) -> None:
+        fake, port, base_url = await listen_chatgpt(reactor)
+        self.addCleanup(port.stopListening)
+        home = Path(self.mktemp())
+        files = []
+        for n in (1, 2):
+            fake.accept(f"tok-{n}", f"acct-{n}")
+            files.append(write_auth_file(home / f"acct{n}" / "auth.json",
+                                         auth_data(f"tok-{n}", exp=4_000_000_000,
+                                                   account_id=f"acct-{n}")))
+        fake.used.update({"tok-1": 90.0, "tok-2": 20.0})
+        url = f"sqlite://{os.path.abspath(self.mktemp())}"
+        backend = {"type": "openai-codex", "base_url": base_url,
+                   "accounts": [str(f) for f in files]}
+
+        def config(upstream: str) -> dict[str, Any]:
+            return config_data({"chatgpt": backend}, state={"url": url, "poll": 0.05})
+
+        a, b = await start(self, config), await start(self, config)
+        for proxy in (a, b):
+            proxy.service.state.startService()
+            self.addCleanup(proxy.service.state.stopService)
+            assert proxy.service.sync is not None
+            proxy.service.sync.start()
+            self.addCleanup(proxy.service.sync.stop)
+        status, _, _ = await post(self, a.url + "/v1/responses",
+                                  {"model": "gpt-5", "input": "hi"})
+        self.assertEqual(status, 200)
+        there = b.service.app.runtime.upstreams.backends["chatgpt"]
+        assert isinstance(there, CodexBackend)
+        learnt = time.monotonic()
+        while not there.states["chatgpt#1"].windows and time.monotonic() - learnt < 2:
+            await deferLater(reactor, 0.01)
+        self.assertLess(time.monotonic() - learnt, 0.3)
+        self.assertEqual(there.states["chatgpt#1"].windows["primary"].used_percent, 90.0)
+        self.assertEqual(there.key_preference(there.config.keys[0]), 10.0)
+
+
+class WriteLocked(MemoryState):
+    """
+    Reads answer; writes do not (another process holds the write lock).
+    """
+
+    async def update_session(self, key: str, change: Any, bounds: Bounds) -> Any:
+        raise StateUnavailable()
+
+
+class AnswersOutlastTheStoreTests(SynchronousTestCase):
+    """
+    An answer that came never fails for a conversation state that could
+    not be written after it.
+    """
+
+    def proxy(self, **session: Any) -> MemoryProxy:
+        p = MemoryProxy(lambda u: openai_config(u, **session))
+        app = p.service.app
+        app.runtime = replace(app.runtime, sessions=StoreSessions(
+            WriteLocked(p.clock), Bounds(10, 60)))
+        return p
+
+    def test_an_edit_failure_answer(self) -> None:
+        p = self.proxy()
+        text = "The SEARCH block does not match; I will re-read the file."
+        p.fake.script.append(Reply(200, chat_completion("gpt-4o", text)))
+        answer = p.post(CHAT, {"model": "gpt-4o", "messages": [
+            {"role": "user", "content": "edit app.py"}]}, {"session_id": "s-1"})
+        self.assertEqual(answer.status, 200)
+        self.assertIn(text, json.loads(answer.content)["choices"][0]["message"]["content"])
+
+    def test_a_planning_turn(self) -> None:
+        p = self.proxy(session=planning())
+        answer = p.post(CHAT, {"model": "gpt-4o", "messages": [
+            {"role": "user", "content": "plan"}]}, {"session_id": "s-2"})
+        self.assertEqual(answer.status, 200)
+        self.assertEqual(self.flushLoggedErrors(), [])

@@ -31,7 +31,7 @@ import math
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 from urllib.parse import quote
 
 from twisted.internet.defer import Deferred
@@ -136,6 +136,18 @@ class Window:
     def shown(self) -> dict[str, Any]:
         return {"used_percent": self.used_percent, "window_minutes": self.window_minutes,
                 "resets_at": self.resets_at}
+
+    def news(self, before: Window | None) -> bool:
+        """
+        Whether this report says more than C{before}: another share used or
+        another reset (one given as seconds from now drifts a little).
+        """
+        if before is None or before.used_percent != self.used_percent:
+            return True
+        if (before.resets_at is None) != (self.resets_at is None):
+            return True
+        return self.resets_at is not None and before.resets_at is not None and \
+            abs(self.resets_at - before.resets_at) > 5
 
 
 @dataclass
@@ -276,6 +288,9 @@ class CodexBackend(OpenAIResponsesBackend):
             for key in config.keys
         }
         self.states: dict[str, AccountState] = {name: AccountState() for name in self.accounts}
+        #: Told when an answer brings news of an account's usage windows
+        #: (key name, its windows): how other processes hear of them.
+        self.on_windows: Callable[[str, dict[str, Window]], None] | None = None
 
     # requests
 
@@ -381,9 +396,22 @@ class CodexBackend(OpenAIResponsesBackend):
         state = self.states[name]
         state.plan = credentials.plan or state.plan
         state.expires_at = credentials.expires_at
-        state.windows.update(windows_of(response.headers, self.clock.seconds()))
+        windows = windows_of(response.headers, self.clock.seconds())
+        news = any(w.news(state.windows.get(which)) for which, w in windows.items())
+        state.windows.update(windows)
         if response.code // 100 == 2:
             state.limited_until = None
+        if news and self.on_windows is not None:
+            self.on_windows(name, dict(state.windows))
+
+    def apply_windows(self, name: str, windows: Mapping[str, Window]) -> None:
+        """
+        Usage windows another process learnt of the account C{name} (one
+        this backend lacks is ignored).
+        """
+        state = self.states.get(name)
+        if state is not None:
+            state.windows.update(windows)
 
     # accounts, for the key pool, the status and the usage endpoints
 

@@ -29,6 +29,7 @@ from llmproxy.errors import ProxyError
 from llmproxy.exchange.exchange import Call
 from llmproxy.exchange.runtime import Runtime
 from llmproxy.exchange.sessions import SessionState, Sessions
+from llmproxy.state.base import StateUnavailable
 from llmproxy.exchange.transform import Wrapped
 from llmproxy.routing.resolve import Route, plan_model
 from llmproxy.sse import parse_event
@@ -227,6 +228,8 @@ class Phase:
             await self.sessions.update(self.key, change)
         except CancelledError:
             raise
+        except StateUnavailable:
+            pass  # the answer went out; the store logged its outage once
         except Exception:
             # The answer went out; a store that failed must not fail it.
             self.log.failure("planning phase: the conversation's state was not updated")

@@ -25,6 +25,7 @@ from llmproxy.adapt.edits import (
 )
 from llmproxy.config.edits import EditPrecisionConfig
 from llmproxy.exchange.sessions import SessionState, Sessions
+from llmproxy.state.base import StateUnavailable
 from llmproxy.exchange.transform import Recorder
 from llmproxy.routing.conversation import Conversation
 from llmproxy.translate.splice import partial_from
@@ -153,7 +154,10 @@ class EditWatch:
         def flag(state: SessionState) -> SessionState:
             return replace(state, tune_next=True, tune_reason=failure)
 
-        await self.sessions.update(self.conversation.key, flag)
+        try:
+            await self.sessions.update(self.conversation.key, flag)
+        except StateUnavailable:
+            pass  # the answer stands; the store shows its outage
 
 
 def _excluded(pattern: re.Pattern[str], request: IRequest) -> bool:

@@ -49,15 +49,19 @@ class SQLiteState(Service):
 
     def __init__(
         self, path: str, reactor: IReactorFromThreads, clock: IReactorTime, *,
-        timeout: float = 2.0, poll: float = 0.1,
+        timeout: float = 2.0, poll: float = 0.1, timer: IReactorTime | None = None,
     ) -> None:
         """
         @param reactor: runs the thread's results in the reactor thread.
-        @param clock: timestamps, the bounded wait and the poll's timer.
+        @param clock: timestamps and the poll's timer.
+        @param timer: the bounded wait's timer (C{clock} unless given: a
+            test that moves a L{Clock} under calls in flight gives the
+            reactor).
         """
         self.path = path
         self.reactor = reactor
         self.clock = clock
+        self.timer = timer or clock
         self.timeout = timeout
         self.origin = uuid.uuid4().hex
         # SQLite gives up waiting for a lock first, so the error says why.
@@ -80,6 +84,8 @@ class SQLiteState(Service):
         self._poller.startService()
 
     def stopService(self) -> Deferred[None] | None:
+        if not self.running:  # built, never started
+            return None
         super().stopService()
         stopped = self._poller.stopService()
         self.pool.callInThread(self.db.close)
@@ -90,7 +96,7 @@ class SQLiteState(Service):
 
     async def _run(self, work: Callable[..., _T], *args: Any) -> _T:
         call = deferToThreadPool(self.reactor, self.pool, work, *args)
-        call.addTimeout(self.timeout, self.clock)
+        call.addTimeout(self.timeout, self.timer)
         try:
             result = await call
         except CancelledError:

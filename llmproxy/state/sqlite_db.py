@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -55,21 +56,20 @@ class Database:
         The open connection, (re)opened when the file at the path is not
         the one it has open.
         """
+        path = self.path  # one name throughout, whatever changes it meanwhile
         try:
-            st = os.stat(self.path)
+            st = os.stat(path)
             identity: tuple[int, int] | None = (st.st_dev, st.st_ino)
         except OSError:
             identity = None
         if self._connection is not None and identity == self._identity:
             return self._connection
         self.close()
-        connection = sqlite3.connect(self.path, timeout=self.busy_timeout,
+        connection = sqlite3.connect(path, timeout=self.busy_timeout,
                                      isolation_level=None, check_same_thread=False)
         try:
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=NORMAL")
-            connection.executescript(SCHEMA)
-            st = os.stat(self.path)
+            self._prepare(connection)
+            st = os.stat(path)
         except OSError as e:  # the file went away meanwhile
             connection.close()
             raise sqlite3.OperationalError(f"cannot open: {e.strerror}") from None
@@ -78,6 +78,31 @@ class Database:
             raise
         self._connection, self._identity = connection, (st.st_dev, st.st_ino)
         return connection
+
+    def _prepare(self, connection: sqlite3.Connection) -> None:
+        """
+        WAL mode and the tables, writing only when they are missing.
+        Processes starting together race for the new file's first write
+        lock, which SQLite may refuse at once rather than wait: tried again
+        (on this thread) until the busy timeout.
+        """
+        deadline = time.monotonic() + self.busy_timeout
+        while True:
+            try:
+                connection.execute("PRAGMA journal_mode=WAL").fetchall()
+                connection.execute("PRAGMA synchronous=NORMAL")
+                (tables,) = connection.execute(
+                    "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name IN "
+                    "('responses', 'sessions', 'facts', 'fact_log')").fetchone()
+                if tables < 4:
+                    connection.executescript(f"BEGIN IMMEDIATE; {SCHEMA} COMMIT;")
+                return
+            except sqlite3.OperationalError as e:
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     def close(self) -> None:
         connection, self._connection = self._connection, None

@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_state_sync -*-
 """
-Key pools and circuit breakers across processes: what one learns, the
-others apply.
+Key pools, circuit breakers and subscription accounts' usage windows
+across processes: what one learns, the others apply.
 
 The hot path keeps reading this process's own L{KeyPool}s and
 L{ModelBreakers}; L{FactSync} hooks them so that a cooldown or a circuit
@@ -19,9 +19,16 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from llmproxy.backends.base import Backend
+from llmproxy.backends.codex import CodexBackend, Window
 from llmproxy.backends.health import ModelBreakers
 from llmproxy.backends.keypool import KeyPool
-from llmproxy.state.base import CIRCUIT, KEY_COOLED, Fact, StateStore, StateUnavailable
+from llmproxy.state.base import (
+    ACCOUNT, CIRCUIT, KEY_COOLED, Fact, StateStore, StateUnavailable,
+)
+
+#: How long an account's usage windows hold when no reset is known (s).
+ACCOUNT_KEPT = 3600.0
 
 
 class FactSync:
@@ -39,11 +46,13 @@ class FactSync:
         self, state: StateStore, clock: IReactorTime,
         pools: Callable[[], Mapping[str, KeyPool]],
         breakers: Callable[[], Mapping[str, ModelBreakers]],
+        backends: Callable[[], Mapping[str, Backend]] = dict,
     ) -> None:
         self.state = state
         self.clock = clock
         self.pools = pools
         self.breakers = breakers
+        self.backends = backends
         self._unsubscribe: Callable[[], None] | None = None
 
     def start(self) -> Deferred[None]:
@@ -81,6 +90,9 @@ class FactSync:
             pool.on_cool = self._cooled(name)
         for name, breakers in self.breakers().items():
             breakers.on_change = self._circuit(name)
+        for name, backend in self.backends().items():
+            if isinstance(backend, CodexBackend):
+                backend.on_windows = self._windows(name)
 
     def _cooled(self, backend: str) -> Callable[[str, float, str, str], None]:
         def publish(key: str, until: float, reason: str, error: str) -> None:
@@ -98,6 +110,14 @@ class FactSync:
             self.state.publish(fact)
         return publish
 
+    def _windows(self, backend: str) -> Callable[[str, dict[str, Window]], None]:
+        def publish(key: str, windows: dict[str, Window]) -> None:
+            resets = [w.resets_at for w in windows.values() if w.resets_at is not None]
+            until = max(resets, default=self.clock.seconds() + ACCOUNT_KEPT)
+            self.state.publish(Fact(ACCOUNT, backend, key, until, "windows", {
+                "windows": {which: w.shown() for which, w in windows.items()}}))
+        return publish
+
     def apply(self, fact: Fact) -> None:
         """
         Apply another process's fact to the pools and breakers serving now
@@ -109,6 +129,8 @@ class FactSync:
             if pool is not None and fact.until > self.clock.seconds():
                 pool.apply_cooldown(fact.subject, fact.until, fact.reason,
                                     str(fact.detail.get("error", fact.reason)))
+        elif fact.kind == ACCOUNT:
+            self._apply_windows(fact)
         elif fact.kind == CIRCUIT:
             breakers = self.breakers().get(fact.backend)
             if breakers is None:
@@ -121,4 +143,18 @@ class FactSync:
                 breakers.apply_closed(fact.subject)
 
 
-__all__ = ["FactSync"]
+    def _apply_windows(self, fact: Fact) -> None:
+        backend = self.backends().get(fact.backend)
+        shown = fact.detail.get("windows")
+        if not isinstance(backend, CodexBackend) or not isinstance(shown, dict) \
+                or fact.until <= self.clock.seconds():
+            return
+        try:
+            windows = {which: Window(float(w["used_percent"]), w.get("window_minutes"),
+                                     w.get("resets_at")) for which, w in shown.items()}
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return  # not what this version writes
+        backend.apply_windows(fact.subject, windows)
+
+
+__all__ = ["ACCOUNT_KEPT", "FactSync"]
