@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -82,7 +81,8 @@ class TwoProcessesCase(TestCase):
                              **extra)
         if spare:
             data["backends"]["spare"] = backend_data(upstream, SPARE)
-        directory = Path(tempfile.mkdtemp(prefix="llmproxy-e2e-"))
+        directory = Path(self.mktemp()).resolve()
+        directory.mkdir(parents=True)
         (directory / "config.yaml").write_text(yaml.safe_dump(data))
         self.urls = [await self.spawn(name, directory) for name in ("A", "B")]
 
