@@ -216,6 +216,9 @@ class ProxyService(MultiService):
             auth="on" if c.auth_enabled else "OFF (no proxy keys)" if not c.disable_auth
             else "DISABLED by --disable-auth",
         )
+        if c.state.kind != MEMORY:
+            self.log.info("shared state: {kind} at {where}", kind=c.state.kind,
+                          where=self.state.status().where)
 
 
 def shared(

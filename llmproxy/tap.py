@@ -5,6 +5,7 @@ The C{twistd llmproxy} command line: options, and C{makeService}.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from dataclasses import replace
@@ -153,6 +154,7 @@ class Options(usage.Options):
             raise StartupError(str(e))
         self._apply_log_level()
         self._check_capture()
+        self._check_state()
         if self.config.workers > 1 and parse_tcp(self.config.listen) is None:
             raise StartupError(
                 f"workers: needs a plain tcp: listen endpoint, not {self.config.listen!r}"
@@ -170,6 +172,16 @@ class Options(usage.Options):
             open_private(capture.file).close()
         except OSError as e:
             raise StartupError(f"capture: cannot write {capture.file}: {e.strerror}")
+
+    def _check_state(self) -> None:
+        """
+        Make sure a SQLite state file's folder exists, before anything
+        starts (a missing one is a mistake, not an outage).
+        """
+        state = self.config.state
+        folder = os.path.dirname(state.path) or "."
+        if state.kind == "sqlite" and not os.path.isdir(folder):
+            raise StartupError(f"state: {state.url}: no folder {folder}")
 
     def _apply_log_level(self) -> None:
         """

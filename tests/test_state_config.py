@@ -5,12 +5,16 @@ defaults with C{--workers}, and errors naming key and file.
 
 from __future__ import annotations
 
+import os
+
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from llmproxy.config import ConfigError
 from llmproxy.config.state import DEFAULT_SQLITE, StateConfig, parse_state_url
+from llmproxy.startup import StartupError
+from llmproxy.tap import Options
 from llmproxy.testing import make_config
 
 
@@ -70,3 +74,26 @@ class StateConfigTests(SynchronousTestCase):
         config = parse_state_url(f"redis://user:{password}@host:1/0", {})
         self.assertEqual(config.password, password)
         self.assertEqual(config.url, "redis://user:***@host:1/0")
+
+
+class StartupTests(SynchronousTestCase):
+    def test_a_missing_folder_stops_the_start(self) -> None:
+        self.patch(os, "environ", {})
+        options = Options()
+        with self.assertRaises(StartupError) as e:
+            options.parseOptions(["--workers", "1", "--default-backend", "mock"] +
+                                 ["--config", self.config("sqlite:///no/such/folder/s.db")])
+        self.assertEqual(str(e.exception),
+                         "state: sqlite:///no/such/folder/s.db: no folder /no/such/folder")
+
+    def test_workers_start_with_the_default_file(self) -> None:
+        self.patch(os, "environ", {})
+        options = Options()
+        options.parseOptions(["--workers", "2", "--default-backend", "mock"])
+        self.assertEqual(options.config.state.path, DEFAULT_SQLITE)
+
+    def config(self, url: str) -> str:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(f"state: {url}\n")
+        return path

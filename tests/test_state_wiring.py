@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import time
+from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from llmproxy.backends.codex import CodexBackend
@@ -82,16 +84,16 @@ class TwoProxiesOneFileTests(TestCase):
     share it.
     """
 
-    async def proxies(self, **extra: Any) -> tuple[Proxy, Proxy]:
-        path = os.path.abspath(self.mktemp())
+    async def proxies(self, clock: Any = None, **extra: Any) -> tuple[Proxy, Proxy]:
+        self.path = path = os.path.abspath(self.mktemp())
         url = f"sqlite://{path}"
 
         def config(upstream: str) -> dict[str, Any]:
             return config_data({"openai": backend_data(upstream, "sk-a", "sk-b")},
                                state={"url": url, "poll": 0.05}, **extra)
 
-        first = await start(self, config)
-        second = await start(self, config)
+        first = await start(self, config, clock)
+        second = await start(self, config, clock)
         for proxy in (first, second):
             proxy.service.state.startService()
             self.addCleanup(proxy.service.state.stopService)
@@ -143,6 +145,20 @@ class TwoProxiesOneFileTests(TestCase):
             self.assertEqual(status, 200)
         self.assertEqual({r.headers["authorization"] for r in b.fake.requests},
                          {"Bearer sk-b"})
+
+    async def test_the_service_expires_the_shared_store(self) -> None:
+        clock = Clock()
+        clock.advance(1_700_000_000)
+        a, _ = await self.proxies(clock, responses_store={"max_age": 60})
+        status, _, content = await post(self, a.url + "/v1/responses",
+                                        {"model": "gpt-4o", "input": "hi"})
+        self.assertEqual(status, 200)
+        with closing(sqlite3.connect(self.path)) as db:
+            self.assertEqual(db.execute("SELECT COUNT(*) FROM responses").fetchone()[0], 1)
+        clock.advance(61)
+        await a.service._expire()
+        with closing(sqlite3.connect(self.path)) as db:
+            self.assertEqual(db.execute("SELECT COUNT(*) FROM responses").fetchone()[0], 0)
 
     async def test_status_shows_the_file(self) -> None:
         a, _ = await self.proxies()
