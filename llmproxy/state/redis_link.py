@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_state_redis -*-
+# -*- test-case-name: tests.test_state_redis,tests.test_state_redis_url -*-
 """
 The connection to one Redis server, over txredisapi: where it is (a
 C{redis://} or C{rediss://} URL), a small pool for commands that never
