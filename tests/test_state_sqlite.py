@@ -19,9 +19,9 @@ from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from twisted.logger import Logger
 from twisted.trial.unittest import TestCase
 
-from llmproxy.state import SessionState, StateStore, StateUnavailable
+from llmproxy.state import Fact, SessionState, StateStore, StateUnavailable
 from llmproxy.state.sqlite import SQLiteState
-from tests.state_contract import RESPONSES, SESSIONS, StateContract
+from tests.state_contract import RESPONSES, SESSIONS, StateContract, cooled
 
 
 class SQLiteContractTests(StateContract, TestCase):
@@ -117,3 +117,17 @@ class SQLiteStoreTests(TestCase):
         await store.poll()
         self.assertEqual(len(logged), 2)
         self.assertTrue(store.status().up)
+
+    async def test_an_unreadable_fact_is_passed_over(self) -> None:
+        store = self.store()
+        heard: list[Fact] = []
+        store.subscribe(heard.append)
+        await store.poll()
+        with closing(sqlite3.connect(store.path)) as db:
+            db.execute("INSERT INTO fact_log (at, origin, body) VALUES (0, 'x', ?)",
+                       ('{"new": 1}',))
+            db.execute("INSERT INTO fact_log (at, origin, body) VALUES (0, 'x', ?)",
+                       (cooled().to_json(),))
+            db.commit()
+        await store.poll()
+        self.assertEqual([f.subject for f in heard], ["openai#1"])

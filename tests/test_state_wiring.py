@@ -22,7 +22,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from llmproxy.backends.codex import CodexBackend
 from llmproxy.exchange.sessions import StoreSessions
-from llmproxy.state import Bounds, MemoryState, StateUnavailable, StoredResponse
+from llmproxy.state import Bounds, MemoryState, SessionState, StateUnavailable, StoredResponse
 from llmproxy.testing import (
     Reply, backend_data, chat_completion, config_data, listen_chatgpt, openai_config,
 )
@@ -243,3 +243,31 @@ class AnswersOutlastTheStoreTests(SynchronousTestCase):
             {"role": "user", "content": "plan"}]}, {"session_id": "s-2"})
         self.assertEqual(answer.status, 200)
         self.assertEqual(self.flushLoggedErrors(), [])
+
+
+class Retrying(MemoryState):
+    """
+    A store whose update runs the change twice, as an optimistic one does
+    when another process wrote meanwhile: here, another process took the
+    conversation's one-shot flag between the two runs.
+    """
+
+    async def get_session(self, key: str, bounds: Bounds) -> Any:
+        return SessionState(tune_next=True, tune_reason="cline search-block")
+
+    async def update_session(self, key: str, change: Any, bounds: Bounds) -> Any:
+        change(SessionState(tune_next=True, tune_reason="cline search-block"))
+        return change(SessionState())
+
+
+class RetriedChangesTests(SynchronousTestCase):
+    def test_a_flag_taken_elsewhere_meanwhile_is_not_taken_twice(self) -> None:
+        p = MemoryProxy()
+        app = p.service.app
+        app.runtime = replace(app.runtime, sessions=StoreSessions(
+            Retrying(p.clock), Bounds(10, 60)))
+        answer = p.post(CHAT, {"model": "gpt-4o", "temperature": 0.9, "messages": [
+            {"role": "user", "content": "go on"}]}, {"session_id": "s-1"})
+        self.assertEqual(answer.status, 200)
+        self.assertNotIn("x-llmproxy-tuned", answer.headers)
+        self.assertEqual(p.fake.requests[-1].body["temperature"], 0.9)

@@ -23,7 +23,9 @@ from twisted.internet import reactor
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
-from llmproxy.testing import Reply, backend_data, chat_completion, config_data, listen_fake
+from llmproxy.testing import (
+    Reply, Stream, backend_data, chat_chunks, chat_completion, config_data, listen_fake,
+)
 from tests.harness import client, post
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -97,6 +99,17 @@ class Processes(TestCase):
         return time.monotonic() - started
 
 
+def _response_id(content: bytes, stream: bool) -> str:
+    if not stream:
+        return str(json.loads(content)["id"])
+    for line in content.splitlines():
+        if line.startswith(b"data: {"):
+            event = json.loads(line[6:])
+            if event.get("type") == "response.completed":
+                return str(event["response"]["id"])
+    raise AssertionError(f"no response.completed in {content!r}")
+
+
 class WorkersTests(Processes):
     async def test_follow_ups_are_served_by_either_worker(self) -> None:
         fake, upstream = await self.upstream()
@@ -108,12 +121,20 @@ class WorkersTests(Processes):
         match = re.search(rb"started 1 worker processes on port (\d+)", self.output)
         assert match is not None, self.output
         url = f"http://127.0.0.1:{int(match.group(1))}"
+        fake.script = []
+        for i in range(20):  # each created answer, then its follow-up's
+            fake.script += [
+                Stream(chat_chunks("gpt-4o", ["answer ", str(i)], f"chatcmpl-s{i}"))
+                if i % 2 else Reply(200, chat_completion("gpt-4o", "answer", f"chatcmpl-{i}")),
+                Reply(200, chat_completion("gpt-4o", "again", f"chatcmpl-f{i}"))]
         served, ids = 0, set()
         for i in range(20):
+            stream = i % 2 == 1  # a streamed answer's record is written as it ends
             status, _, content = await post(self, url + "/v1/responses",
-                                            {"model": "gpt-4o", "input": f"turn {i}"})
+                                            {"model": "gpt-4o", "input": f"turn {i}",
+                                             "stream": stream})
             self.assertEqual(status, 200, content)
-            first = json.loads(content)["id"]
+            first = _response_id(content, stream)
             ids.add(first)
             status, _, content = await post(self, url + "/v1/responses", {
                 "model": "gpt-4o", "input": "and then?", "previous_response_id": first})

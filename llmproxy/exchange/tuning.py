@@ -95,7 +95,7 @@ class EditWatch:
             return replace(state, tune_next=False, tune_reason="")
 
         await self.sessions.update(key, take)
-        old = taken[0] if taken else None
+        old = taken[-1] if taken else None  # a store may run the change again
         return (old.tune_reason or "edit failure") if old and old.tune_next else None
 
     def tuned_text(

@@ -201,8 +201,12 @@ class SQLiteState(Service):
             self._tell(facts)
             if self._resync:
                 await self._catch_up()
+        except CancelledError:
+            raise
         except StateUnavailable:
             return
+        except Exception:  # the next poll must still come
+            self.log.failure("reading the facts of other processes")
         finally:
             self._polling.release()
 

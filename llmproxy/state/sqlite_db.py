@@ -15,7 +15,7 @@ import os
 import sqlite3
 import time
 from dataclasses import replace
-from typing import Any
+from typing import Any, Iterable
 
 from llmproxy.state.base import Bounds, Change, Fact, SessionState
 
@@ -200,7 +200,7 @@ class Database:
 
     def current_facts(self, now: float) -> list[Fact]:
         rows = self._run("SELECT body FROM facts WHERE until > ?", now)
-        return [Fact.from_json(body) for (body,) in rows]
+        return _facts(body for (body,) in rows)
 
     def last_seq(self) -> int:
         rows = self._run("SELECT COALESCE(MAX(seq), 0) FROM fact_log")
@@ -213,7 +213,21 @@ class Database:
         rows = self._run("SELECT seq, origin, body FROM fact_log WHERE seq > ? ORDER BY seq",
                          seq)
         last = rows[-1][0] if rows else seq
-        return last, [Fact.from_json(body) for _, who, body in rows if who != origin]
+        return last, _facts(body for _, who, body in rows if who != origin)
+
+
+def _facts(bodies: Iterable[str]) -> list[Fact]:
+    """
+    The facts written as C{bodies}, leaving out any this version cannot
+    read (a newer one wrote it).
+    """
+    facts = []
+    for body in bodies:
+        try:
+            facts.append(Fact.from_json(body))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return facts
 
 
 def _trim(db: sqlite3.Connection, table: str, key: str, order: str, max_items: int) -> None:
