@@ -23,7 +23,9 @@ from twisted.trial.unittest import TestCase
 
 import treq
 
-from llmproxy.testing import Reply, backend_data, chat_completion, listen_fake, openai_config
+from llmproxy.testing import (
+    Reply, backend_data, chat_completion, listen_fake, openai_config, sse_json,
+)
 from llmproxy.state.redis_link import RedisLink, parse_redis_url
 from llmproxy.testing.redis import RedisServer, free_port
 from tests.harness import client, post
@@ -147,23 +149,38 @@ class SharedRecordsTests(TwoProcessesCase):
     async def test_previous_response_id_across_processes(self) -> None:
         """
         20 of 20 follow-ups sent to the other process find the conversation
-        the first one stored.
+        the first one stored; half of them follow a streamed answer (its
+        record is written as the stream ends).
         """
         await self.start_all()
         a, b = self.urls
         found = 0
         for n in range(20):
             first, second = (a, b) if n % 2 else (b, a)
-            code, answer = await self.ask(first, "/v1/responses",
-                                          {"model": "gpt-4o", "input": f"question {n}"})
-            self.assertEqual(code, 200, answer)
+            stream = n % 4 < 2
+            code, _, content = await post(self, first + "/v1/responses", {
+                "model": "gpt-4o", "input": f"question {n}", "stream": stream})
+            self.assertEqual(code, 200, content)
             seen = len(self.fake.requests)
             code, follow = await self.ask(second, "/v1/responses", {
-                "model": "gpt-4o", "input": "and then?", "previous_response_id": answer["id"]})
+                "model": "gpt-4o", "input": "and then?",
+                "previous_response_id": response_id(content, stream)})
             self.assertEqual(code, 200, follow)
             sent = self.fake.requests[seen].body["messages"]
             found += [m["content"] for m in sent][:1] == [f"question {n}"]
         self.assertEqual(found, 20)
+
+
+def response_id(content: bytes, stream: bool) -> str:
+    """
+    The id of a Responses answer, whole or streamed.
+    """
+    if not stream:
+        return str(json.loads(content)["id"])
+    completed = [event["response"]["id"] for event in sse_json(content)
+                 if event.get("type") == "response.completed"]
+    assert completed, content
+    return str(completed[0])
 
 
 class HotPathTests(TwoProcessesCase):
