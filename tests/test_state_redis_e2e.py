@@ -72,26 +72,36 @@ class TwoProcessesCase(TestCase):
 
     timeout = 90
 
-    async def start_all(self, spare: bool = False, **extra: Any) -> None:
-        self.redis = RedisServer(reactor, persistent=True)
+    async def start_all(self, spare: bool = False, server: RedisServer | None = None,
+                        password_in_env: bool = False, **extra: Any) -> None:
+        """
+        Start it all; C{server} instead of a plain persistent one, its
+        password given as C{REDIS_PASSWORD} rather than in the URL when
+        C{password_in_env}.
+        """
+        self.redis = server or RedisServer(reactor, persistent=True)
         self.addCleanup(self.redis.stop)
         await self.redis.start()
+        url, self.env = self.redis.url, {}
+        if password_in_env and self.redis.password:
+            url = url.replace(f":{self.redis.password}@", "")
+            self.env = {"REDIS_PASSWORD": self.redis.password}
         self.fake, port, upstream = await listen_fake(reactor)
         self.addCleanup(port.stopListening)
         self.addCleanup(self.fake.wait_idle)
-        data = openai_config(upstream, keys=KEYS, state={"url": self.redis.url, "timeout": 1.0},
-                             **extra)
+        data = openai_config(upstream, keys=KEYS, state={"url": url, "timeout": 1.0}, **extra)
         if spare:
             data["backends"]["spare"] = backend_data(upstream, SPARE)
         directory = Path(self.mktemp()).resolve()
         directory.mkdir(parents=True)
-        (directory / "config.yaml").write_text(yaml.safe_dump(data))
+        self.config_file = directory / "config.yaml"
+        self.config_file.write_text(yaml.safe_dump(data))
         self.urls = [await self.spawn(name, directory) for name in ("A", "B")]
 
     async def spawn(self, name: str, directory: Path) -> str:
         port = free_port()
         worker = Worker(name)
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, "PYTHONPATH": str(ROOT), **self.env}
         env.pop("OPENAI_API_KEY", None)
         process = reactor.spawnProcess(
             worker, sys.executable,
@@ -181,6 +191,30 @@ def response_id(content: bytes, stream: bool) -> str:
                  if event.get("type") == "response.completed"]
     assert completed, content
     return str(completed[0])
+
+
+class TlsTests(TwoProcessesCase):
+    async def test_two_processes_over_rediss_with_the_password_from_the_environment(
+        self,
+    ) -> None:
+        """
+        C{rediss://} (verified against the server's CA) and C{REDIS_PASSWORD}
+        in the environment, not in the file: a follow-up crosses over.
+        """
+        server = RedisServer(reactor, password="s3cret-e2e", tls=True)
+        await self.start_all(server=server, password_in_env=True)
+        self.assertNotIn("s3cret", self.redis_url_in_config())
+        a, b = self.urls
+        code, answer = await self.ask(a, "/v1/responses", {"model": "gpt-4o", "input": "tls"})
+        self.assertEqual(code, 200, answer)
+        code, follow = await self.ask(b, "/v1/responses", {
+            "model": "gpt-4o", "input": "and?", "previous_response_id": answer["id"]})
+        self.assertEqual(code, 200, follow)
+        state = (await self.status(b))["state"]
+        self.assertEqual((state["up"], state["where"].split(":")[0]), (True, "rediss"))
+
+    def redis_url_in_config(self) -> str:
+        return str(yaml.safe_load(self.config_file.read_text())["state"]["url"])
 
 
 class HotPathTests(TwoProcessesCase):
