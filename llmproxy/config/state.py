@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Mapping
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 if TYPE_CHECKING:
     from llmproxy.config.reader import Reader
@@ -84,6 +84,10 @@ def _redis(text: str, environ: Mapping[str, str]) -> StateConfig:
         raise ValueError(f"{_masked(text)!r}: the database must be a number, not {path!r}")
     if not parts.hostname:
         raise ValueError(f"{_masked(text)!r}: no host")
+    query = set(parse_qs(parts.query, keep_blank_values=True))
+    if parts.fragment or query - {"ssl_ca_certs"} or (query and parts.scheme != "rediss"):
+        raise ValueError(f"{_masked(text)!r}: no fragment, and no query but ssl_ca_certs "
+                         "(with rediss://)")
     password = unquote(parts.password) if parts.password else environ.get("REDIS_PASSWORD")
     return StateConfig("redis", _masked(text), host=parts.hostname, port=port, db=int(path),
                        password=password or None, tls=parts.scheme == "rediss")

@@ -12,8 +12,9 @@ from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 
 from llmproxy.backends.base import IUpstreamReactor
 from llmproxy.config.state import StateConfig
-from llmproxy.state.base import MEMORY, SQLITE, StateStore
+from llmproxy.state.base import MEMORY, REDIS, SQLITE, StateStore
 from llmproxy.state.memory import MemoryState
+from llmproxy.state.redis import open_redis
 from llmproxy.state.sqlite import SQLiteState
 
 
@@ -41,10 +42,15 @@ def _sqlite(config: StateConfig, context: StoreContext) -> StateStore:
                        timeout=config.timeout, poll=config.poll)
 
 
+def _redis(config: StateConfig, context: StoreContext) -> StateStore:
+    return open_redis(config, context.reactor, context.clock)
+
+
 #: Each store kind's builder.
 BUILDERS: Mapping[str, Builder] = {
     MEMORY: _memory,
     SQLITE: _sqlite,
+    REDIS: _redis,
 }
 
 

@@ -77,3 +77,5 @@ from llmproxy.testing.reasoning import (  # noqa: E402
     reasoning_delta_chunks, reasoning_summary_events, think_chunks,
 )
 __all__ += ["reasoning_delta_chunks", "reasoning_summary_events", "think_chunks"]
+from llmproxy.testing.redis import RedisServer  # noqa: E402
+__all__ += ["RedisServer"]
