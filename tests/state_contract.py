@@ -2,7 +2,7 @@
 What every shared-state store does (L{llmproxy.state.base.StateStore}),
 as a mixin each implementation's tests reuse::
 
-    class SQLiteContractTests(StateContract, TestCase):
+    class SQLiteContractTests(OutageContract, TestCase):  # StateContract if it cannot fail
         def make_store(self, clock): ...
         def make_peer(self, store, clock): ...
 
@@ -19,7 +19,6 @@ from typing import Any
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import Clock
-from twisted.trial.unittest import SkipTest
 
 from llmproxy.state import (
     CIRCUIT, KEY_COOLED, Bounds, Fact, SessionState, StateStore, StateUnavailable,
@@ -73,17 +72,6 @@ class StateContract:
         heard the facts others' settled stores wrote (and, after
         L{mend_store}, has noticed the backend is back).  The tests settle
         the publisher before the listener.
-        """
-
-    async def break_store(self, store: StateStore) -> None:
-        """
-        Make the backend unavailable to C{store} (skipped unless supplied).
-        """
-        raise SkipTest("this store has no outage to simulate")
-
-    async def mend_store(self, store: StateStore) -> None:
-        """
-        Make it available again.
         """
 
     # helpers
@@ -246,6 +234,25 @@ class StateContract:
         self.assertEqual((status.kind, status.up, status.last_error),  # type: ignore
                          (store.kind, True, None))
 
+
+class OutageContract(StateContract):
+    """
+    The contract of a store that can be out of reach (not the in-process
+    one): what its tests supply to take its backend away and bring it back.
+    """
+
+    async def break_store(self, store: StateStore) -> None:
+        """
+        Make the backend unavailable to C{store}.
+        """
+        raise NotImplementedError
+
+    async def mend_store(self, store: StateStore) -> None:
+        """
+        Make it available again.
+        """
+        raise NotImplementedError
+
     async def test_an_outage_and_the_way_back(self) -> None:
         store, peer = self.pair()
         await store.put_response("resp_1", record(1, NOW), RESPONSES)
@@ -270,4 +277,4 @@ class StateContract:
                          NOW + 40)
 
 
-__all__ = ["NOW", "RESPONSES", "SESSIONS", "StateContract", "cooled", "record"]
+__all__ = ["NOW", "OutageContract", "RESPONSES", "SESSIONS", "StateContract", "cooled", "record"]

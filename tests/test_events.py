@@ -52,7 +52,7 @@ class EventsTestCase(SynchronousTestCase):
 
     def app(self, **backends: dict[str, Any]) -> Any:
         # Same-target retries (tests.test_retries) off: one attempt per element.
-        app = memory_app(config_of(backends or {"a": {}},
+        app = memory_app(config_of(backends or {"a": {}}, metrics=False,
                                    failure_handling={"retries_per_target": 0}),
                          self.clock, self.scripts)
         app.events.addObserver(self.recorder)
@@ -295,8 +295,8 @@ class AccessLogTests(EventsTestCase):
         self.assertIs(AccessLog().log.observer, globalLogPublisher)
 
     def test_the_setting_adds_the_observer(self) -> None:
-        on = memory_app(config_of({"a": {}}, access_log=True), self.clock)
-        off = memory_app(config_of({"a": {}}), self.clock)
+        on = memory_app(config_of({"a": {}}, access_log=True, metrics=False), self.clock)
+        off = memory_app(config_of({"a": {}}, metrics=False), self.clock)
         self.assertTrue(on.events.observed)
         self.assertFalse(off.events.observed)
 

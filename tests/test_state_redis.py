@@ -22,7 +22,7 @@ from llmproxy.state import redis as redis_state
 from llmproxy.state.redis import RedisState
 from llmproxy.state.redis_link import RedisLink, parse_redis_url
 from llmproxy.testing.redis import RedisServer
-from tests.state_contract import NOW, RESPONSES, SESSIONS, StateContract, cooled, record
+from tests.state_contract import NOW, RESPONSES, SESSIONS, OutageContract, cooled, record
 
 
 async def until(condition: Callable[[], object], timeout: float = 10.0) -> None:
@@ -312,7 +312,7 @@ class ConnectedStores:
         await until(lambda: store.status().up)
 
 
-class RedisContractTests(ConnectedStores, StateContract, TestCase):
+class RedisContractTests(ConnectedStores, OutageContract, TestCase):
     """
     The contract every state store keeps, on a real server.
     """

@@ -21,10 +21,10 @@ from twisted.trial.unittest import TestCase
 
 from llmproxy.state import Fact, SessionState, StateStore, StateUnavailable
 from llmproxy.state.sqlite import SQLiteState
-from tests.state_contract import RESPONSES, SESSIONS, StateContract, cooled
+from tests.state_contract import RESPONSES, SESSIONS, OutageContract, cooled
 
 
-class SQLiteContractTests(StateContract, TestCase):
+class SQLiteContractTests(OutageContract, TestCase):
     def make_store(self, clock: IReactorTime) -> StateStore:
         self.folder = os.path.abspath(self.mktemp())
         os.makedirs(self.folder)
