@@ -30,7 +30,7 @@ from llmproxy.exchange.exchange import Call
 from llmproxy.exchange.runtime import Runtime
 from llmproxy.exchange.sessions import SessionState, Sessions
 from llmproxy.state.base import StateUnavailable
-from llmproxy.exchange.transform import Wrapped
+from llmproxy.translate.transforms import Wrapped
 from llmproxy.routing.resolve import Route, plan_model
 from llmproxy.sse import parse_event
 from llmproxy.translate.transforms import Transform

@@ -15,10 +15,9 @@ from twisted.internet.interfaces import IReactorTime
 
 from llmproxy.adapt.usage import asks_usage, needs_usage
 from llmproxy.dialects import CHAT
-from llmproxy.errors import ProxyError
 from llmproxy.exchange.events import USAGE_KEY, AttemptNote, find_usage
 from llmproxy.translate import transforms
-from llmproxy.translate.transforms import Transform
+from llmproxy.translate.transforms import Transform, Wrapped
 
 
 def token() -> str:
@@ -51,34 +50,6 @@ def choose_transform(
     if frontend == CHAT:
         return transforms.ResponsesToChat(model, asks_usage(body), "chatcmpl-" + token(), now)
     return transforms.ChatToResponses(response_id(), now, body)
-
-
-class Wrapped:
-    """
-    A transform that relays through another, unchanged; a subclass
-    overrides what it watches on the way.
-    """
-
-    __slots__ = ("inner",)
-
-    def __init__(self, inner: Transform) -> None:
-        self.inner = inner
-
-    def events(self, raw: list[bytes]) -> bytes:
-        return self.inner.events(raw)
-
-    def end(self) -> bytes:
-        return self.inner.end()
-
-    @property
-    def finished(self) -> bool:
-        return self.inner.finished
-
-    def error(self, error: ProxyError) -> bytes:
-        return self.inner.error(error)
-
-    def final(self) -> dict[str, Any] | None:
-        return self.inner.final()
 
 
 class UsageTap(Wrapped):
@@ -146,4 +117,4 @@ class Recorder(Wrapped):
         return out
 
 
-__all__ = ["Recorder", "UsageTap", "Wrapped", "choose_transform", "response_id", "token"]
+__all__ = ["Recorder", "UsageTap", "choose_transform", "response_id", "token"]

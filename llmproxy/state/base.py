@@ -30,7 +30,8 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, Mapping, Protocol
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.logger import Logger
 
 from llmproxy.errors import ProxyError
 
@@ -214,6 +215,40 @@ class StateUnavailable(ProxyError):
 FactCallback = Callable[[Fact], None]
 
 
+class Subscribers:
+    """
+    The callbacks a store hands the other processes' facts to.  One that
+    fails is logged and never keeps the fact from the others.
+    """
+
+    log = Logger()
+
+    def __init__(self) -> None:
+        self._callbacks: list[FactCallback] = []
+
+    def add(self, callback: FactCallback) -> Callable[[], None]:
+        """
+        Hand facts to C{callback} from now on, until the returned function
+        is called.
+        """
+        self._callbacks.append(callback)
+
+        def unsubscribe() -> None:
+            if callback in self._callbacks:
+                self._callbacks.remove(callback)
+
+        return unsubscribe
+
+    def tell(self, fact: Fact) -> None:
+        for callback in list(self._callbacks):
+            try:
+                callback(fact)
+            except CancelledError:
+                raise
+            except Exception:
+                self.log.failure("applying a fact of another process")
+
+
 class StateStore(Protocol):
     """
     Where shared state lives.  Every method is called in the reactor
@@ -308,4 +343,4 @@ class StateStore(Protocol):
 
 __all__ = ["ACCOUNT", "Bounds", "CIRCUIT", "Change", "Fact", "FactCallback", "KEY_COOLED",
            "MEMORY", "REDIS", "SQLITE", "SessionState", "StateStore", "StateUnavailable",
-           "StoreStatus", "StoredResponse"]
+           "StoreStatus", "Subscribers", "StoredResponse"]

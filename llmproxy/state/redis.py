@@ -34,7 +34,7 @@ from llmproxy.config.error import ConfigError
 from llmproxy.config.state import StateConfig
 from llmproxy.state.base import (
     REDIS, Bounds, Change, Fact, FactCallback, SessionState, StateUnavailable, StoredResponse,
-    StoreStatus,
+    StoreStatus, Subscribers,
 )
 from llmproxy.state.redis_link import RedisAddress, RedisLink, parse_redis_url
 
@@ -142,7 +142,7 @@ class RedisState(Service):
         self.max_delay = max_delay
         self.origin = uuid.uuid4().hex
         self._link: RedisLink | None = None
-        self._subscribers: list[FactCallback] = []
+        self._subscribers = Subscribers()
         self._outbox: list[Fact] = []
         self._sending: Deferred[None] | None = None
         self._catching: Deferred[None] | None = None
@@ -281,13 +281,7 @@ class RedisState(Service):
         return [fact for fact in found if fact is not None and fact.until > now]
 
     def subscribe(self, callback: FactCallback) -> Callable[[], None]:
-        self._subscribers.append(callback)
-
-        def unsubscribe() -> None:
-            if callback in self._subscribers:
-                self._subscribers.remove(callback)
-
-        return unsubscribe
+        return self._subscribers.add(callback)
 
     def _message(self, channel: str, text: str) -> None:
         fact = _parse(text)
@@ -303,8 +297,7 @@ class RedisState(Service):
             if fact.origin == self.origin or self._heard.get(fact.identity) == fact:
                 continue
             self._heard[fact.identity] = fact
-            for callback in list(self._subscribers):
-                callback(fact)
+            self._subscribers.tell(fact)
 
     def _back(self) -> None:
         """

@@ -32,7 +32,7 @@ from twisted.python.threadpool import ThreadPool
 
 from llmproxy.state.base import (
     SQLITE, Bounds, Change, Fact, FactCallback, SessionState, StateUnavailable, StoredResponse,
-    StoreStatus,
+    StoreStatus, Subscribers,
 )
 from llmproxy.state.sqlite_db import Database
 
@@ -67,7 +67,7 @@ class SQLiteState(Service):
         # SQLite gives up waiting for a lock first, so the error says why.
         self.db = Database(path, busy_timeout=timeout * 0.8)
         self.pool = ThreadPool(1, 1, name="llmproxy-state")
-        self._subscribers: list[FactCallback] = []
+        self._subscribers = Subscribers()
         self._pending: dict[tuple[str, str, str], Fact] = {}
         self._status = StoreStatus(SQLITE, path, True, clock.seconds())
         self._seq = 0
@@ -172,21 +172,11 @@ class SQLiteState(Service):
         return await self._run(self.db.current_facts, self.clock.seconds())
 
     def subscribe(self, callback: FactCallback) -> Callable[[], None]:
-        self._subscribers.append(callback)
-
-        def unsubscribe() -> None:
-            if callback in self._subscribers:
-                self._subscribers.remove(callback)
-
-        return unsubscribe
+        return self._subscribers.add(callback)
 
     def _tell(self, facts: list[Fact]) -> None:
         for fact in facts:
-            for callback in list(self._subscribers):
-                try:
-                    callback(fact)
-                except Exception:
-                    self.log.failure("applying a fact of another process")
+            self._subscribers.tell(fact)
 
     async def poll(self) -> None:
         """

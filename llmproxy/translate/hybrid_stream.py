@@ -17,12 +17,13 @@ A hybrid route's streams (pure; behaviour.md section 10):
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable, Protocol
+from typing import Any, Iterable
 
 from llmproxy.dialects import CHAT
 from llmproxy.errors import ProxyError
 from llmproxy.sse import Event, SSEParser, encode_event
 from llmproxy.translate.hybrid import reasoning_item
+from llmproxy.translate.transforms import Transform, Wrapped
 
 __all__ = ["MAX_REASONING", "ReasoningCutter", "ReasoningFailed", "chat_prelude",
            "responses_prelude", "with_reasoning"]
@@ -157,19 +158,6 @@ class ReasoningCutter:
 
 # the client's stream
 
-class _Transform(Protocol):
-    def events(self, raw: list[bytes]) -> bytes: ...
-
-    def end(self) -> bytes: ...
-
-    @property
-    def finished(self) -> bool: ...
-
-    def error(self, error: ProxyError) -> bytes: ...
-
-    def final(self) -> dict[str, Any] | None: ...
-
-
 def chat_prelude(first: Event | None, reasoning: str) -> bytes:
     """
     The chunk that carries the reasoning, with the id, time and model of
@@ -208,13 +196,15 @@ def responses_prelude(reasoning: str, ident: str = "rs_hybrid") -> list[dict[str
     ]
 
 
-class _WithReasoning:
+class _WithReasoning(Wrapped):
     """
     A stream transform whose client sees the reasoning first.
     """
 
-    def __init__(self, inner: _Transform, reasoning: str) -> None:
-        self.inner = inner
+    __slots__ = ("reasoning", "shown")
+
+    def __init__(self, inner: Transform, reasoning: str) -> None:
+        super().__init__(inner)
         self.reasoning = reasoning
         self.shown = False
 
@@ -225,19 +215,6 @@ class _WithReasoning:
         self.shown = True
         first = SSEParser().feed(out)
         return chat_prelude(first[0] if first else None, self.reasoning) + out
-
-    def end(self) -> bytes:
-        return self.inner.end()
-
-    @property
-    def finished(self) -> bool:
-        return self.inner.finished
-
-    def error(self, error: ProxyError) -> bytes:
-        return self.inner.error(error)
-
-    def final(self) -> dict[str, Any] | None:
-        return self.inner.final()
 
 
 _OPENING = frozenset({"response.created", "response.in_progress"})
@@ -251,7 +228,9 @@ class _ResponsesWithReasoning(_WithReasoning):
     renumbered, and the item first in the final response's output.
     """
 
-    def __init__(self, inner: _Transform, reasoning: str) -> None:
+    __slots__ = ("sequence",)
+
+    def __init__(self, inner: Transform, reasoning: str) -> None:
         super().__init__(inner, reasoning)
         self.sequence = 0
 
@@ -299,7 +278,7 @@ class _ResponsesWithReasoning(_WithReasoning):
         return encode_event(data, data.get("type"))
 
 
-def with_reasoning(inner: _Transform, frontend: str, reasoning: str) -> _Transform:
+def with_reasoning(inner: Transform, frontend: str, reasoning: str) -> Transform:
     """
     C{inner}, its client seeing C{reasoning} first.
     """

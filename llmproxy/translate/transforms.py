@@ -118,6 +118,34 @@ class Transform(Protocol):
         """
 
 
+class Wrapped:
+    """
+    A transform that relays through another, unchanged; a subclass
+    overrides what it watches on the way.
+    """
+
+    __slots__ = ("inner",)
+
+    def __init__(self, inner: Transform) -> None:
+        self.inner = inner
+
+    def events(self, raw: list[bytes]) -> bytes:
+        return self.inner.events(raw)
+
+    def end(self) -> bytes:
+        return self.inner.end()
+
+    @property
+    def finished(self) -> bool:
+        return self.inner.finished
+
+    def error(self, error: ProxyError) -> bytes:
+        return self.inner.error(error)
+
+    def final(self) -> dict[str, Any] | None:
+        return self.inner.final()
+
+
 class _Passthrough:
     """
     Events relayed byte for byte.  A subclass notices the event that ends
