@@ -96,8 +96,9 @@ def check(
     report.warnings += list(config.warnings)
     if not report.errors:
         report.config = config
-        report.rows = [(name, value, _origin(name, config, overrides, env, positions, path))
-                       for name, value in flatten(config)]
+        report.rows = [(file_key(name), value,
+                        _origin(name, config, overrides, env, positions, path))
+                       for name, value in flatten(config) if name not in _DERIVED]
     return report
 
 
@@ -212,13 +213,35 @@ _RULES: Mapping[str, tuple[tuple[str, ...], ...]] = {
                       ("yaml", "model_aliases")),
     "capture.file": (("flag", "capture_file", "--capture"), ("env", "CAPTURE_FILE"),
                      ("env", "WIRE_CAPTURE_FILE"), ("yaml", "capture.file")),
+    "state.url": (("yaml", "state.url"), ("yaml", "state")),
+    "access_log": (("yaml", "access_log.enabled"), ("yaml", "access_log")),
     "responses_store_size": (("yaml", "responses_store.max_items"),),
     "responses_store_ttl": (("yaml", "responses_store.max_age"),),
 }
 #: Configuration paths as the file spells them.
 _RENAMES = ((r"^failure\.", "failure_handling."), (r"^session\.planning\.", "session.planning_phase."),
             (r"^(backends\.[^.]+)\.options\.", r"\1."),
-            (r"^edit_precision\.exclude_agents$", "edit_precision.exclude_agents_regex"))
+            (r"^edit_precision\.exclude_agents$", "edit_precision.exclude_agents_regex"),
+            (r"^responses_store_size$", "responses_store.max_items"),
+            (r"^responses_store_ttl$", "responses_store.max_age"),
+            (r"^access\.", "access_log."),
+            (r"^hybrid\.probability$", "hybrid.reasoning_injection_probability"),
+            (r"^hybrid\.force_turns$", "hybrid.hybrid_reasoning_force_initial_turns"),
+            (r"^hybrid\.timeout$", "hybrid.hybrid_reasoning_model_timeout"),
+            (r"^hybrid\.injection$", "hybrid.hybrid_injection"))
+#: Values worked out from others (the state URL's parts, whether the file
+#: named the access log), not set themselves.
+_DERIVED = frozenset({"access.said", "state.kind", "state.path", "state.host", "state.port",
+                      "state.db", "state.password", "state.tls"})
+
+
+def file_key(name: str) -> str:
+    """
+    The configuration path C{name} (a frozen field's) as the file spells it.
+    """
+    for pattern, replacement in _RENAMES:
+        name = re.sub(pattern, replacement, name)
+    return name
 
 
 def _origin(
@@ -236,9 +259,7 @@ def _origin(
             return f"env {rule[1]}"
         if rule[0] == "yaml" and rule[1] in positions:
             return _from_file(where, positions[rule[1]])
-    key = name
-    for pattern, replacement in _RENAMES:
-        key = re.sub(pattern, replacement, key)
+    key = file_key(name)
     backend = re.fullmatch(r"backends\.([^.]+)\.(keys|base_url)", name)
     if backend is not None:
         return _backend_origin(backend.group(1), backend.group(2), where, env, positions)

@@ -176,7 +176,10 @@ class CheckTests(Files):
             "  openai:\n"
             "    api_keys: ['${K1}', " + LONG_KEY + "]\n"
             "failure_handling:\n"
-            "  max_attempts: 3\n",
+            "  max_attempts: 3\n"
+            "hybrid: {hybrid_injection: user}\n"
+            "access_log: {format: json}\n"
+            "state: sqlite:///tmp/s.db\n",
             environ={"K1": "sk-from-the-environment-0000", "APP_PORT": "9001"},
             log_level="debug")
         rows = {path: (value, origin) for path, value, origin in report.rows}
@@ -186,8 +189,16 @@ class CheckTests(Files):
         self.assertEqual(rows["default_backend"], ("openai", f"{name}:1"))
         self.assertEqual(rows["backends.openai.keys"],
                          ("[openai#1=sk-…0000, openai#2=sk-…WXYZ]", f"{name}:4, ${{K1}}"))
-        self.assertEqual(rows["failure.max_attempts"], ("3", f"{name}:6"))
-        self.assertEqual(rows["failure.max_wait"], ("10.0", "default"))
+        self.assertEqual(rows["failure_handling.max_attempts"], ("3", f"{name}:6"))
+        self.assertEqual(rows["failure_handling.max_wait"], ("10.0", "default"))
+        # as the file spells them; values worked out from others not shown
+        self.assertEqual(rows["hybrid.hybrid_injection"], ("user", f"{name}:7"))
+        self.assertEqual(rows["hybrid.reasoning_injection_probability"], ("1.0", "default"))
+        self.assertEqual(rows["access_log.format"], ("json", f"{name}:8"))
+        self.assertEqual(rows["state.url"], ("sqlite:///tmp/s.db", f"{name}:9"))
+        self.assertEqual(rows["responses_store.max_items"][1], "default")
+        self.assertFalse({"state.kind", "state.path", "access_log.said", "access.said",
+                          "failure.max_attempts", "hybrid.probability"} & set(rows))
 
     def test_without_a_file_the_demo_backends_are_built_in(self) -> None:
         report = check(Overrides(), {}, kinds=REGISTRY.kinds)
