@@ -12,7 +12,7 @@ from hypothesis import given, strategies as st
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from llmproxy.exchange.events import ATTEMPT_NAMESPACE, REPLY_NAMESPACE, ExchangeEvents
+from llmproxy.exchange.events import REPLY_NAMESPACE, ExchangeEvents
 from llmproxy.frontends.history import SAMPLES, SLOTS, History, Point, quantile
 
 
@@ -21,10 +21,14 @@ def reply(status: int = 200, method: str = "POST", usage: Any = None) -> dict[st
             "usage": usage}
 
 
-def attempt(outcome: str = "ok", first: float | None = 0.5,
-            duration: float = 2.0) -> dict[str, Any]:
-    return {"log_namespace": ATTEMPT_NAMESPACE, "outcome": outcome,
-            "time_to_first_event": first, "duration": duration}
+def answered(first: float | None = 0.5, duration: float = 2.0, status: int = 200,
+             route: str | None = "a:m") -> dict[str, Any]:
+    """
+    The reply event of a request an upstream answered (C{first}: its first
+    event's time, L{None} for a whole answer).
+    """
+    return {**reply(status), "route": route, "time_to_first_event": first,
+            "duration": duration}
 
 
 class HistoryTests(SynchronousTestCase):
@@ -75,10 +79,11 @@ class HistoryTests(SynchronousTestCase):
 
     def test_time_to_first_token(self) -> None:
         for first in (0.1, 0.2, 0.3):
-            self.history(attempt(first=first))
-        self.history(attempt(first=None, duration=0.4))  # a whole answer
-        self.history(attempt("rate_limited", first=None, duration=0.01))
-        self.history(attempt("broken", first=9.0))
+            self.history(answered(first=first))
+        self.history(answered(first=None, duration=0.4))  # a whole answer
+        self.history(answered(None, 0.01, status=429))  # the upstream's refusal relayed
+        self.history(answered(None, 0.02, status=502, route=None))  # none answered
+        self.history({**answered(9.0), "method": "GET"})
         self.assertEqual((self.last().ttft_p50, self.last().ttft_p99), (0.2, 0.4))
         snapshot = self.history.snapshot()
         self.assertEqual((snapshot.ttft_p50()[-1], snapshot.ttft_p99()[-1]), (0.2, 0.4))
@@ -107,18 +112,20 @@ class HistoryTests(SynchronousTestCase):
 
     def test_samples_are_bounded_and_the_latest_kept(self) -> None:
         for _ in range(SAMPLES):
-            self.history(attempt(first=100.0))
+            self.history(answered(first=100.0))
         for _ in range(SAMPLES):
-            self.history(attempt(first=1.0))
+            self.history(answered(first=1.0))
         self.assertEqual((self.last().ttft_p50, self.last().ttft_p99), (1.0, 1.0))
         self.assertEqual(max(len(b.ttft) for b in self.history._ring), SAMPLES)
 
     def test_odd_values_are_ignored(self) -> None:
-        self.history(attempt(first=-1.0))
-        self.history({"log_namespace": ATTEMPT_NAMESPACE, "outcome": "ok"})
+        self.history(answered(first=-1.0))
+        self.history({**reply(), "route": "a:m"})  # no times
         self.history(reply(usage="not an object"))
         self.history({"log_namespace": REPLY_NAMESPACE, "method": "POST", "status": None})
-        self.assertEqual(self.last(), Point(10_000.0, requests=2))
+        self.history({"log_namespace": "llmproxy.exchange.attempt", "outcome": "ok",
+                      "time_to_first_event": 1.0, "duration": 2.0})  # not a reply
+        self.assertEqual(self.last(), Point(10_000.0, requests=4))
 
 
 class QuantileTests(SynchronousTestCase):

@@ -7,8 +7,10 @@ L{SLOTS} buckets of L{BUCKET} seconds each, by its clock.
 Per bucket: the requests (replies to C{POST}s: the API calls; the GETs of
 monitors and of this page are not traffic), the errors among them (a 5xx
 sent), the tokens their answers' usage reported, and the time to first
-token of the attempts that answered: the first event written to the client
-for a stream, the whole answer for the others.  At most L{SAMPLES} of those
+token of those an upstream answered, as the client saw it: from the
+request's arrival to the first event written for a stream, to the end of
+the reply for a whole answer.  Only reply events are read (one per
+request).  At most L{SAMPLES} of those
 times are kept per bucket (the latest ones), so memory is bounded whatever
 the rate; the quantiles of a bucket are taken from its samples.
 
@@ -25,7 +27,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import ILogObserver, LogEvent
 from zope.interface import implementer
 
-from llmproxy.exchange.events import ATTEMPT_NAMESPACE, OK, REPLY_NAMESPACE, ExchangeEvents
+from llmproxy.exchange.events import REPLY_NAMESPACE, ExchangeEvents
 from llmproxy.translate.usage import usage_counts
 
 #: Seconds per bucket.
@@ -138,13 +140,8 @@ class History:
         events.addObserver(self)
 
     def __call__(self, event: LogEvent) -> None:
-        namespace = event.get("log_namespace")
-        if namespace == REPLY_NAMESPACE:
-            if event.get("method") == "POST":
-                self._reply(event)
-        elif namespace == ATTEMPT_NAMESPACE and event.get("outcome") == OK:
-            first = event.get("time_to_first_event")
-            self._ttft(event.get("duration") if first is None else first)
+        if event.get("log_namespace") == REPLY_NAMESPACE and event.get("method") == "POST":
+            self._reply(event)
 
     def _current(self) -> _Bucket:
         """
@@ -164,15 +161,17 @@ class History:
         if isinstance(status, int) and status >= 500:
             current.errors += 1
         usage = event.get("usage")
-        if isinstance(usage, dict):
+        if type(usage) is dict:
             total = usage.get("total_tokens")
             current.tokens += total if type(total) is int and total > 0 \
                 else usage_counts(usage)["total"]
+        if event.get("route") is not None and isinstance(status, int) and status < 400:
+            first = event.get("time_to_first_event")
+            self._ttft(current, event.get("duration") if first is None else first)
 
-    def _ttft(self, seconds: Any) -> None:
+    def _ttft(self, current: _Bucket, seconds: Any) -> None:
         if not isinstance(seconds, (int, float)) or seconds < 0:
             return
-        current = self._current()
         if len(current.ttft) < self.samples:
             current.ttft.append(float(seconds))
         else:  # full: the oldest sample makes room
