@@ -5,6 +5,7 @@ The C{twistd llmproxy} command line: options, and C{makeService}.
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import sys
@@ -12,6 +13,7 @@ from dataclasses import replace
 from typing import Callable, NoReturn, cast
 
 import twisted
+from twisted.application.service import Service
 from twisted.internet.interfaces import IReactorProcess, IReactorSocket
 from twisted.python import usage
 
@@ -274,11 +276,30 @@ def worker_capture(config: Config, index: int | None) -> Config:
                                            file=f"{config.capture.file}.worker-{index}"))
 
 
+class FrozenStartup(Service):
+    """
+    Started last: what startup built (modules, configuration, runtime)
+    lives as long as the process, so the cyclic garbage collector's passes
+    leave it out from then on (C{gc.freeze}); walking it again and again
+    cost each request about 3% of its CPU.
+    """
+
+    def startService(self) -> None:
+        super().startService()
+        gc.freeze()
+
+
 def makeService(options: Options, reactor: IProxyReactor | None = None) -> service.ProxyService:
     """
     The twistd entry point.  With C{--workers N}, this process and N-1
     spawned siblings share the port.
     """
+    proxy = _makeService(options, reactor)
+    FrozenStartup().setServiceParent(proxy)
+    return proxy
+
+
+def _makeService(options: Options, reactor: IProxyReactor | None) -> service.ProxyService:
     if reactor is None:
         from twisted.internet import reactor as _reactor
 

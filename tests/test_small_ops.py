@@ -146,3 +146,26 @@ class DemoModelsTests(SynchronousTestCase):
         ids = self.ids({"OPENAI_API_KEY": "sk-test"})
         self.assertIn("openai:gpt-4o", ids)
         self.assertIn("mock:mock-echo", ids)
+
+
+class FrozenStartupTests(SynchronousTestCase):
+    """
+    What startup built is left out of the garbage collector's passes once
+    the service runs.
+    """
+
+    def test_started_last_it_freezes_the_heap(self) -> None:
+        import gc
+
+        from llmproxy.tap import FrozenStartup, makeService
+
+        self.addCleanup(gc.unfreeze)
+        options = Options()
+        options.parseOptions([])
+        proxy = makeService(options, reactor=None)
+        last = list(proxy)[-1]
+        self.assertIsInstance(last, FrozenStartup)
+        gc.unfreeze()
+        before = gc.get_freeze_count()
+        last.startService()
+        self.assertGreater(gc.get_freeze_count(), before)
