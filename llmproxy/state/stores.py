@@ -14,6 +14,8 @@ from llmproxy.backends.base import IUpstreamReactor
 from llmproxy.config.state import StateConfig
 from llmproxy.state.base import MEMORY, REDIS, SQLITE, StateStore
 from llmproxy.state.memory import MemoryState
+from llmproxy.state.redis import open_redis
+from llmproxy.state.sqlite import SQLiteState
 
 
 @dataclass(frozen=True)
@@ -35,18 +37,12 @@ def _memory(config: StateConfig, context: StoreContext) -> StateStore:
     return MemoryState(context.clock)
 
 
-# A shared store's library loads only when the configuration names it.
-
 def _sqlite(config: StateConfig, context: StoreContext) -> StateStore:
-    from llmproxy.state.sqlite import SQLiteState
-
     return SQLiteState(config.path, cast(IReactorFromThreads, context.reactor), context.clock,
                        timeout=config.timeout, poll=config.poll)
 
 
 def _redis(config: StateConfig, context: StoreContext) -> StateStore:
-    from llmproxy.state.redis import open_redis
-
     return open_redis(config, context.reactor, context.clock)
 
 
