@@ -29,6 +29,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import react
 
 from llmproxy.config import BackendKind, Config, ConfigError, Overrides, build_config, load_yaml
+from llmproxy.config.hybrid import HYBRID
 from llmproxy.config.reader import did_you_mean
 from llmproxy.config.sources import Position, flatten, variables, yaml_positions
 from llmproxy.errors import ProxyError
@@ -179,6 +180,10 @@ def _route_problems(config: Config, source: str, positions: Mapping[str, Positio
         for name, route in config.failover_routes.items()
         for i, element in enumerate(route.elements)]
     selectors += [("model_aliases", target) for target in alias_targets(config.model_aliases)]
+    selectors += [(f"backends.{name}.{phase}", backend.options[phase])
+                  for name, backend in config.backends.items() if backend.type == HYBRID
+                  for phase in ("reasoning", "execution")
+                  if isinstance(backend.options.get(phase), str)]
     problems = []
     if config.force_model:
         selectors.append(("force_model", config.force_model))

@@ -158,6 +158,18 @@ class CheckTests(Files):
             "route: Unknown backend 'opena' in model 'opena:gpt-4o'; known backends: openai; "
             "did you mean 'openai'?"])
 
+    def test_a_named_hybrid_s_phases_are_tried(self) -> None:
+        report = self.check("backends:\n"
+                            "  openai: {api_key: sk-1}\n"
+                            "  planner:\n"
+                            "    type: hybrid\n"
+                            "    reasoning: opena:o3-mini\n"
+                            "    execution: openai:gpt-4o-mini|openai:gpt-4o\n")
+        self.assertEqual(report.errors, [
+            f"{report.source}:5: backends.planner.reasoning: 'opena:o3-mini' does not "
+            "route: Unknown backend 'opena' in model 'opena:o3-mini'; known backends: openai, "
+            "planner; did you mean 'openai'?"])
+
     def test_exposure_rules_apply(self) -> None:
         report = self.check("listen: tcp:8000:interface=0.0.0.0\n"
                             "backends:\n  openai: {api_key: sk-1}\n")
