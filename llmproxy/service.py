@@ -189,7 +189,6 @@ class ProxyService(MultiService):
         metrics = Metrics(lambda: self.app.runtime, self.app.events, config.metrics.max_models,
                           None if capture is None else lambda: capture.writer.dropped_total,
                           store=self.state.status)
-        metrics.setServiceParent(self)
         where = config.metrics.listen
         if where is None or not separate:
             self.app.metrics_page = lambda request: answer(request, metrics)

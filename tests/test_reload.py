@@ -193,6 +193,16 @@ class ReloadTests(TestCase):
         self.assertEqual(second[0], 200, second[2])
         self.assertIn("remember me", json.dumps(self.fake.requests[-1].body))
 
+    async def test_metrics_count_reloads(self) -> None:
+        self.assertTrue(await self.reloader.reload())
+        write(self.path, "failure_handling: {max_attempt: 3}\n")
+        self.assertFalse(await self.reloader.reload())
+        metrics = self.service.metrics
+        assert metrics is not None
+        text = metrics.render().decode()
+        self.assertIn('llmproxy_reloads_total{outcome="ok"} 1.0', text)
+        self.assertIn('llmproxy_reloads_total{outcome="failed"} 1.0', text)
+
     async def test_the_store_takes_its_new_bounds(self) -> None:
         store = self.service.app.store
         write(self.path, {**self.data, "responses_store": {"max_items": 7, "max_age": 60}})

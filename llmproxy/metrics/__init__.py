@@ -18,29 +18,26 @@ from typing import Any, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, ProcessCollector
 from prometheus_client.exposition import generate_latest
-from twisted.application.service import Service
-from twisted.logger import ILogObserver, LogEvent, LogPublisher, globalLogPublisher
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
-from zope.interface import implementer
 
 from llmproxy.exchange.events import ExchangeEvents
 from llmproxy.exchange.runtime import Runtime
 from llmproxy.state.base import StoreStatus
 from llmproxy.metrics.collector import RuntimeCollector
-from llmproxy.metrics.observer import RELOAD_NAMESPACE, EventMetrics
+from llmproxy.metrics.observer import EventMetrics
 
 
-class Metrics(Service):
+class Metrics:
     """
-    The metrics of one running proxy.  As a service it also listens for
-    reload events on C{log} (the process's main log), between start and
-    stop.
+    The metrics of one running proxy.  Reload events come with the
+    exchange's: the reloader publishes them on the application's events
+    (L{llmproxy.reload}).
     """
 
     def __init__(
         self, runtime: Callable[[], Runtime], events: ExchangeEvents, max_models: int,
-        dropped: Callable[[], int] | None = None, log: LogPublisher = globalLogPublisher,
+        dropped: Callable[[], int] | None = None,
         store: Callable[[], StoreStatus] | None = None,
     ) -> None:
         self.registry = CollectorRegistry()
@@ -49,37 +46,13 @@ class Metrics(Service):
         self.registry.register(RuntimeCollector(runtime, lambda: events.open_streams, dropped,
                                                 store))
         ProcessCollector(registry=self.registry)
-        self._log = log
-        self._reloads = _Reloads(self.events)
         events.addObserver(self.events)
-
-    def startService(self) -> None:
-        super().startService()
-        self._log.addObserver(self._reloads)
-
-    def stopService(self) -> None:
-        self._log.removeObserver(self._reloads)
-        super().stopService()
 
     def render(self) -> bytes:
         """
         The text exposition of every metric now.
         """
         return generate_latest(self.registry)
-
-
-@implementer(ILogObserver)
-class _Reloads:
-    """
-    The main log's reload events, for L{EventMetrics.reload}.
-    """
-
-    def __init__(self, metrics: EventMetrics) -> None:
-        self.metrics = metrics
-
-    def __call__(self, event: LogEvent) -> None:
-        if event.get("log_namespace") == RELOAD_NAMESPACE:
-            self.metrics.reload(event)
 
 
 def answer(request: Any, metrics: Metrics) -> bytes:

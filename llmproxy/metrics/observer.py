@@ -143,7 +143,6 @@ class EventMetrics(Collector):
     def __init__(self, config: Callable[[], Config], max_models: int) -> None:
         self.config = config
         self.models = ModelLabels(max_models)
-        self._last_reload: LogEvent | None = None
         self.requests = _Counter("llmproxy_requests", "Replies sent, by route and status",
                                  ("frontend", *_KEYED, "status_class", "outcome"))
         self.duration = _Histogram("llmproxy_request_duration_seconds",
@@ -190,16 +189,7 @@ class EventMetrics(Collector):
         elif namespace == ATTEMPT_NAMESPACE:
             self._attempt(event)
         elif namespace == RELOAD_NAMESPACE:
-            self.reload(event)
-
-    def reload(self, event: LogEvent) -> None:
-        """
-        Count a reload event (once, should it reach us twice).
-        """
-        if event.get("log_namespace") != RELOAD_NAMESPACE or event is self._last_reload:
-            return
-        self._last_reload = event
-        self.reloads.inc(("ok" if event.get("ok") else "failed",))
+            self.reloads.inc(("ok" if event.get("ok") else "failed",))
 
     def _reply(self, event: LogEvent) -> None:
         frontend = event.get("frontend") or _FRONTENDS.get(event["path"], "other")
